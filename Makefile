@@ -1,0 +1,53 @@
+# fair_lightning: every target creates the virtualenv first (idempotent).
+PY       ?= python3.11
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+EXP      ?= adversarial
+ARGS     ?=
+CKPT     ?=
+RUNS     ?=
+OUT      ?= runs/comparison
+PYTEST   := $(BIN)/python -m pytest
+
+.PHONY: install train audit compare test test-all lint clean help
+
+help:
+	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
+	@echo "make test | make test-all                          fast suite | with slow tests"
+	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
+	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
+	@echo "make lint | make clean"
+
+# the stamp depends on pyproject.toml, so a changed dependency list reinstalls
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(BIN)/python -m fair_lightning.train experiment=$(EXP) $(ARGS)
+
+audit: install
+	@test -n "$(CKPT)" || { echo "usage: make audit CKPT=path/to/checkpoint.ckpt [ARGS='...']"; exit 2; }
+	$(BIN)/python -m fair_lightning.audit ckpt=$(CKPT) $(ARGS)
+
+compare: install
+	@test -n "$(RUNS)" || { echo "usage: make compare RUNS='run_dir1 run_dir2 ...' [OUT=dir]"; exit 2; }
+	$(BIN)/python -m fair_lightning.report $(RUNS) --out $(OUT)
+
+test: install
+	$(PYTEST) -q
+
+test-all: install
+	$(PYTEST) -q -m "" 
+
+lint: install
+	$(BIN)/ruff check fair_lightning data_modules tests
+
+clean:
+	rm -rf runs .cache .pytest_cache .ruff_cache lightning_logs wandb
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

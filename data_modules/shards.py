@@ -1,0 +1,97 @@
+"""Streaming shards (litdata): one record per clip, written once, read by every loader.
+
+A shard directory is whole or absent: it is written to a temporary sibling and renamed into
+place only when complete, so an interrupted build never leaves a half-written cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+RECORD_KEYS = (
+    "clip_id", "identity", "text", "audio", "video", "faces",
+    "label", "merit", "gender", "ethnicity",
+)
+
+
+class ShardError(RuntimeError):
+    """A shard directory is missing or unreadable; the message names the path."""
+
+
+def _identity(record):
+    # module-level so litdata's worker processes can pickle it
+    return record
+
+
+def _check_record(record: dict, where: str) -> None:
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{where}: record {record.get('clip_id', '?')!r} lacks keys {missing}")
+
+
+def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | None = None,
+                 chunk_bytes: str = "16MB") -> Path:
+    """Write `records` as litdata shards at `out_dir` (atomically). Returns `out_dir`."""
+    from litdata import optimize
+
+    out_dir = Path(out_dir)
+    if not records:
+        raise ValueError(f"{out_dir}: no records to write")
+    for r in records:
+        _check_record(r, str(out_dir))
+    items = list(records)
+    if shuffle_seed is not None:
+        # litdata streams chunks in order within a worker; shuffle once here so chunks mix
+        order = np.random.default_rng(shuffle_seed).permutation(len(items))
+        items = [items[i] for i in order]
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        optimize(fn=_identity, inputs=items, output_dir=str(tmp), chunk_bytes=chunk_bytes,
+                 num_workers=1, verbose=False, start_method="fork")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def check_shard_dir(path: Path) -> int:
+    """Validate a shard directory; returns its number of records or raises ShardError."""
+    path = Path(path)
+    index = path / "index.json"
+    if not path.is_dir():
+        raise ShardError(f"shard directory not found: {path}")
+    if not index.is_file():
+        raise ShardError(f"not a shard directory (no index.json): {path}")
+    try:
+        meta = json.loads(index.read_text())
+        chunks = meta["chunks"]
+        total = sum(int(c["chunk_size"]) for c in chunks)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"corrupt shard index {index}: {e}") from None
+    for c in chunks:
+        f = path / c["filename"]
+        if not f.is_file():
+            raise ShardError(f"shard chunk missing: {f}")
+        if "chunk_bytes" in c and f.stat().st_size != int(c["chunk_bytes"]):
+            raise ShardError(
+                f"shard chunk truncated: {f} ({f.stat().st_size} bytes, index says {c['chunk_bytes']})"
+            )
+    return total
+
+
+def open_streaming(path: Path, *, shuffle: bool, seed: int, transform=None):
+    """A litdata StreamingDataset over a checked shard directory (DDP/worker aware)."""
+    from litdata import StreamingDataset
+
+    check_shard_dir(path)
+    return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=False,
+                            transform=transform)

@@ -1,0 +1,87 @@
+"""Re-run the leakage audit (probes + output fairness) on a saved checkpoint.
+
+    python -m fair_lightning.audit ckpt=<path.ckpt> [key=value ...]
+
+The run's own config.yaml (two levels above the checkpoint) is the starting point; any
+override applies on top, e.g. `data.synthetic.seed=7` to audit on other data, or
+`probe.fit_split=val`. Writes summary.json, report.md and plots/ to `output_dir`
+(default: <run dir>/audit-<timestamp>). The last line printed is `audit dir: <path>`.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from fair_lightning.runtime import set_offline_env
+
+set_offline_env()
+
+from fair_lightning.config import (  # noqa: E402
+    ConfigError,
+    load_config_file,
+    parse_overrides,
+    save_config,
+)
+
+HELP = __doc__
+
+
+def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
+    import lightning as L
+
+    from fair_lightning.module import FairScorerModule
+    from fair_lightning.report import write_run_report
+    from fair_lightning.tracking import collect_summary, make_loggers, write_json_atomic
+    from fair_lightning.train import analysis_callbacks, build_datamodule
+
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    cfg_path = ckpt.resolve().parent.parent / "config.yaml"
+    cfg = load_config_file(cfg_path, overrides)
+    out = Path(cfg.output_dir) if any(k == "output_dir" for k, _ in overrides) else (
+        cfg_path.parent / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = FairScorerModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("test")
+    callbacks = analysis_callbacks(cfg, dm)
+    trainer = L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
+                        devices=1, logger=make_loggers(cfg, out), callbacks=callbacks,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, deterministic=cfg.trainer.deterministic)
+    results = trainer.test(module, datamodule=dm, verbose=False)
+    summary = collect_summary(trainer, results, callbacks)
+    summary["audit/checkpoint"] = str(ckpt.resolve())
+    write_json_atomic(out / "summary.json", summary)
+    write_run_report(out, cfg, summary, callbacks)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(HELP)
+        return 0
+    from data_modules.shards import ShardError
+
+    try:
+        _, pairs = parse_overrides(argv)
+        ckpts = [v for k, v in pairs if k == "ckpt"]
+        if not ckpts:
+            raise ConfigError("missing ckpt=<path to a .ckpt file>")
+        out = audit(Path(ckpts[0]), [(k, v) for k, v in pairs if k != "ckpt"])
+    except (ConfigError, ShardError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"audit dir: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Audit callbacks: post-hoc sensitive-attribute probes and output-fairness metrics.
+
+Both read gender/ethnicity through their own path (the datamodule's `eval_dataloader`, or
+the val/test batches), never through the training step. They log aggregates only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from fair_lightning.fairness import OutputFairness
+from fair_lightning.probes import probe_attribute
+
+log = logging.getLogger(__name__)
+ATTRIBUTES = {"gender": 2, "ethnicity": 3}
+
+
+def _gather_objects(obj):
+    """All ranks' objects (list); the single object in a list when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _rows(m: OutputFairness) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and groups accumulated by a fairness metric, from every rank."""
+    from torchmetrics.utilities import dim_zero_cat
+
+    with m.sync_context(should_sync=dist.is_available() and dist.is_initialized()):
+        return (dim_zero_cat(m.scores).cpu().numpy(), dim_zero_cat(m.groups).cpu().numpy())
+
+
+def _log_to_loggers(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    # self.log is not allowed in on_train_end / on_test_end: talk to the loggers directly
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    for lg in trainer.loggers:
+        lg.log_metrics(metrics, step=step)
+        if hasattr(lg, "save"):
+            lg.save()
+
+
+@torch.no_grad()
+def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.ndarray]:
+    """Named representations, attributes and identities of every clip of a loader.
+
+    Runs in eval mode without gradients; under DDP every rank extracts its shard and the
+    result is gathered (identical on every rank), de-duplicated by clip id and sorted.
+    """
+    was_training = module.training
+    module.eval()
+    chunks: dict[str, list] = {}
+    seen = 0
+    try:
+        for batch in loader:
+            batch = batch.to(module.device)
+            reps = module.representations(batch)
+            for name, r in reps.items():
+                chunks.setdefault(name, []).append(r.float().cpu().numpy())
+            s = batch.sensitive
+            chunks.setdefault("gender", []).append(s.gender.cpu().numpy())
+            chunks.setdefault("ethnicity", []).append(s.ethnicity.cpu().numpy())
+            chunks.setdefault("identity", []).append(batch.identity.cpu().numpy())
+            chunks.setdefault("clip_id", []).append(np.array(batch.clip_id))
+            seen += len(batch)
+            if max_clips and seen >= max_clips:
+                break
+    finally:
+        module.train(was_training)
+    local = {k: np.concatenate(v) for k, v in chunks.items()}
+    parts = [p for p in _gather_objects(local) if p]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    _, first = np.unique(merged["clip_id"], return_index=True)  # DDP may pad with repeats
+    merged = {k: v[first] for k, v in merged.items()}
+    if max_clips:
+        merged = {k: v[:max_clips] for k, v in merged.items()}
+    return merged
+
+
+def run_probes(fit: dict, ev: dict, layers, cfg, seed: int) -> list[dict]:
+    """Fresh probes for every layer x attribute; one row per (layer, attr, probe kind)."""
+    rows = []
+    # Lightning tests under inference mode; the MLP probes need autograd
+    with torch.inference_mode(False), torch.enable_grad():
+        for layer in layers:
+            for attr, k in ATTRIBUTES.items():
+                results = probe_attribute(
+                    fit[layer], fit[attr], fit["identity"], ev[layer], ev[attr],
+                    ev["identity"], k, seed=seed, bootstrap=cfg.bootstrap,
+                    mlp_hidden=cfg.mlp_hidden, mlp_max_epochs=cfg.mlp_max_epochs,
+                    mlp_patience=cfg.mlp_patience)
+                for kind, res in results.items():
+                    rows.append({"layer": layer, "attr": attr, "probe": kind, **res.as_dict()})
+    return rows
+
+
+def rows_to_metrics(rows: list[dict], prefix: str) -> dict[str, float]:
+    keys = ("bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "macro_f1", "roc_auc", "chance",
+            "majority_rate", "n_fit", "n_eval", "n_unknown")
+    return {f"{prefix}/{r['layer']}/{r['attr']}/{r['probe']}/{k}": r[k]
+            for r in rows for k in keys}
+
+
+class SensitiveAttributeProbe(L.Callback):
+    """Train fresh probes on frozen representations to measure gender/ethnicity leakage.
+
+    Elazar & Goldberg (2018): an adversary at chance can hide information that a fresh
+    classifier still recovers, so leakage is measured by new probes (linear and MLP),
+    trained on `fit_split` and scored on an identity-disjoint split, with a 95%
+    identity-cluster bootstrap interval for balanced accuracy and the chance level.
+
+    When: every `every_n_epochs` validation epochs (prefix `val_probe/`, eval on val), at the
+    end of fit (`fit_probe/`, eval on val) and on test (`probe/`, eval on `eval_split`).
+    Under DDP all ranks extract and gather; rank 0 alone fits the probes.
+    """
+
+    def __init__(self, cfg, datamodule, seed: int = 0):
+        self.cfg = cfg
+        self.dm = datamodule
+        self.seed = seed
+        self.results: dict[str, list[dict]] = {}  # prefix -> rows
+        self.timings: dict[str, float] = {}
+        self.plot_path: Path | None = None
+
+    def _audit(self, trainer: L.Trainer, module, eval_split: str, prefix: str) -> None:
+        t0 = time.time()
+        fit = extract_representations(module, self.dm.eval_dataloader(self.cfg.fit_split),
+                                      self.cfg.max_clips)
+        ev = extract_representations(module, self.dm.eval_dataloader(eval_split),
+                                     self.cfg.max_clips)
+        if trainer.is_global_zero:
+            from fair_lightning.models import REPRESENTATIONS
+
+            layers = [name for name in REPRESENTATIONS if name in fit]
+            rows = run_probes(fit, ev, layers, self.cfg, self.seed)
+            self.results[prefix] = rows
+            self.timings[prefix] = time.time() - t0
+            metrics = rows_to_metrics(rows, prefix)
+            metrics[f"time/{prefix}_audit_s"] = self.timings[prefix]
+            _log_to_loggers(trainer, metrics)
+            self._log_table_and_plot(trainer, rows, prefix)
+            log.info("%s audit (%s -> %s): %.1fs", prefix, self.cfg.fit_split, eval_split,
+                     self.timings[prefix])
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+    def _log_table_and_plot(self, trainer, rows, prefix):
+        from fair_lightning.plots import plot_probe_results
+
+        run_dir = Path(trainer.default_root_dir)
+        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        path = plot_probe_results(rows, run_dir / "plots" / f"{prefix}_leakage.png",
+                                  title=f"post-hoc probes ({prefix})")
+        if prefix == "probe":
+            self.plot_path = path
+        cols = ["layer", "attr", "probe", "bal_acc", "bal_acc_ci_low", "bal_acc_ci_high",
+                "chance", "majority_rate", "macro_f1", "roc_auc", "n_fit", "n_eval"]
+        for lg in trainer.loggers:
+            if lg.__class__.__name__ == "WandbLogger":
+                lg.log_table(key=f"{prefix}/table", columns=cols,
+                             data=[[r[c] for c in cols] for r in rows])
+                lg.log_image(key=f"{prefix}/leakage_plot", images=[str(path)])
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        n = self.cfg.every_n_epochs
+        if trainer.sanity_checking or n <= 0 or (trainer.current_epoch + 1) % n:
+            return
+        self._audit(trainer, pl_module, "val", "val_probe")
+
+    def on_train_end(self, trainer, pl_module):
+        self._audit(trainer, pl_module, "val", "fit_probe")
+
+    def on_test_end(self, trainer, pl_module):
+        self._audit(trainer, pl_module, self.cfg.eval_split, "probe")
+
+
+class OutputFairnessCallback(L.Callback):
+    """Per-group error and score gaps, demographic parity and equal opportunity of the
+    invite decision, on val (`val_fair/`) and test (`fair/`). See `fair_lightning.fairness`.
+
+    Also `<prefix>/gender/score_corr`: Pearson correlation between the predicted score and
+    gender (0/1, point-biserial), clips with unknown gender left out.
+    """
+
+    def __init__(self, threshold: float | None = None, top_q: float | None = None):
+        self.threshold = threshold
+        self.top_q = top_q
+        self.metrics: dict[str, dict[str, OutputFairness]] = {}
+        self.test_scores: dict[str, np.ndarray] = {}
+
+    def _metric(self, stage, attr, device):
+        per = self.metrics.setdefault(stage, {})
+        if attr not in per:
+            per[attr] = OutputFairness(num_groups=ATTRIBUTES[attr], threshold=self.threshold,
+                                       top_q=self.top_q).to(device)
+        return per[attr]
+
+    def _update(self, stage, outputs, batch, device):
+        s = batch.sensitive
+        for attr in ATTRIBUTES:
+            self._metric(stage, attr, device).update(
+                outputs["score"].detach(), batch.label, getattr(s, attr))
+
+    def _compute(self, stage, prefix, pl_module):
+        out = {}
+        for attr, m in self.metrics.get(stage, {}).items():
+            values = m.compute()
+            out.update({f"{prefix}/{attr}/{k}": float(v) for k, v in values.items()})
+            if attr == "gender":
+                scores, groups = _rows(m)
+                known = groups >= 0
+                if known.sum() > 2 and len(np.unique(groups[known])) == 2:
+                    out[f"{prefix}/gender/score_corr"] = float(
+                        np.corrcoef(scores[known], groups[known])[0, 1])
+            if stage == "test":
+                scores, groups = _rows(m)
+                self.test_scores["score"] = scores
+                self.test_scores[attr] = groups
+            m.reset()
+        if out:
+            pl_module.log_dict(out, sync_dist=False, rank_zero_only=True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._update("val", outputs, batch, pl_module.device)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            self.metrics.pop("val", None)
+            return
+        self._compute("val", "val_fair", pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                          dataloader_idx=0):
+        self._update("test", outputs, batch, pl_module.device)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._compute("test", "fair", pl_module)

@@ -1,0 +1,330 @@
+"""Experiment configuration: `experiments/base.yaml` + `experiments/<exp>.yaml` + overrides.
+
+Everything is validated against the structured schema below, so an unknown key or a wrong
+type fails early with a message that names the key. Defaults live in `base.yaml` (with a
+comment each); the schema only fixes the structure and types.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the key or file."""
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass
+class LeakageConfig:
+    video_gender: float = MISSING
+    video_ethnicity: float = MISSING
+    audio_gender: float = MISSING
+    text_gender: float = MISSING
+
+
+@dataclass
+class LabelBiasConfig:
+    gender: float = MISSING
+    ethnicity: float = MISSING
+
+
+@dataclass
+class SyntheticConfig:
+    num_identities: int = MISSING
+    clips_per_identity: int = MISSING
+    split_fractions: list[float] = MISSING
+    seed: int = MISSING
+    sentences_per_clip: list[int] = MISSING
+    audio_seconds: list[float] = MISSING
+    video_frames: int = MISSING
+    num_faces: int = MISSING
+    image_size: int = MISSING
+    merit_in_audio: float = MISSING
+    merit_in_text: float = MISSING
+    leakage: LeakageConfig = field(default_factory=LeakageConfig)
+    label_bias: LabelBiasConfig = field(default_factory=LabelBiasConfig)
+    label_noise: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    source: str = MISSING
+    cache_dir: str = MISSING
+    text_model: str = MISSING
+    batch_size: int = MISSING
+    num_workers: int = MISSING
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    hidden_dim: int = MISSING
+    fused_dim: int = MISSING
+    dropout: float = MISSING
+    audio_encoder: str = MISSING
+    video_channels: int = MISSING
+    face_encoder: str = MISSING
+    face_encoder_checkpoint: str | None = None
+    face_dim: int = MISSING
+
+
+@dataclass
+class AdversaryConfig:
+    method: str = MISSING
+    objective: str = MISSING
+    weight: float = MISSING
+    weight_schedule: str = MISSING
+    k_disc: int = MISSING
+    lr: float = MISSING
+    negatives_per_positive: int = MISSING
+    same_identity_positives: bool = MISSING
+    hidden_dim: int = MISSING
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    grad_clip: float = MISSING
+    scheduler: str = MISSING
+    loss: str = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = MISSING
+    max_steps: int = MISSING
+    accelerator: str = MISSING
+    devices: int = MISSING
+    num_nodes: int = MISSING
+    strategy: str = MISSING
+    precision: str = MISSING
+    deterministic: bool = MISSING
+    log_every_n_steps: int = MISSING
+    limit_train_batches: float = MISSING
+    limit_val_batches: float = MISSING
+    limit_test_batches: float = MISSING
+    checkpoint_every_n_batches: int = MISSING
+    enable_progress_bar: bool = MISSING
+
+
+@dataclass
+class WandbConfig:
+    mode: str = MISSING
+    project: str = MISSING
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    csv: bool = MISSING
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = MISSING
+    every_n_epochs: int = MISSING
+    fit_split: str = MISSING
+    eval_split: str = MISSING
+    bootstrap: int = MISSING
+    mlp_hidden: int = MISSING
+    mlp_max_epochs: int = MISSING
+    mlp_patience: int = MISSING
+    max_clips: int = MISSING
+
+
+@dataclass
+class FairnessConfig:
+    enabled: bool = MISSING
+    threshold: float | None = None
+    top_q: float | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: str = MISSING
+    description: str = ""
+    seed: int = MISSING
+    output_dir: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    fairness: FairnessConfig = field(default_factory=FairnessConfig)
+
+
+# Closed vocabularies, checked after the type check.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": ("synthetic",),
+    "model.audio_encoder": ("gru", "conv"),
+    "model.face_encoder": ("cnn", "frozen"),
+    "adversary.method": ("none", "indirect", "label"),
+    "adversary.objective": ("confusion", "minimax", "grl"),
+    "adversary.weight_schedule": ("constant", "dann"),
+    "optim.scheduler": ("none", "cosine"),
+    "optim.loss": ("mse", "mae", "huber"),
+    "probe.fit_split": ("train", "val", "test"),
+    "probe.eval_split": ("train", "val", "test"),
+    "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+# --------------------------------------------------------------------------- loading
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "base")
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(node._get_node(k), full + "."))
+    return keys
+
+
+def _closest(key: str, schema: DictConfig) -> str:
+    valid = _all_keys(schema)
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return match[0] if match else "?"
+
+
+def _type_name(schema: DictConfig, key: str) -> str:
+    node = schema
+    for part in key.split("."):
+        node = node._get_node(part)
+    ref = getattr(node, "_metadata", None)
+    t = getattr(ref, "ref_type", None)
+    return getattr(t, "__name__", str(t)).replace("typing.", "")
+
+
+def _merge(schema: DictConfig, other: DictConfig | dict, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, other)
+    except ConfigKeyError as e:
+        key = e.full_key or str(e.key)
+        raise ConfigError(
+            f"{source}: unknown key '{key}' (closest valid key: '{_closest(key, schema)}')"
+        ) from None
+    except ValidationError as e:
+        key = e.full_key
+        raise ConfigError(
+            f"{source}: key '{key}' expects type {_type_name(schema, key)}, "
+            f"got {e.value!r}" if key else f"{source}: {e.msg}"
+        ) from None
+
+
+def parse_overrides(args: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """Split `key=value` / `--key=value` arguments; returns (experiment, [(key, value)])."""
+    experiment = None
+    pairs = []
+    for raw in args:
+        arg = raw[2:] if raw.startswith("--") else raw
+        if "=" not in arg:
+            raise ConfigError(
+                f"malformed override '{raw}': expected key=value (e.g. trainer.max_epochs=3)"
+            )
+        key, value = arg.split("=", 1)
+        if not key:
+            raise ConfigError(f"malformed override '{raw}': empty key")
+        if key == "experiment":
+            experiment = value
+        else:
+            pairs.append((key, value))
+    return experiment, pairs
+
+
+def _yaml_file(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors carry line numbers
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at top level")
+    return cfg
+
+
+def load_config(
+    experiment: str, overrides: list[tuple[str, str]] | None = None
+) -> DictConfig:
+    """Merge base + experiment + overrides and validate. Returns a read-only config."""
+    names = available_experiments()
+    if experiment not in names:
+        raise ConfigError(
+            f"unknown experiment '{experiment}'; available: {', '.join(names)}"
+        )
+    schema = OmegaConf.structured(ExperimentConfig)
+    cfg = _merge(schema, _yaml_file(EXPERIMENTS_DIR / "base.yaml"), "experiments/base.yaml")
+    cfg = _merge(cfg, _yaml_file(EXPERIMENTS_DIR / f"{experiment}.yaml"),
+                 f"experiments/{experiment}.yaml")
+    cfg.experiment = experiment
+    return _finish(cfg, schema, overrides)
+
+
+def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None) -> DictConfig:
+    """A saved, resolved config (a run dir's config.yaml) + overrides, validated again."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    schema = OmegaConf.structured(ExperimentConfig)
+    return _finish(_merge(schema, _yaml_file(path), str(path)), schema, overrides)
+
+
+def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:
+    for key, value in overrides or []:
+        if key not in _all_keys(schema):
+            raise ConfigError(
+                f"override: unknown key '{key}' (closest valid key: '{_closest(key, schema)}')"
+            )
+        cfg = _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), "override")
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing value for key(s): {', '.join(missing)}")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"key '{key}' must be one of {allowed}, got {value!r}")
+    fr = cfg.data.synthetic.split_fractions
+    if len(fr) != 3 or abs(sum(fr) - 1.0) > 1e-6 or min(fr) <= 0:
+        raise ConfigError(
+            "key 'data.synthetic.split_fractions' must be three positive numbers summing to 1"
+        )
+    if cfg.adversary.k_disc < 1:
+        raise ConfigError("key 'adversary.k_disc' must be >= 1")
+    if cfg.fairness.threshold is not None and cfg.fairness.top_q is not None:
+        raise ConfigError("set only one of 'fairness.threshold' and 'fairness.top_q'")
+    if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
+        raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
+                          "model.face_encoder=frozen")
+
+
+def config_from_argv(argv: list[str] | None = None, default_experiment: str = "baseline"):
+    experiment, pairs = parse_overrides(sys.argv[1:] if argv is None else argv)
+    return load_config(experiment or default_experiment, pairs)
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,16 @@
+"""Plain nn.Module components (no Lightning): encoders, fusion, scorer, adversaries."""
+
+from fair_lightning.models.adversaries import (
+    AttributeAdversary,
+    FaceEncoder,
+    FaceMatchDiscriminator,
+    GradientReversal,
+    grad_reverse,
+    sample_pairs,
+)
+from fair_lightning.models.scorer import REPRESENTATIONS, MultimodalScorer, ScorerOutput
+
+__all__ = [
+    "AttributeAdversary", "FaceEncoder", "FaceMatchDiscriminator", "GradientReversal",
+    "MultimodalScorer", "REPRESENTATIONS", "ScorerOutput", "grad_reverse", "sample_pairs",
+]

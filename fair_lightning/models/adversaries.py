@@ -1,0 +1,145 @@
+"""Adversaries on the fused representation h.
+
+* `FaceMatchDiscriminator` D(h, f) (Hemamou et al., 2021): the logit that face embedding f
+  belongs to the candidate whose interview produced h. It needs no sensitive label.
+* `AttributeAdversary` A(h): predicts gender and ethnicity; the explicit-label baseline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fair_lightning.models.encoders import small_cnn
+
+
+class FaceEncoder(nn.Module):
+    """K face frames [B, K, 3, H, W] -> one embedding [B, face_dim] (mean over frames).
+
+    Trained with D by default. `from_checkpoint` loads a user-supplied state dict of this
+    architecture and freezes it (e.g. a face-identity model trained elsewhere).
+    """
+
+    def __init__(self, face_dim: int, channels: int = 16):
+        super().__init__()
+        self.cnn = small_cnn(channels, face_dim)
+        self.frozen = False
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, face_dim: int, channels: int = 16) -> FaceEncoder:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"face encoder checkpoint not found: {path}")
+        enc = cls(face_dim, channels)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            enc.load_state_dict(state.get("state_dict", state))
+        except RuntimeError as e:
+            raise ValueError(f"{path}: not a FaceEncoder(face_dim={face_dim}) state dict: {e}") \
+                from None
+        enc.requires_grad_(False)
+        enc.frozen = True
+        return enc.eval()
+
+    def train(self, mode: bool = True):
+        # a frozen encoder keeps its BatchNorm statistics
+        return super().train(mode and not self.frozen)
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        b, k = faces.shape[:2]
+        return self.cnn(faces.flatten(0, 1)).view(b, k, -1).mean(1)
+
+
+class FaceMatchDiscriminator(nn.Module):
+    """D(h, f) = MLP([P h, f, P h ⊙ f]) -> logit; the product term makes matching easy."""
+
+    def __init__(self, h_dim: int, face_dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(h_dim, face_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * face_dim, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        p = self.proj(h)
+        return self.mlp(torch.cat([p, f, p * f], dim=-1)).squeeze(-1)
+
+
+class AttributeAdversary(nn.Module):
+    """A(h) -> (gender logits [B, 2], ethnicity logits [B, 3])."""
+
+    def __init__(self, h_dim: int, hidden: int, num_gender: int = 2, num_ethnicity: int = 3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(h_dim, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, hidden), nn.ReLU())
+        self.gender = nn.Linear(hidden, num_gender)
+        self.ethnicity = nn.Linear(hidden, num_ethnicity)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.body(h)
+        return self.gender(z), self.ethnicity(z)
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by -scale backward (Ganin & Lempitsky 2015)."""
+    return _GradReverse.apply(x, scale)
+
+
+class GradientReversal(nn.Module):
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return grad_reverse(x, self.scale)
+
+
+def sample_pairs(identity: torch.Tensor, negatives_per_positive: int, *,
+                 same_identity_positives: bool = False,
+                 generator: torch.Generator | None = None):
+    """Pairs (i, j, target) for D: h of clip i with the faces of clip j.
+
+    Positives: (i, i) for every clip (its own faces), plus (i, j) for one other clip j of
+    the same identity in the batch when `same_identity_positives` and one exists.
+    Negatives: for every clip i, `negatives_per_positive` clips j drawn uniformly (with
+    replacement) among batch clips of a *different* identity; never the same person. A clip
+    whose batch holds no other identity gets no negative.
+    Returns LongTensors h_idx, face_idx and a float target (1 positive, 0 negative).
+    """
+    b = identity.shape[0]
+    device = identity.device
+    idx = torch.arange(b, device=device)
+    same = identity.unsqueeze(0) == identity.unsqueeze(1)  # [B, B]
+    h_idx, f_idx, tgt = [idx], [idx], [torch.ones(b, device=device)]
+    if same_identity_positives:
+        other_same = same & ~torch.eye(b, dtype=torch.bool, device=device)
+        has = other_same.any(1)
+        if has.any():
+            choice = torch.multinomial(other_same[has].float(), 1, generator=generator)
+            h_idx.append(idx[has])
+            f_idx.append(choice.squeeze(1))
+            tgt.append(torch.ones(int(has.sum()), device=device))
+    diff = ~same
+    has = diff.any(1)
+    if negatives_per_positive > 0 and has.any():
+        choice = torch.multinomial(diff[has].float(), negatives_per_positive, replacement=True,
+                                   generator=generator)
+        h_idx.append(idx[has].repeat_interleave(negatives_per_positive))
+        f_idx.append(choice.flatten())
+        tgt.append(torch.zeros(choice.numel(), device=device))
+    return torch.cat(h_idx), torch.cat(f_idx), torch.cat(tgt)

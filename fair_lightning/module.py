@@ -1,0 +1,300 @@
+"""The LightningModule: task training plus an optional adversary, with manual optimization.
+
+Per batch (Lightning's GAN-example style, algorithm in `training_step`):
+  1. forward the scorer once -> score and h;
+  2. `k_disc` adversary steps on h.detach() (face discriminator D or attribute adversary A);
+  3. one main step on task loss + lambda * adversarial term, with the adversary frozen.
+With objective `grl` steps 2-3 collapse into one step through a gradient-reversal layer.
+
+`trainer.global_step` counts optimizer steps (Lightning, manual optimization): it grows by
+`optimizer_steps_per_batch` (k_disc + 1 with an alternating adversary, 2 with grl, 1 without)
+per batch. Config values `trainer.max_steps` and `trainer.checkpoint_every_n_batches` are in
+batches; `train.py` converts them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanAbsoluteError, MeanMetric, MetricCollection, PearsonCorrCoef, R2Score
+from torchmetrics.classification import BinaryAUROC
+
+from data_modules.batch import Batch
+from fair_lightning.models import (
+    AttributeAdversary,
+    FaceEncoder,
+    FaceMatchDiscriminator,
+    MultimodalScorer,
+    grad_reverse,
+    sample_pairs,
+)
+
+TASK_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
+
+
+def dann_weight(progress: float) -> float:
+    """DANN warm-up (Ganin et al. 2016): 2 / (1 + exp(-10 p)) - 1, from 0 to ~1."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over rows whose target is known (>= 0); 0 when none is."""
+    known = target >= 0
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[known], target[known])
+
+
+def confusion_to_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the uniform distribution: minimal when A can't tell classes."""
+    return -F.log_softmax(logits, dim=-1).mean(-1).mean()
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor,
+                 is_positive: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE where positive and negative pairs weigh the same, whatever their counts.
+
+    `is_positive` tells the pair kinds apart when `target` is not the pair label (the
+    confusion objective's target is 0.5 everywhere).
+    """
+    pos = target > 0.5 if is_positive is None else is_positive.bool()
+    w = torch.where(pos, 0.5 / pos.sum().clamp(min=1), 0.5 / (~pos).sum().clamp(min=1))
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum()
+
+
+class RegressionMetrics(MetricCollection):
+    def __init__(self, prefix: str):
+        super().__init__({"mae": MeanAbsoluteError(), "pearson": PearsonCorrCoef(),
+                          "r2": R2Score()}, prefix=prefix)
+
+
+class FairScorerModule(L.LightningModule):
+    def __init__(self, model: DictConfig | dict, adversary: DictConfig | dict,
+                 optim: DictConfig | dict, *, text_dim: int, audio_dim: int,
+                 max_epochs: int = 1):
+        super().__init__()
+        # plain containers: checkpoints then load with torch's weights_only=True
+        model, adversary, optim = (
+            OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
+            for c in (model, adversary, optim))
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        m = OmegaConf.create(model)
+        self.adv_cfg = OmegaConf.create(adversary)
+        self.optim_cfg = OmegaConf.create(optim)
+        self.method = self.adv_cfg.method
+        self.objective = self.adv_cfg.objective
+        self.max_epochs = max_epochs
+        self.task_loss = TASK_LOSSES[self.optim_cfg.loss]
+        self.scorer = MultimodalScorer(
+            text_dim=text_dim, audio_dim=audio_dim, hidden_dim=m.hidden_dim,
+            fused_dim=m.fused_dim, dropout=m.dropout, audio_encoder=m.audio_encoder,
+            video_channels=m.video_channels)
+        if self.method == "indirect":
+            self.face_encoder = (
+                FaceEncoder.from_checkpoint(m.face_encoder_checkpoint, m.face_dim)
+                if m.face_encoder == "frozen" else FaceEncoder(m.face_dim))
+            self.discriminator = FaceMatchDiscriminator(m.fused_dim, m.face_dim,
+                                                        self.adv_cfg.hidden_dim)
+        elif self.method == "label":
+            self.attr_adversary = AttributeAdversary(m.fused_dim, self.adv_cfg.hidden_dim)
+        # ModuleDict keys may not shadow nn.Module attributes such as `train`
+        stages = ("train", "val", "test")
+        self.task_metrics = torch.nn.ModuleDict({
+            f"{s}_": RegressionMetrics(prefix=f"{s}/") for s in stages})
+        self.merit_pearson = torch.nn.ModuleDict({f"{s}_": PearsonCorrCoef() for s in stages})
+        self.d_auc = torch.nn.ModuleDict({f"{s}_": BinaryAUROC() for s in stages})
+        self.d_acc = torch.nn.ModuleDict({f"{s}_": MeanMetric() for s in stages})
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def has_adversary(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        if not self.has_adversary:
+            return 1
+        return 2 if self.objective == "grl" else self.adv_cfg.k_disc + 1
+
+    def adversary_parameters(self):
+        mods = ([self.face_encoder, self.discriminator] if self.method == "indirect"
+                else [self.attr_adversary])
+        return [p for mod in mods for p in mod.parameters() if p.requires_grad]
+
+    def adversary_weight(self) -> float:
+        """lambda now: constant, or DANN's warm-up over training progress p in [0, 1]."""
+        w = self.adv_cfg.weight
+        if self.adv_cfg.weight_schedule == "constant":
+            return w
+        total = max(self.trainer.estimated_stepping_batches / self.optimizer_steps_per_batch, 1)
+        done = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        return w * dann_weight(min(done / total, 1.0))
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(
+            batch, device, dataloader_idx)
+
+    def forward(self, batch: Batch):
+        return self.scorer(batch)
+
+    # ------------------------------------------------------------------ adversary terms
+    def _face_pairs(self, batch: Batch):
+        return sample_pairs(batch.identity, self.adv_cfg.negatives_per_positive,
+                            same_identity_positives=self.adv_cfg.same_identity_positives)
+
+    def _adversary_loss(self, h: torch.Tensor, batch: Batch, pairs=None, faces=None,
+                        stage: str = "train"):
+        """The adversary's own loss on h (what D/A minimise), logging its accuracy."""
+        if self.method == "indirect":
+            h_idx, f_idx, target = pairs
+            logits = self.discriminator(h[h_idx], faces[f_idx])
+            self._track_d(logits.detach(), target, stage)
+            return balanced_bce(logits, target)
+        g_logits, e_logits = self.attr_adversary(h)
+        s = batch.sensitive  # label baseline only: the one mode allowed to read attributes
+        return masked_ce(g_logits, s.gender) + masked_ce(e_logits, s.ethnicity)
+
+    def _main_adversarial_term(self, h: torch.Tensor, batch: Batch, pairs, faces):
+        """What the main network minimises so that the adversary fails."""
+        if self.method == "indirect":
+            h_idx, f_idx, target = pairs
+            logits = self.discriminator(h[h_idx], faces[f_idx])
+            if self.objective == "confusion":
+                return balanced_bce(logits, torch.full_like(target, 0.5), is_positive=target)
+            return -balanced_bce(logits, target)  # minimax
+        g_logits, e_logits = self.attr_adversary(h)
+        if self.objective == "confusion":
+            return confusion_to_uniform(g_logits) + confusion_to_uniform(e_logits)
+        s = batch.sensitive
+        return -(masked_ce(g_logits, s.gender) + masked_ce(e_logits, s.ethnicity))
+
+    def _track_d(self, logits, target, stage):
+        self.d_auc[f"{stage}_"].update(logits, target.long())
+        self.d_acc[f"{stage}_"].update(((logits > 0).float() == target).float().mean())
+
+    def _step(self, opt, loss, params=None):
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if self.optim_cfg.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip,
+                                gradient_clip_algorithm="norm")
+        opt.step()
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Batch, batch_idx: int):
+        opts = self.optimizers()
+        opt_main, opt_adv = (opts, None) if not self.has_adversary else opts
+        out = self.scorer(batch)
+        task = self.task_loss(out.score, batch.label)
+        n = len(batch)
+
+        if not self.has_adversary:
+            self._step(opt_main, task)
+            self.log("train/loss", task, batch_size=n)
+        elif self.objective == "grl":
+            lam = self.adversary_weight()
+            pairs = self._face_pairs(batch) if self.method == "indirect" else None
+            faces = self.face_encoder(batch.faces) if self.method == "indirect" else None
+            adv = self._adversary_loss(grad_reverse(out.h, lam), batch, pairs, faces)
+            for opt in (opt_main, opt_adv):
+                opt.zero_grad()
+            self.manual_backward(task + adv)
+            for opt in (opt_main, opt_adv):
+                if self.optim_cfg.grad_clip > 0:
+                    self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip,
+                                        gradient_clip_algorithm="norm")
+                opt.step()
+            self.log_dict({"train/loss": task, "adv/loss": adv, "adv/weight": lam},
+                          batch_size=n)
+        else:
+            lam = self.adversary_weight()
+            # 1) k_disc adversary steps on the detached representation
+            h = out.h.detach()
+            self.toggle_optimizer(opt_adv)
+            for _ in range(self.adv_cfg.k_disc):
+                pairs = self._face_pairs(batch) if self.method == "indirect" else None
+                faces = self.face_encoder(batch.faces) if self.method == "indirect" else None
+                adv = self._adversary_loss(h, batch, pairs, faces)
+                self._step(opt_adv, adv)
+            self.untoggle_optimizer(opt_adv)
+            # 2) one main step: task + lambda * adversarial term, adversary frozen
+            self.toggle_optimizer(opt_main)
+            faces = faces.detach() if faces is not None else None
+            term = self._main_adversarial_term(out.h, batch, pairs, faces)
+            self._step(opt_main, task + lam * term)
+            self.untoggle_optimizer(opt_main)
+            self.log_dict({"train/loss": task, "adv/loss": adv, "adv/main_term": term,
+                           "adv/weight": lam}, batch_size=n)
+        self.task_metrics["train_"].update(out.score.detach(), batch.label)
+
+    def on_train_epoch_end(self):
+        self.log_dict(self.task_metrics["train_"].compute())
+        self.task_metrics["train_"].reset()
+        self._log_d("train")
+        scheds = self.lr_schedulers()
+        for s in scheds if isinstance(scheds, list) else [scheds] if scheds else []:
+            s.step()
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: Batch, stage: str):
+        out = self.scorer(batch)
+        n = len(batch)
+        self.log(f"{stage}/loss", self.task_loss(out.score, batch.label), batch_size=n,
+                 sync_dist=True)
+        self.task_metrics[f"{stage}_"].update(out.score, batch.label)
+        known = torch.isfinite(batch.merit)
+        if known.any():
+            self.merit_pearson[f"{stage}_"].update(out.score[known], batch.merit[known])
+        if self.method == "indirect":
+            pairs = self._face_pairs(batch)
+            self._adversary_loss(out.h, batch, pairs, self.face_encoder(batch.faces), stage)
+        return {"score": out.score}
+
+    def _eval_epoch_end(self, stage: str):
+        self.log_dict(self.task_metrics[f"{stage}_"].compute(), sync_dist=True)
+        self.task_metrics[f"{stage}_"].reset()
+        if self.merit_pearson[f"{stage}_"].update_count:
+            self.log(f"{stage}/pearson_merit", self.merit_pearson[f"{stage}_"].compute(), sync_dist=True)
+        self.merit_pearson[f"{stage}_"].reset()
+        self._log_d(stage)
+
+    def _log_d(self, stage: str):
+        if self.method == "indirect" and self.d_acc[f"{stage}_"].update_count:
+            self.log(f"adv/{stage}_d_acc", self.d_acc[f"{stage}_"].compute(), sync_dist=True)
+            self.log(f"adv/{stage}_d_auc", self.d_auc[f"{stage}_"].compute(), sync_dist=True)
+        self.d_acc[f"{stage}_"].reset()
+        self.d_auc[f"{stage}_"].reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int):
+        return self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Batch, batch_idx: int):
+        return self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    @torch.no_grad()
+    def representations(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.scorer(batch).reps
+
+    # ------------------------------------------------------------------ optimizers
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        main = torch.optim.AdamW(self.scorer.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        opts = [main]
+        if self.has_adversary:
+            opts.append(torch.optim.Adam(self.adversary_parameters(), lr=self.adv_cfg.lr))
+        if o.scheduler == "cosine":
+            scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.max_epochs, 1))
+                      for opt in opts]
+            return opts, scheds
+        return opts

@@ -1,0 +1,232 @@
+"""Human-readable reports: one run (report.md + plots) and a comparison of several runs.
+
+    python -m fair_lightning.report RUN_DIR [RUN_DIR ...] [--out DIR] [--metric test/pearson_merit]
+
+writes comparison.md, comparison.csv and tradeoff.png (task metric against leakage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LAYERS = ("text", "audio", "video", "fused")
+ATTRS = ("gender", "ethnicity")
+TASK_KEYS = ("test/pearson", "test/pearson_merit", "test/mae", "test/r2")
+FAIR_KEYS = ("dp_diff", "eo_diff", "mae_gap", "mean_score_gap")
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _ci(s: dict, base: str) -> str:
+    v = s.get(f"{base}/bal_acc")
+    if v is None:
+        return "–"
+    return f"{v:.3f} [{s[f'{base}/bal_acc_ci_low']:.3f}, {s[f'{base}/bal_acc_ci_high']:.3f}]"
+
+
+def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
+    """report.md for one run, plus a scores-by-group plot from the fairness callback."""
+    from fair_lightning.plots import plot_scores_by_group
+
+    run_dir = Path(run_dir)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
+    for cb in callbacks:
+        scores = getattr(cb, "test_scores", {})
+        if "score" in scores:
+            groups = {a: scores[a] for a in ATTRS if a in scores}
+            plot_scores_by_group(scores["score"], groups, run_dir / "plots" / "test_scores_by_group.png",
+                                 threshold=None)
+            plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
+    s = summary
+    lines = [
+        f"# Run report: {cfg.experiment}",
+        "",
+        f"{cfg.description}".strip() or "",
+        "",
+        f"- adversary: `{cfg.adversary.method}`"
+        + (f" (objective `{cfg.adversary.objective}`, weight {cfg.adversary.weight}, "
+           f"schedule `{cfg.adversary.weight_schedule}`, k_disc {cfg.adversary.k_disc})"
+           if cfg.adversary.method != "none" else ""),
+        f"- data: `{cfg.data.source}`, seed {cfg.seed}; epochs {s.get('train/epochs')}, "
+        f"batches {s.get('train/batches')}, optimizer steps {s.get('train/optimizer_steps')}",
+        f"- wall time: data {_fmt(s.get('time/data_s'), 1)} s, fit {_fmt(s.get('time/fit_s'), 1)} s, "
+        f"total {_fmt(s.get('time/total_s'), 1)} s",
+        "",
+        "## Task (test split)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    names = {"test/pearson": "Pearson r (label)", "test/pearson_merit": "Pearson r (merit, synthetic truth)",
+             "test/mae": "MAE", "test/r2": "R²"}
+    for k in TASK_KEYS:
+        if k in s:
+            lines.append(f"| {names[k]} | {_fmt(s[k])} |")
+    if "test/mae" in s:
+        lines.append(f"| 1 − MAE (ChaLearn mean accuracy) | {_fmt(1 - s['test/mae'])} |")
+    if any(k.startswith("probe/") for k in s):
+        lines += ["", "## Leakage: post-hoc probes on frozen representations",
+                  "", "Balanced accuracy with 95% identity-cluster bootstrap interval; probes are "
+                  "trained on the training split and scored on the identity-disjoint test split. "
+                  "Chance is 0.500 for gender and 0.333 for ethnicity.", "",
+                  "| layer | gender linear | gender MLP | ethnicity linear | ethnicity MLP |",
+                  "|---|---|---|---|---|"]
+        for layer in LAYERS:
+            if f"probe/{layer}/gender/linear/bal_acc" in s:
+                cells = [_ci(s, f"probe/{layer}/{a}/{p}") for a in ATTRS for p in ("linear", "mlp")]
+                lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if any(k.startswith("fair/") for k in s):
+        lines += ["", "## Output fairness (test split)", "",
+                  "Gaps are max − min over groups. DP: demographic-parity difference of the invite "
+                  "decision; EO: equal-opportunity difference (TPR gap among qualified candidates).",
+                  "", "| attribute | DP diff | DP ratio | EO diff | MAE gap | mean-score gap | score–gender r |",
+                  "|---|---|---|---|---|---|---|"]
+        for a in ATTRS:
+            lines.append(f"| {a} | {_fmt(s.get(f'fair/{a}/dp_diff'))} | {_fmt(s.get(f'fair/{a}/dp_ratio'))} | "
+                         f"{_fmt(s.get(f'fair/{a}/eo_diff'))} | {_fmt(s.get(f'fair/{a}/mae_gap'))} | "
+                         f"{_fmt(s.get(f'fair/{a}/mean_score_gap'))} | "
+                         f"{_fmt(s.get(f'fair/{a}/score_corr')) if a == 'gender' else '–'} |")
+    if "adv/test_d_acc" in s:
+        lines += ["", "## Face discriminator (test split)", "",
+                  f"accuracy {_fmt(s['adv/test_d_acc'])}, AUC {_fmt(s.get('adv/test_d_auc'))} "
+                  "(positives: own faces; negatives: faces of other people). A low value is not "
+                  "proof of removal; the probes above are the measure."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- comparison
+def load_run(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no summary.json (did the run finish?)")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    name = run_dir.name
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(cfg_path)
+        name = f"{cfg.get('experiment', name)}/s{cfg.get('seed', '?')}"
+        summary["_experiment"] = str(cfg.get("experiment", name))
+    else:
+        summary["_experiment"] = name
+    summary["_name"] = name
+    summary["_dir"] = str(run_dir)
+    return summary
+
+
+COMPARE_COLUMNS = (
+    ["test/pearson", "test/pearson_merit", "test/mae"]
+    + [f"probe/fused/{a}/{p}/bal_acc" for a in ATTRS for p in ("linear", "mlp")]
+    + [f"fair/{a}/{k}" for a in ATTRS for k in ("dp_diff", "eo_diff", "mae_gap")]
+    + ["fair/gender/score_corr"]
+)
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """Mean and std over runs of the same experiment (e.g. seeds)."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["_experiment"], []).append(r)
+    out = []
+    for exp, rs in groups.items():
+        row = {"_name": exp, "_n": len(rs)}
+        for c in COMPARE_COLUMNS:
+            vals = np.array([r[c] for r in rs if c in r], dtype=float)
+            row[c] = (float(np.nanmean(vals)) if len(vals) else float("nan"),
+                      float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan"))
+        out.append(row)
+    return out
+
+
+def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_merit",
+            leakage: str = "probe/fused/gender/mlp/bal_acc") -> dict[str, Path]:
+    from fair_lightning.plots import plot_tradeoff
+
+    runs = [load_run(Path(d)) for d in run_dirs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "comparison.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "experiment", "dir", *COMPARE_COLUMNS,
+                    *[c + "_ci_low" for c in COMPARE_COLUMNS if c.startswith("probe/")],
+                    *[c + "_ci_high" for c in COMPARE_COLUMNS if c.startswith("probe/")]])
+        for r in runs:
+            probe_cols = [c for c in COMPARE_COLUMNS if c.startswith("probe/")]
+            w.writerow([r["_name"], r["_experiment"], r["_dir"], *[r.get(c, "") for c in COMPARE_COLUMNS],
+                        *[r.get(c.replace("/bal_acc", "/bal_acc_ci_low"), "") for c in probe_cols],
+                        *[r.get(c.replace("/bal_acc", "/bal_acc_ci_high"), "") for c in probe_cols]])
+    short = {c: c.replace("probe/fused/", "fused ").replace("/bal_acc", "").replace("fair/", "")
+             for c in COMPARE_COLUMNS}
+    lines = ["# Comparison", "",
+             "Probe columns: balanced accuracy of fresh probes on the fused representation h "
+             "(test split, 95% identity-cluster bootstrap interval). Chance: gender 0.5, "
+             "ethnicity 0.333. Fairness gaps are max − min over groups on the test split.", "",
+             "## Runs", "",
+             "| run | " + " | ".join(short[c] for c in COMPARE_COLUMNS) + " |",
+             "|---|" + "---|" * len(COMPARE_COLUMNS)]
+    for r in runs:
+        cells = []
+        for c in COMPARE_COLUMNS:
+            if c.startswith("probe/") and c in r:
+                cells.append(_ci(r, c[: -len("/bal_acc")]))
+            else:
+                cells.append(_fmt(r.get(c)))
+        lines.append(f"| {r['_name']} | " + " | ".join(cells) + " |")
+    agg = aggregate(runs)
+    if any(a["_n"] > 1 for a in agg):
+        lines += ["", "## Per experiment (mean ± std over runs)", "",
+                  "| experiment | n | " + " | ".join(short[c] for c in COMPARE_COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(COMPARE_COLUMNS)]
+        for a in agg:
+            cells = [f"{_fmt(a[c][0])} ± {_fmt(a[c][1])}" for c in COMPARE_COLUMNS]
+            lines.append(f"| {a['_name']} | {a['_n']} | " + " | ".join(cells) + " |")
+    lines += ["", f"![trade-off](tradeoff.png)", ""]
+    (out_dir / "comparison.md").write_text("\n".join(lines))
+    plot_tradeoff(runs, metric, leakage, out_dir / "tradeoff.png")
+    return {"markdown": out_dir / "comparison.md", "csv": out_dir / "comparison.csv",
+            "plot": out_dir / "tradeoff.png"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fair_lightning.report",
+                                description="Compare finished runs: table (markdown, CSV) and a "
+                                            "task-metric-against-leakage plot.")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (each with summary.json)")
+    p.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output directory")
+    p.add_argument("--metric", default="test/pearson_merit", help="task metric on the y axis")
+    p.add_argument("--leakage", default="probe/fused/gender/mlp/bal_acc",
+                   help="leakage metric on the x axis")
+    args = p.parse_args(argv)
+    try:
+        paths = compare(args.runs, args.out, args.metric, args.leakage)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

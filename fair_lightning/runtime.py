@@ -1,0 +1,68 @@
+"""Process-level set-up shared by the entry points: offline env, run dir, ranks, data."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+OFFLINE_ENV = {
+    # no hub access, ever: the text model ships inside a package
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+RUN_DIR_ENV = "FAIR_LIGHTNING_RUN_DIR"
+
+
+def set_offline_env() -> None:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def global_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def resolve_run_dir(output_dir: str | None, experiment: str, root: str = "runs") -> Path:
+    """One run dir shared by every process of a run.
+
+    DDP children inherit it through RUN_DIR_ENV; SLURM tasks agree on the job id.
+    """
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if output_dir:
+        path = Path(output_dir)
+    elif os.environ.get("SLURM_JOB_ID"):
+        path = Path(root) / experiment / f"slurm-{os.environ['SLURM_JOB_ID']}"
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(root) / experiment / stamp
+        n = 1
+        while path.exists():
+            path = Path(root) / experiment / f"{stamp}-{n}"
+            n += 1
+    path = path.resolve()
+    os.environ[RUN_DIR_ENV] = str(path)
+    return path
+
+
+def ensure_data(datamodule, timeout_s: float = 3600) -> None:
+    """Rank 0 builds the shards; other ranks wait until they are complete."""
+    if global_rank() == 0:
+        datamodule.prepare_data()
+        return
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            datamodule.setup("fit")
+            return
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(2)

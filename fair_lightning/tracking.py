@@ -1,0 +1,104 @@
+"""Loggers and run-directory outputs: W&B (offline without credentials), CSV, summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def has_wandb_credentials() -> bool:
+    """True when W&B could log in without asking: an API key in the env or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """auto -> online with credentials else offline; an explicit WANDB_MODE env wins over auto."""
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE")
+        if env in ("online", "offline", "disabled"):
+            return env
+        return "online" if has_wandb_credentials() else "offline"
+    if mode == "online" and not has_wandb_credentials():
+        raise RuntimeError(
+            "logger.wandb.mode=online but no W&B credentials were found (WANDB_API_KEY or "
+            "~/.netrc); run `wandb login` or use logger.wandb.mode=auto/offline")
+    return mode
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers = []
+    mode = resolve_wandb_mode(cfg.logger.wandb.mode)
+    if mode != "disabled":
+        # never let wandb open an interactive prompt, whatever the terminal
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ["WANDB_DISABLE_CODE"] = "true"
+        w = cfg.logger.wandb
+        loggers.append(WandbLogger(
+            project=w.project, entity=w.entity, group=w.group, tags=list(w.tags),
+            name=f"{cfg.experiment}-{run_dir.name}", save_dir=str(run_dir), mode=mode,
+            config=OmegaConf.to_container(cfg, resolve=True), job_type="train",
+        ))
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    return loggers
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON via a temporary file + rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def flat_metrics(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """Scalar metrics whose names start with one of `prefixes`, as plain floats."""
+    out = {}
+    for k, v in metrics.items():
+        if not k.startswith(prefixes):
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = f if math.isfinite(f) else float("nan")
+    return dict(sorted(out.items()))
+
+
+SUMMARY_PREFIXES = ("test/", "probe/", "fair/", "adv/test_")
+
+
+def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, float]:
+    """Final flat metrics: test metrics, fairness, and the test-time probe results."""
+    from fair_lightning.callbacks import rows_to_metrics
+
+    metrics = dict(trainer.callback_metrics)
+    for d in test_results or []:
+        metrics.update(d)
+    for cb in callbacks:
+        rows = getattr(cb, "results", {}).get("probe")
+        if rows:
+            metrics.update(rows_to_metrics(rows, "probe"))
+            metrics["probe/audit_s"] = cb.timings.get("probe", float("nan"))
+    return flat_metrics(metrics, SUMMARY_PREFIXES)

@@ -1,0 +1,173 @@
+"""Train, test, probe and report one experiment.
+
+    python -m fair_lightning.train experiment=<name> [key=value ...]
+
+Overrides use dotted keys from experiments/base.yaml (`--key=value` works too, as the W&B
+agent passes them). The last line printed is `run dir: <path>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from fair_lightning.runtime import set_offline_env
+
+set_offline_env()
+
+from fair_lightning.config import ConfigError, available_experiments, config_from_argv, save_config  # noqa: E402
+
+HELP = f"""usage: python -m fair_lightning.train experiment=NAME [key=value ...]
+
+Trains the multimodal scorer of experiment NAME, tests the best checkpoint, probes its
+representations for gender/ethnicity and writes a run directory.
+
+  experiment=NAME     one of: {', '.join(available_experiments())} (default: baseline)
+  key=value           any dotted key of experiments/base.yaml, e.g.
+                        trainer.max_epochs=5 adversary.weight=2 data.batch_size=64
+                        output_dir=runs/mine logger.wandb.mode=disabled
+  --key=value         same, as passed by a W&B sweep agent
+
+Run dir: config.yaml, checkpoints/, csv/metrics.csv, summary.json, report.md, plots/, wandb/
+"""
+
+log = logging.getLogger("fair_lightning")
+
+
+def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import DDPStrategy
+
+    t = cfg.trainer
+    per_batch = module.optimizer_steps_per_batch
+    ckpt_dir = run_dir / "checkpoints"
+    cbs = [ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
+                           save_last=True, auto_insert_metric_name=False)]
+    if t.checkpoint_every_n_batches > 0:
+        # global_step counts optimizer steps: convert batches to steps
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir / "periodic", filename="batch-{step}",
+                                   every_n_train_steps=t.checkpoint_every_n_batches * per_batch,
+                                   save_top_k=-1))
+    cbs.extend(callbacks)
+    strategy = t.strategy
+    distributed = t.devices > 1 or t.num_nodes > 1
+    if strategy in ("ddp", "auto") and distributed:
+        # manual optimization with several backward passes per batch: DDP must look for
+        # parameters a given backward does not reach
+        strategy = DDPStrategy(find_unused_parameters=True)
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps * per_batch if t.max_steps > 0 else -1,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=strategy, precision=t.precision, deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        logger=loggers if loggers is not None else False,
+        callbacks=cbs,
+    )
+
+
+def build_module(cfg, dims: dict):
+    from fair_lightning.module import FairScorerModule
+
+    return FairScorerModule(cfg.model, cfg.adversary, cfg.optim,
+                            text_dim=dims["text"], audio_dim=dims["audio"],
+                            max_epochs=cfg.trainer.max_epochs)
+
+
+def build_datamodule(cfg):
+    from data_modules.datamodule import InterviewDataModule
+
+    # only the explicit-label baseline may see gender/ethnicity while training
+    return InterviewDataModule(cfg.data, seed=cfg.seed,
+                               label_free=cfg.adversary.method != "label")
+
+
+def analysis_callbacks(cfg, datamodule) -> list:
+    from fair_lightning.callbacks import OutputFairnessCallback, SensitiveAttributeProbe
+
+    cbs = []
+    if cfg.probe.enabled:
+        cbs.append(SensitiveAttributeProbe(cfg.probe, datamodule, seed=cfg.seed))
+    if cfg.fairness.enabled:
+        cbs.append(OutputFairnessCallback(threshold=cfg.fairness.threshold,
+                                          top_q=cfg.fairness.top_q))
+    return cbs
+
+
+def run(cfg) -> Path:
+    import lightning as L
+
+    from fair_lightning.report import write_run_report
+    from fair_lightning.runtime import ensure_data, global_rank, resolve_run_dir
+    from fair_lightning.tracking import collect_summary, make_loggers, write_json_atomic
+
+    run_dir = resolve_run_dir(cfg.output_dir, cfg.experiment)
+    rank0 = global_rank() == 0
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    t0 = time.time()
+    dm = build_datamodule(cfg)
+    ensure_data(dm)
+    dm.setup("fit")
+    data_s = time.time() - t0
+    module = build_module(cfg, dm.feature_dims())
+    callbacks = analysis_callbacks(cfg, dm)
+    trainer = build_trainer(cfg, run_dir, module, callbacks, make_loggers(cfg, run_dir))
+    t1 = time.time()
+    trainer.fit(module, datamodule=dm)
+    fit_s = time.time() - t1
+    ckpt = trainer.checkpoint_callback.best_model_path or None
+    test_metrics = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    if trainer.is_global_zero:
+        summary = collect_summary(trainer, test_metrics, callbacks)
+        summary.update({"time/data_s": round(data_s, 2), "time/fit_s": round(fit_s, 2),
+                        "time/total_s": round(time.time() - t0, 2),
+                        "train/epochs": trainer.current_epoch,
+                        "train/batches": trainer.fit_loop.epoch_loop._batches_that_stepped,
+                        "train/optimizer_steps": trainer.global_step})
+        write_json_atomic(run_dir / "summary.json", summary)
+        write_run_report(run_dir, cfg, summary, callbacks)
+        for lg in trainer.loggers:
+            if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
+                lg.experiment.summary.update(summary)
+                lg.experiment.finish()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(HELP)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("litdata").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    from data_modules.shards import ShardError
+
+    try:
+        cfg = config_from_argv(argv)
+        run_dir = run(cfg)
+    except (ConfigError, ShardError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from fair_lightning.runtime import global_rank
+
+    if global_rank() == 0:
+        print(f"run dir: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

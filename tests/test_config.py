@@ -1,0 +1,67 @@
+import pytest
+from omegaconf import OmegaConf
+
+from fair_lightning.config import (
+    ConfigError,
+    available_experiments,
+    load_config,
+    parse_overrides,
+)
+
+
+def test_experiment_files_override_base():
+    base_keys = OmegaConf.to_container(load_config("baseline"))
+    adv = load_config("adversarial")
+    assert adv.adversary.method == "indirect"
+    assert load_config("baseline").adversary.method == "none"
+    assert load_config("label_adversary").adversary.method == "label"
+    # everything not named in the experiment file keeps the base default
+    assert adv.model.fused_dim == base_keys["model"]["fused_dim"]
+    assert adv.experiment == "adversarial"
+
+
+def test_overrides_are_typed_and_merged():
+    cfg = load_config("baseline", [("trainer.max_epochs", "3"), ("adversary.weight", "2.5"),
+                                   ("logger.wandb.tags", "[a,b]"), ("output_dir", "x/y")])
+    assert cfg.trainer.max_epochs == 3 and isinstance(cfg.trainer.max_epochs, int)
+    assert cfg.adversary.weight == 2.5
+    assert list(cfg.logger.wandb.tags) == ["a", "b"]
+    assert cfg.output_dir == "x/y"
+
+
+def test_unknown_key_names_key_and_closest():
+    with pytest.raises(ConfigError) as e:
+        load_config("baseline", [("trainer.max_epoch", "3")])
+    assert "'trainer.max_epoch'" in str(e.value) and "'trainer.max_epochs'" in str(e.value)
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError) as e:
+        load_config("baseline", [("trainer.max_epochs", "many")])
+    assert "trainer.max_epochs" in str(e.value) and "int" in str(e.value)
+
+
+def test_unknown_choice_is_rejected():
+    with pytest.raises(ConfigError, match="adversary.method"):
+        load_config("baseline", [("adversary.method", "magic")])
+
+
+def test_unknown_experiment_lists_available():
+    with pytest.raises(ConfigError) as e:
+        load_config("nonexistent")
+    for name in available_experiments():
+        assert name in str(e.value)
+    assert {"baseline", "adversarial", "label_adversary"} <= set(available_experiments())
+
+
+def test_override_syntax():
+    assert parse_overrides(["--seed=3", "experiment=adversarial", "a.b=c=d"]) == (
+        "adversarial", [("seed", "3"), ("a.b", "c=d")])
+    with pytest.raises(ConfigError, match="malformed override 'a.b'"):
+        parse_overrides(["a.b"])
+
+
+def test_config_is_read_only():
+    cfg = load_config("baseline")
+    with pytest.raises(Exception):
+        cfg.seed = 5

@@ -1,0 +1,180 @@
+"""The LightningModule: alternating steps, objectives, the label-free guard, step counting."""
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from data_modules.batch import SensitiveAccessError
+from data_modules.collate import collate_records, strip_sensitive
+from data_modules.datamodule import InterviewDataModule
+from data_modules.shards import write_shards
+from fair_lightning.config import load_config
+from fair_lightning.module import FairScorerModule, dann_weight
+from tests.conftest import make_records
+
+
+def _module(method="indirect", objective="confusion", k_disc=1, **adv):
+    cfg = load_config("baseline", [("adversary.method", method),
+                                   ("adversary.objective", objective),
+                                   ("adversary.k_disc", str(k_disc)),
+                                   ("adversary.weight_schedule", "constant"),
+                                   ("model.hidden_dim", "16"), ("model.fused_dim", "8"),
+                                   ("model.face_dim", "8"), ("model.video_channels", "4"),
+                                   *[(f"adversary.{k}", str(v)) for k, v in adv.items()]])
+    return FairScorerModule(cfg.model, cfg.adversary, cfg.optim, text_dim=384, audio_dim=8,
+                            max_epochs=1)
+
+
+def _attach(module):
+    # drive training_step by hand: Lightning's optimizer wrappers need a trainer
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    module.trainer = trainer
+    trainer.strategy._lightning_optimizers = []
+    opts = module.configure_optimizers()
+    opts = opts[0] if isinstance(opts, tuple) else opts
+    trainer.strategy.optimizers = opts if isinstance(opts, list) else [opts]
+    module.log = lambda *a, **k: None
+    module.log_dict = lambda *a, **k: None
+    module.adversary_weight = lambda: 1.0
+    return trainer
+
+
+def _snapshot(mod):
+    return {n: p.detach().clone() for n, p in mod.named_parameters()}
+
+
+def _changed(before, mod):
+    return {n for n, p in mod.named_parameters() if not torch.equal(before[n], p)}
+
+
+@pytest.mark.parametrize("method", ["indirect", "label"])
+def test_alternating_steps_update_the_right_parameters(method, records):
+    torch.manual_seed(0)
+    m = _module(method)
+    _attach(m)
+    m.train()
+    batch = collate_records(records if method == "label"
+                            else [strip_sensitive(r) for r in records])
+    adv_mods = ([m.face_encoder, m.discriminator] if method == "indirect" else [m.attr_adversary])
+    opt_main, opt_adv = m.optimizers()
+    calls = []
+    real_main, real_adv = opt_main.step, opt_adv.step
+
+    def spy(name, real):
+        def step(*a, **k):
+            # record which parameters move in this optimizer step
+            before_s, before_a = _snapshot(m.scorer), [_snapshot(x) for x in adv_mods]
+            out = real(*a, **k)
+            calls.append((name, bool(_changed(before_s, m.scorer)),
+                          any(_changed(b, x) for b, x in zip(before_a, adv_mods, strict=True))))
+            return out
+        return step
+
+    opt_main.step, opt_adv.step = spy("main", real_main), spy("adv", real_adv)
+    m.training_step(batch, 0)
+    assert calls == [("adv", False, True), ("main", True, False)]
+
+
+def test_k_disc_adversary_steps_per_batch(records):
+    m = _module("indirect", k_disc=3)
+    _attach(m)
+    assert m.optimizer_steps_per_batch == 4
+    opt_main, opt_adv = m.optimizers()
+    n = {"main": 0, "adv": 0}
+    for name, opt in (("main", opt_main), ("adv", opt_adv)):
+        real = opt.step
+        opt.step = lambda *a, _r=real, _n=name, **k: (n.__setitem__(_n, n[_n] + 1), _r(*a, **k))[1]
+    m.training_step(collate_records([strip_sensitive(r) for r in records]), 0)
+    assert n == {"main": 1, "adv": 3}
+
+
+def test_grl_single_step_updates_both(records):
+    torch.manual_seed(0)
+    m = _module("indirect", objective="grl")
+    _attach(m)
+    assert m.optimizer_steps_per_batch == 2
+    s, d = _snapshot(m.scorer), _snapshot(m.discriminator)
+    m.training_step(collate_records([strip_sensitive(r) for r in records]), 0)
+    assert _changed(s, m.scorer) and _changed(d, m.discriminator)
+
+
+def test_main_step_pushes_h_against_the_discriminator(records):
+    """minimax: the main step's adversarial term is minus D's loss, confusion: BCE to 0.5."""
+    torch.manual_seed(0)
+    batch = collate_records([strip_sensitive(r) for r in records])
+    for objective in ("minimax", "confusion"):
+        m = _module("indirect", objective=objective)
+        h = m.scorer(batch).h
+        pairs = m._face_pairs(batch)
+        faces = m.face_encoder(batch.faces)
+        d_loss = m._adversary_loss(h, batch, pairs, faces)
+        term = m._main_adversarial_term(h, batch, pairs, faces)
+        if objective == "minimax":
+            assert torch.allclose(term, -d_loss)
+        else:  # balanced BCE against 0.5 is at least log 2, reached when D outputs 0.5
+            assert term >= torch.log(torch.tensor(2.0)) - 1e-6
+
+
+def test_indirect_training_step_cannot_read_sensitive(records):
+    """The label-free guard: a training step in indirect mode gets a batch whose
+    attributes raise on access, and the module never needs them."""
+    m = _module("indirect")
+    _attach(m)
+    batch = collate_records([strip_sensitive(r) for r in records])
+    m.training_step(batch, 0)  # succeeds without the attributes
+    with pytest.raises(SensitiveAccessError):
+        _ = batch.sensitive
+    # the label adversary, by contrast, needs them and fails loudly without
+    lab = _module("label")
+    _attach(lab)
+    with pytest.raises(SensitiveAccessError):
+        lab.training_step(batch, 0)
+
+
+def test_training_step_batches_are_label_free_through_the_trainer(tmp_path):
+    """End to end through Lightning: every batch the indirect training step receives lacks
+    gender/ethnicity, while validation still reaches the fairness path."""
+    for i, split in enumerate(("train", "val", "test")):
+        write_shards(make_records(6, 2, seed=i, prefix=split[:2]), tmp_path / split)
+    dm = InterviewDataModule(OmegaConf.create({"source": "synthetic", "batch_size": 4,
+                                               "num_workers": 0}),
+                             label_free=True, shard_root=tmp_path)
+    m = _module("indirect")
+    seen = []
+    real = m.training_step
+
+    def spy(batch, batch_idx):
+        seen.append(batch.has_sensitive)
+        return real(batch, batch_idx)
+
+    m.training_step = spy
+    L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(m, datamodule=dm)
+    assert seen and not any(seen)
+
+
+def test_max_steps_counts_batches(tmp_path):
+    """Config max_steps is in batches; Lightning's global_step counts optimizer steps."""
+    from fair_lightning.train import build_trainer
+
+    for i, split in enumerate(("train", "val", "test")):
+        write_shards(make_records(10, 2, seed=i, prefix=split[:2]), tmp_path / split)
+    cfg = load_config("baseline", [("trainer.max_steps", "3"), ("trainer.max_epochs", "5"),
+                                   ("adversary.k_disc", "2")])
+    dm = InterviewDataModule(OmegaConf.create({"source": "synthetic", "batch_size": 4,
+                                               "num_workers": 0}),
+                             label_free=True, shard_root=tmp_path)
+    m = _module("indirect", k_disc=2)
+    trainer = build_trainer(cfg, tmp_path / "run", m)
+    trainer.fit(m, datamodule=dm)
+    assert trainer.fit_loop.epoch_loop._batches_that_stepped == 3
+    assert trainer.global_step == 3 * 3
+
+
+def test_dann_schedule():
+    assert dann_weight(0.0) == 0.0
+    assert 0.99 < dann_weight(1.0) < 1.0
+    assert dann_weight(0.1) < dann_weight(0.5)
