@@ -104,7 +104,8 @@ class InterviewDataModule(L.LightningDataModule):
         from litdata import StreamingDataLoader
 
         ds = open_streaming(self.split_dir(split), shuffle=train, seed=self.seed,
-                            transform=None if keep_sensitive else strip_sensitive)
+                            transform=None if keep_sensitive else strip_sensitive,
+                            equal_ranks=train)
         return StreamingDataLoader(ds, batch_size=self.cfg.batch_size,
                                    num_workers=self.cfg.num_workers,
                                    collate_fn=collate_records,

@@ -36,7 +36,7 @@ def _check_record(record: dict, where: str) -> None:
 
 
 def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | None = None,
-                 chunk_bytes: str = "16MB") -> Path:
+                 chunk_bytes: str = "4MB") -> Path:
     """Write `records` as litdata shards at `out_dir` (atomically). Returns `out_dir`."""
     from litdata import optimize
 
@@ -88,10 +88,20 @@ def check_shard_dir(path: Path) -> int:
     return total
 
 
-def open_streaming(path: Path, *, shuffle: bool, seed: int, transform=None):
-    """A litdata StreamingDataset over a checked shard directory (DDP/worker aware)."""
+def open_streaming(path: Path, *, shuffle: bool, seed: int, transform=None,
+                   equal_ranks: bool = False):
+    """A litdata StreamingDataset over a checked shard directory (DDP/worker aware).
+
+    equal_ranks=True (training) lets litdata drop a few items so every DDP rank gets the same
+    number of batches; otherwise ranks would wait on each other's collectives forever.
+    Evaluation keeps every clip (False): its metrics only sync at epoch end.
+    """
+    import warnings
+
     from litdata import StreamingDataset
 
     check_shard_dir(path)
-    return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=False,
-                            transform=transform)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*disabled the `drop_last` option.*")
+        return StreamingDataset(str(path), shuffle=shuffle, seed=seed,
+                                drop_last=None if equal_ranks else False, transform=transform)

@@ -34,8 +34,8 @@ def resolve_run_dir(output_dir: str | None, experiment: str, root: str = "runs")
 
     DDP children inherit it through RUN_DIR_ENV; SLURM tasks agree on the job id.
     """
-    if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
+    if global_rank() > 0 and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])  # a DDP child: the launcher's choice
     if output_dir:
         path = Path(output_dir)
     elif os.environ.get("SLURM_JOB_ID"):

@@ -151,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("litdata").setLevel(logging.WARNING)
+    logging.getLogger("litdata").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # fairness metrics are synced by torchmetrics before rank 0 logs them
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
+    warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
+    warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
     from data_modules.shards import ShardError
 
     try:

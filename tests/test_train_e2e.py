@@ -1,0 +1,130 @@
+"""Entry points end to end on a tiny synthetic benchmark (real generator, real MiniLM)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fair_lightning.config import load_config
+from fair_lightning.train import main, run
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    # one tiny benchmark for the whole module: generation is the slow part
+    return tmp_path_factory.mktemp("cache")
+
+
+def _cfg(tmp_path, cache, exp="baseline", **extra):
+    ov = dict(tiny_overrides(tmp_path, **extra))
+    ov["data.cache_dir"] = str(cache)
+    return load_config(exp, list(ov.items()))
+
+
+def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, capsys):
+    ov = dict(tiny_overrides(tmp_path))
+    ov["data.cache_dir"] = str(shared_cache)
+    assert main(["experiment=adversarial", *[f"{k}={v}" for k, v in ov.items()]]) == 0
+    run_dir = Path(ov["output_dir"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"run dir: {run_dir.resolve()}"
+    for f in ("config.yaml", "summary.json", "report.md", "csv/metrics.csv",
+              "checkpoints/best.ckpt", "checkpoints/last.ckpt", "plots/probe_leakage.png",
+              "plots/test_scores_by_group.png"):
+        assert (run_dir / f).is_file(), f
+    s = json.loads((run_dir / "summary.json").read_text())
+    for k in ("test/pearson", "test/mae", "test/r2", "test/pearson_merit",
+              "probe/fused/gender/mlp/bal_acc", "probe/fused/ethnicity/linear/bal_acc_ci_low",
+              "probe/video/gender/linear/chance", "fair/gender/dp_diff", "fair/gender/eo_diff",
+              "fair/ethnicity/mae_gap", "adv/test_d_auc"):
+        assert k in s and isinstance(s[k], float), k
+    assert s["probe/fused/gender/linear/chance"] == 0.5
+    assert math.isclose(s["probe/fused/ethnicity/mlp/chance"], 1 / 3)
+    assert s["train/optimizer_steps"] == 2 * s["train/batches"]  # k_disc=1: D step + main step
+    assert all("/" in k for k in s)
+    saved = load_config("adversarial", [])
+    assert (run_dir / "config.yaml").read_text().count("method: indirect") == 1
+    assert saved.adversary.method == "indirect"
+    report = (run_dir / "report.md").read_text()
+    assert "Leakage" in report and "| fused |" in report
+
+
+def test_same_seed_same_result(tmp_path, shared_cache):
+    a = run(_cfg(tmp_path / "a", shared_cache, **{"probe.enabled": "false"}))
+    b = run(_cfg(tmp_path / "b", shared_cache, **{"probe.enabled": "false"}))
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["test/pearson"] == sb["test/pearson"] and sa["test/mae"] == sb["test/mae"]
+
+
+def test_wandb_offline_without_credentials(tmp_path, shared_cache, monkeypatch):
+    """No key, no netrc, no network: W&B writes an offline run and never prompts."""
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    cfg = _cfg(tmp_path, shared_cache, **{"logger.wandb.mode": "auto",
+                                          "probe.enabled": "false"})
+    run_dir = run(cfg)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+
+
+def test_cli_errors_are_clear(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "fair_lightning.train", *args],
+                              capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    r = cli("experiment=nope")
+    assert r.returncode == 2 and "available: adversarial, baseline, label_adversary" in r.stderr
+    r = cli("trainer.max_epochs")
+    assert r.returncode == 2 and "malformed override 'trainer.max_epochs'" in r.stderr
+    r = cli("--help")
+    assert r.returncode == 0 and "experiment=NAME" in r.stdout
+
+
+def test_corrupt_cached_shards_name_the_path(tmp_path, shared_cache, capsys):
+    cfg = _cfg(tmp_path, shared_cache, **{"probe.enabled": "false"})
+    run(cfg)  # make sure the cache exists
+    from data_modules.datamodule import InterviewDataModule
+
+    index = InterviewDataModule(cfg.data).split_dir("val") / "index.json"
+    saved = index.read_text()
+    args = ["experiment=baseline", *[f"{k}={v}" for k, v in tiny_overrides(tmp_path / "x")
+                                     if k != "data.cache_dir"], f"data.cache_dir={shared_cache}"]
+    try:
+        index.write_text("garbage")
+        capsys.readouterr()
+        assert main(args) == 2
+        assert f"corrupt shard index {index}" in capsys.readouterr().err
+        index.unlink()
+        assert main(args) == 2
+        assert str(index.parent) in capsys.readouterr().err
+    finally:
+        index.write_text(saved)
+
+
+def test_run_dir_resolution(tmp_path, monkeypatch):
+    from fair_lightning.runtime import RUN_DIR_ENV, resolve_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_JOB_ID", RUN_DIR_ENV):
+        monkeypatch.delenv(var, raising=False)
+    a = resolve_run_dir(None, "exp")
+    a.mkdir(parents=True)
+    b = resolve_run_dir(None, "exp")
+    assert a != b and a.parent == b.parent == (tmp_path / "runs" / "exp").resolve()
+    assert resolve_run_dir("mine", "exp") == (tmp_path / "mine").resolve()
+    # a DDP child takes the parent's directory; SLURM tasks agree on the job id
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_run_dir(None, "exp") == Path(os.environ[RUN_DIR_ENV])
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert resolve_run_dir(None, "exp").name == "slurm-77"
