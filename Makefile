@@ -9,13 +9,17 @@ RUNS     ?=
 OUT      ?= runs/comparison
 PYTEST   := $(BIN)/python -m pytest
 
-.PHONY: install train audit compare test test-all lint clean help
+SEEDS    ?= 0 1 2
+EXPS     ?= baseline adversarial label_adversary
+
+.PHONY: install train audit compare seeds test test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
+	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [ARGS=...] every experiment x seed, then compare"
 	@echo "make lint | make clean"
 
 # the stamp depends on pyproject.toml, so a changed dependency list reinstalls
@@ -38,6 +42,14 @@ audit: install
 compare: install
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS='run_dir1 run_dir2 ...' [OUT=dir]"; exit 2; }
 	$(BIN)/python -m fair_lightning.report $(RUNS) --out $(OUT)
+
+# every experiment on every seed, on the same data, then one comparison (mean +- std)
+seeds: install
+	@set -e; dirs=""; for e in $(EXPS); do for s in $(SEEDS); do \
+	  d=runs/seeds/$$e-s$$s; \
+	  $(BIN)/python -m fair_lightning.train experiment=$$e seed=$$s output_dir=$$d $(ARGS); \
+	  dirs="$$dirs $$d"; done; done; \
+	$(BIN)/python -m fair_lightning.report $$dirs --out runs/seeds/comparison
 
 test: install
 	$(PYTEST) -q

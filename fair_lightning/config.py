@@ -84,6 +84,7 @@ class AdversaryConfig:
     objective: str = MISSING
     weight: float = MISSING
     weight_schedule: str = MISSING
+    warmup_epochs: int = MISSING
     k_disc: int = MISSING
     lr: float = MISSING
     negatives_per_positive: int = MISSING

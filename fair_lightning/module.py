@@ -127,13 +127,24 @@ class FairScorerModule(L.LightningModule):
         return [p for mod in mods for p in mod.parameters() if p.requires_grad]
 
     def adversary_weight(self) -> float:
-        """lambda now: constant, or DANN's warm-up over training progress p in [0, 1]."""
+        """lambda now. Zero during `warmup_epochs` (the adversary learns alone first, so the
+        main network is never rewarded for fooling an adversary that knows nothing); then
+        constant, or DANN's warm-up over the remaining training progress p in [0, 1]."""
+        warm = self.adv_cfg.warmup_epochs
+        if self.current_epoch < warm:
+            return 0.0
         w = self.adv_cfg.weight
         if self.adv_cfg.weight_schedule == "constant":
             return w
-        total = max(self.trainer.estimated_stepping_batches / self.optimizer_steps_per_batch, 1)
-        done = self.trainer.fit_loop.epoch_loop._batches_that_stepped
-        return w * dann_weight(min(done / total, 1.0))
+        t = self.trainer
+        # estimated_stepping_batches counts batches here (it ignores our extra optimizer
+        # steps), except when max_steps, which we set in optimizer steps, is what stops
+        total = (t.max_steps / self.optimizer_steps_per_batch if t.max_steps and t.max_steps > 0
+                 else t.estimated_stepping_batches)
+        per_epoch = t.num_training_batches if math.isfinite(t.num_training_batches) else 0
+        start = warm * per_epoch
+        done = t.fit_loop.epoch_loop._batches_that_stepped - start
+        return w * dann_weight(min(max(done / max(total - start, 1), 0.0), 1.0))
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(

@@ -35,10 +35,11 @@ def plot_probe_results(rows: list[dict], path: Path, title: str = "") -> Path:
         chance = next(r["chance"] for r in rows if r["attr"] == attr)
         ax.axhline(chance, color="red", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
         ax.set_xticks(np.arange(len(layers)), layers)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.2)  # headroom so the legend never hides a bar
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel("balanced accuracy (95% CI)")
         ax.set_title(f"{attr}: recoverable from each representation")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper center", ncol=3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

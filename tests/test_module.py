@@ -18,7 +18,7 @@ def _module(method="indirect", objective="confusion", k_disc=1, **adv):
     cfg = load_config("baseline", [("adversary.method", method),
                                    ("adversary.objective", objective),
                                    ("adversary.k_disc", str(k_disc)),
-                                   ("adversary.weight_schedule", "constant"),
+                                   ("adversary.weight_schedule", "constant"), ("adversary.warmup_epochs", "0"),
                                    ("model.hidden_dim", "16"), ("model.fused_dim", "8"),
                                    ("model.face_dim", "8"), ("model.video_channels", "4"),
                                    *[(f"adversary.{k}", str(v)) for k, v in adv.items()]])
@@ -178,3 +178,29 @@ def test_dann_schedule():
     assert dann_weight(0.0) == 0.0
     assert 0.99 < dann_weight(1.0) < 1.0
     assert dann_weight(0.1) < dann_weight(0.5)
+
+
+def test_adversary_weight_is_zero_during_warmup_then_ramps(tmp_path):
+    """lambda = 0 while the adversary warms up, then DANN's ramp over the remaining batches."""
+    from fair_lightning.train import build_trainer
+
+    for i, split in enumerate(("train", "val", "test")):
+        write_shards(make_records(8, 2, seed=i, prefix=split[:2]), tmp_path / split)
+    cfg = load_config("baseline", [("trainer.max_epochs", "4")])
+    dm = InterviewDataModule(OmegaConf.create({"source": "synthetic", "batch_size": 4,
+                                               "num_workers": 0}),
+                             label_free=True, shard_root=tmp_path)
+    m = _module("indirect", warmup_epochs=2, weight_schedule="dann", weight=2.0)
+    seen = []
+    real = m.adversary_weight
+
+    def spy():
+        seen.append((m.current_epoch, real()))
+        return seen[-1][1]
+
+    m.adversary_weight = spy
+    build_trainer(cfg, tmp_path / "run", m).fit(m, datamodule=dm)
+    warm = [w for e, w in seen if e < 2]
+    after = [w for e, w in seen if e >= 2]
+    assert warm and all(w == 0.0 for w in warm)
+    assert after == sorted(after) and 0 < after[-1] <= 2.0 and after[-1] > 1.5
