@@ -116,6 +116,7 @@ class TrainerConfig:
     limit_val_batches: float = MISSING
     limit_test_batches: float = MISSING
     checkpoint_every_n_batches: int = MISSING
+    test_checkpoint: str = MISSING
     enable_progress_bar: bool = MISSING
 
 
@@ -180,6 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adversary.weight_schedule": ("constant", "dann"),
     "optim.scheduler": ("none", "cosine"),
     "optim.loss": ("mse", "mae", "huber"),
+    "trainer.test_checkpoint": ("last", "best"),
     "probe.fit_split": ("train", "val", "test"),
     "probe.eval_split": ("train", "val", "test"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),

@@ -201,7 +201,7 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
         for a in agg:
             cells = [f"{_fmt(a[c][0])} ± {_fmt(a[c][1])}" for c in COMPARE_COLUMNS]
             lines.append(f"| {a['_name']} | {a['_n']} | " + " | ".join(cells) + " |")
-    lines += ["", f"![trade-off](tradeoff.png)", ""]
+    lines += ["", "![trade-off](tradeoff.png)", ""]
     (out_dir / "comparison.md").write_text("\n".join(lines))
     plot_tradeoff(runs, metric, leakage, out_dir / "tradeoff.png")
     return {"markdown": out_dir / "comparison.md", "csv": out_dir / "comparison.csv",

@@ -45,8 +45,12 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     t = cfg.trainer
     per_batch = module.optimizer_steps_per_batch
     ckpt_dir = run_dir / "checkpoints"
+    # Lightning's save_last only refreshes last.ckpt when a top-k file is saved, so "last"
+    # is its own callback: monitor=None keeps the latest epoch
     cbs = [ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
-                           save_last=True, auto_insert_metric_name=False)]
+                           auto_insert_metric_name=False),
+           ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)]
     if t.checkpoint_every_n_batches > 0:
         # global_step counts optimizer steps: convert batches to steps
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir / "periodic", filename="batch-{step}",
@@ -127,7 +131,7 @@ def run(cfg) -> Path:
     t1 = time.time()
     trainer.fit(module, datamodule=dm)
     fit_s = time.time() - t1
-    ckpt = trainer.checkpoint_callback.best_model_path or None
+    ckpt = str(run_dir / "checkpoints" / f"{cfg.trainer.test_checkpoint}.ckpt")
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
     if trainer.is_global_zero:
         summary = collect_summary(trainer, test_metrics, callbacks)

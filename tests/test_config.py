@@ -63,5 +63,7 @@ def test_override_syntax():
 
 def test_config_is_read_only():
     cfg = load_config("baseline")
-    with pytest.raises(Exception):
+    from omegaconf.errors import ReadonlyConfigError
+
+    with pytest.raises(ReadonlyConfigError):
         cfg.seed = 5

@@ -29,7 +29,8 @@ def _cfg(tmp_path, cache, exp="baseline", **extra):
 
 
 def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, capsys):
-    ov = dict(tiny_overrides(tmp_path))
+    ov = dict(tiny_overrides(tmp_path, **{"trainer.max_epochs": "2",
+                                          "adversary.warmup_epochs": "1"}))
     ov["data.cache_dir"] = str(shared_cache)
     assert main(["experiment=adversarial", *[f"{k}={v}" for k, v in ov.items()]]) == 0
     run_dir = Path(ov["output_dir"])
@@ -48,6 +49,12 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert math.isclose(s["probe/fused/ethnicity/mlp/chance"], 1 / 3)
     assert s["train/optimizer_steps"] == 2 * s["train/batches"]  # k_disc=1: D step + main step
     assert all("/" in k for k in s)
+    # last.ckpt is the final epoch (Lightning's save_last alone would keep the best epoch's)
+    import torch
+
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    assert last["epoch"] == 1
     saved = load_config("adversarial", [])
     assert (run_dir / "config.yaml").read_text().count("method: indirect") == 1
     assert saved.adversary.method == "indirect"

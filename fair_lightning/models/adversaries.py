@@ -52,11 +52,22 @@ class FaceEncoder(nn.Module):
         return self.cnn(faces.flatten(0, 1)).view(b, k, -1).mean(1)
 
 
+def standardize(h_dim: int) -> nn.Module:
+    """Per-feature batch standardisation of h, as the probes do (StandardScaler).
+
+    Without it the main network fools an adversary by shrinking the scale of the features
+    that carry an attribute, while a fresh probe, which rescales, still reads them.
+    """
+    return nn.BatchNorm1d(h_dim, affine=False)
+
+
 class FaceMatchDiscriminator(nn.Module):
-    """D(h, f) = MLP([P h, f, P h ⊙ f]) -> logit; the product term makes matching easy."""
+    """D(h, f) = MLP([P z, f, P z ⊙ f]) -> logit, z = standardised h; the product term makes
+    matching easy."""
 
     def __init__(self, h_dim: int, face_dim: int, hidden: int):
         super().__init__()
+        self.norm = standardize(h_dim)
         self.proj = nn.Linear(h_dim, face_dim)
         self.mlp = nn.Sequential(
             nn.Linear(3 * face_dim, hidden), nn.ReLU(),
@@ -65,7 +76,7 @@ class FaceMatchDiscriminator(nn.Module):
         )
 
     def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        p = self.proj(h)
+        p = self.proj(self.norm(h))
         return self.mlp(torch.cat([p, f, p * f], dim=-1)).squeeze(-1)
 
 
@@ -74,7 +85,7 @@ class AttributeAdversary(nn.Module):
 
     def __init__(self, h_dim: int, hidden: int, num_gender: int = 2, num_ethnicity: int = 3):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(h_dim, hidden), nn.ReLU(),
+        self.body = nn.Sequential(standardize(h_dim), nn.Linear(h_dim, hidden), nn.ReLU(),
                                   nn.Linear(hidden, hidden), nn.ReLU())
         self.gender = nn.Linear(hidden, num_gender)
         self.ethnicity = nn.Linear(hidden, num_ethnicity)
