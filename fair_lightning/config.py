@@ -90,6 +90,7 @@ class AdversaryConfig:
     negatives_per_positive: int = MISSING
     same_identity_positives: bool = MISSING
     hidden_dim: int = MISSING
+    heads: int = MISSING
 
 
 @dataclass

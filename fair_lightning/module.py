@@ -99,7 +99,8 @@ class FairScorerModule(L.LightningModule):
                 FaceEncoder.from_checkpoint(m.face_encoder_checkpoint, m.face_dim)
                 if m.face_encoder == "frozen" else FaceEncoder(m.face_dim))
             self.discriminator = FaceMatchDiscriminator(m.fused_dim, m.face_dim,
-                                                        self.adv_cfg.hidden_dim)
+                                                        self.adv_cfg.hidden_dim,
+                                                        heads=self.adv_cfg.heads)
         elif self.method == "label":
             self.attr_adversary = AttributeAdversary(m.fused_dim, self.adv_cfg.hidden_dim)
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
@@ -163,9 +164,9 @@ class FairScorerModule(L.LightningModule):
         """The adversary's own loss on h (what D/A minimise), logging its accuracy."""
         if self.method == "indirect":
             h_idx, f_idx, target = pairs
-            logits = self.discriminator(h[h_idx], faces[f_idx])
-            self._track_d(logits.detach(), target, stage)
-            return balanced_bce(logits, target)
+            logits = self.discriminator.head_logits(h[h_idx], faces[f_idx])
+            self._track_d(logits.detach().mean(0), target, stage)
+            return torch.stack([balanced_bce(lg, target) for lg in logits]).mean()
         g_logits, e_logits = self.attr_adversary(h)
         s = batch.sensitive  # label baseline only: the one mode allowed to read attributes
         return masked_ce(g_logits, s.gender) + masked_ce(e_logits, s.ethnicity)
@@ -174,10 +175,12 @@ class FairScorerModule(L.LightningModule):
         """What the main network minimises so that the adversary fails."""
         if self.method == "indirect":
             h_idx, f_idx, target = pairs
-            logits = self.discriminator(h[h_idx], faces[f_idx])
+            logits = self.discriminator.head_logits(h[h_idx], faces[f_idx])
             if self.objective == "confusion":
-                return balanced_bce(logits, torch.full_like(target, 0.5), is_positive=target)
-            return -balanced_bce(logits, target)  # minimax
+                half = torch.full_like(target, 0.5)
+                return torch.stack([balanced_bce(lg, half, is_positive=target)
+                                    for lg in logits]).mean()
+            return -torch.stack([balanced_bce(lg, target) for lg in logits]).mean()  # minimax
         g_logits, e_logits = self.attr_adversary(h)
         if self.objective == "confusion":
             return confusion_to_uniform(g_logits) + confusion_to_uniform(e_logits)

@@ -58,13 +58,10 @@ def standardize(h_dim: int) -> nn.Module:
     Without it the main network fools an adversary by shrinking the scale of the features
     that carry an attribute, while a fresh probe, which rescales, still reads them.
     """
-    return nn.BatchNorm1d(h_dim, affine=False)
+    return nn.BatchNorm1d(h_dim, affine=False, eps=1e-8)  # tiny eps: no scale floor to hide under
 
 
-class FaceMatchDiscriminator(nn.Module):
-    """D(h, f) = MLP([P z, f, P z ⊙ f]) -> logit, z = standardised h; the product term makes
-    matching easy."""
-
+class _MatchHead(nn.Module):
     def __init__(self, h_dim: int, face_dim: int, hidden: int):
         super().__init__()
         self.norm = standardize(h_dim)
@@ -75,9 +72,31 @@ class FaceMatchDiscriminator(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    def forward(self, h, f):
         p = self.proj(self.norm(h))
         return self.mlp(torch.cat([p, f, p * f], dim=-1)).squeeze(-1)
+
+
+class FaceMatchDiscriminator(nn.Module):
+    """D(h, f) = MLP([P z, f, P z ⊙ f]) -> logit, z = standardised h; the product term makes
+    matching easy.
+
+    With `heads` > 1, D is an ensemble of independently initialised heads over the same face
+    embedding; each head is trained on its own and the main network must fool all of them,
+    which is harder to do without removing the information itself.
+    """
+
+    def __init__(self, h_dim: int, face_dim: int, hidden: int, heads: int = 1):
+        super().__init__()
+        self.heads = nn.ModuleList(_MatchHead(h_dim, face_dim, hidden) for _ in range(heads))
+
+    def head_logits(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """[heads, N] logits."""
+        return torch.stack([head(h, f) for head in self.heads])
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """[N] ensemble logit (mean over heads)."""
+        return self.head_logits(h, f).mean(0)
 
 
 class AttributeAdversary(nn.Module):

@@ -89,3 +89,23 @@ def test_discriminator_and_adversary_shapes(tmp_path):
     assert not frozen.training
     enc.eval()
     assert torch.allclose(frozen(faces), enc(faces))
+
+
+def test_discriminator_heads_are_independent_and_averaged():
+    torch.manual_seed(0)
+    d = FaceMatchDiscriminator(5, 8, 16, heads=3).eval()
+    h, f = torch.randn(6, 5), torch.randn(6, 8)
+    per_head = d.head_logits(h, f)
+    assert per_head.shape == (3, 6)
+    assert not torch.allclose(per_head[0], per_head[1])  # different initialisations
+    assert torch.allclose(d(h, f), per_head.mean(0))
+
+
+def test_adversaries_ignore_the_scale_of_h():
+    """Shrinking h (a cheap way to fool an adversary) changes nothing after standardisation,
+    just as it changes nothing for a probe that standardises its inputs."""
+    torch.manual_seed(0)
+    h, f = torch.randn(16, 5), torch.randn(16, 8)
+    d, a = FaceMatchDiscriminator(5, 8, 16), AttributeAdversary(5, 16)
+    assert torch.allclose(d(h, f), d(h * 1e-3, f), atol=5e-3)
+    assert torch.allclose(a(h)[0], a(h * 1e-3)[0], atol=5e-3)
