@@ -4,6 +4,7 @@ standalone audit on a checkpoint, and the comparison report."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fair_lightning.audit import main as audit_main
@@ -30,16 +31,38 @@ def runs(tmp_path_factory):
     return out
 
 
-def test_specificity_no_planted_signal_every_interval_contains_chance(tmp_path):
+def _probe_rows(summary: dict):
+    for k in summary:
+        if k.startswith("probe/") and k.endswith("/bal_acc"):
+            base = k[: -len("/bal_acc")]
+            yield (base, summary[k], summary[f"{base}/bal_acc_ci_low"],
+                   summary[f"{base}/bal_acc_ci_high"], summary[f"{base}/chance"])
+
+
+def test_specificity_tiny_no_planted_signal_probes_sit_at_chance(tmp_path):
+    """Fast version: on a tiny benchmark single intervals are rough (16 of them at 95%), so
+    this checks the average distance to chance and that nearly every interval covers it."""
     ov = tiny_overrides(tmp_path, **NO_SIGNAL, **{"data.synthetic.num_identities": "60",
                                                    "probe.bootstrap": "300"})
-    s = json.loads((run(load_config("baseline", ov)) / "summary.json").read_text())
-    lows = {k: v for k, v in s.items() if k.startswith("probe/") and k.endswith("ci_low")}
-    assert len(lows) == 4 * 2 * 2  # layers x attributes x probe kinds
-    for k, low in lows.items():
-        base = k[: -len("/bal_acc_ci_low")]
-        chance = s[f"{base}/chance"]
-        assert low <= chance <= s[f"{base}/bal_acc_ci_high"], (base, low, chance)
+    rows = list(_probe_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
+                                       .read_text())))
+    assert len(rows) == 4 * 2 * 2  # layers x attributes x probe kinds
+    assert np.mean([abs(b - c) for _, b, _, _, c in rows]) < 0.07
+    assert sum(lo <= c <= hi for _, _, lo, hi, c in rows) >= 13
+
+
+@pytest.mark.slow
+def test_specificity_default_size_every_interval_contains_chance(tmp_path):
+    """The claim at the default benchmark size: with every leakage knob and bias at zero,
+    every probe's 95% interval contains chance."""
+    ov = [(k, v) for k, v in NO_SIGNAL.items()] + [
+        ("output_dir", str(tmp_path / "run")), ("data.cache_dir", str(tmp_path / "cache")),
+        ("logger.wandb.mode", "disabled")]
+    rows = list(_probe_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
+                                       .read_text())))
+    assert len(rows) == 16
+    for base, _, lo, hi, chance in rows:
+        assert lo <= chance <= hi, (base, lo, chance, hi)
 
 
 def test_standalone_audit_rewrites_the_same_files(runs, tmp_path, capsys):

@@ -47,7 +47,8 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
         assert k in s and isinstance(s[k], float), k
     assert s["probe/fused/gender/linear/chance"] == 0.5
     assert math.isclose(s["probe/fused/ethnicity/mlp/chance"], 1 / 3)
-    assert s["train/optimizer_steps"] == 2 * s["train/batches"]  # k_disc=1: D step + main step
+    k = load_config("adversarial", []).adversary.k_disc
+    assert s["train/optimizer_steps"] == (k + 1) * s["train/batches"]  # k D steps + main step
     assert all("/" in k for k in s)
     # last.ckpt is the final epoch (Lightning's save_last alone would keep the best epoch's)
     import torch
