@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import uuid
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from data_modules.collate import collate_records, strip_sensitive
-from data_modules.shards import ShardError, check_shard_dir, open_streaming, write_shards
+from data_modules.shards import (
+    ShardError,
+    atomic_dir,
+    check_shard_dir,
+    open_streaming,
+    write_shards,
+)
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -37,9 +41,7 @@ def build_synthetic_shards(data_cfg: DictConfig) -> Path:
 
     log.info("generating synthetic benchmark into %s", root)
     splits = generate_synthetic(data_cfg.synthetic, data_cfg.text_model)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(root) as tmp:
         for i, split in enumerate(SPLITS):
             write_shards(splits[split], tmp / split,
                          shuffle_seed=data_cfg.synthetic.seed + i if split == "train" else None)
@@ -48,12 +50,6 @@ def build_synthetic_shards(data_cfg: DictConfig) -> Path:
                 "clips": {s: len(splits[s]) for s in SPLITS},
                 "identities": {s: len({r["identity"] for r in splits[s]}) for s in SPLITS}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if root.exists():  # a stale partial result from another process
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -10,6 +10,7 @@ import json
 import shutil
 import uuid
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,23 @@ RECORD_KEYS = (
 
 class ShardError(RuntimeError):
     """A shard directory is missing or unreadable; the message names the path."""
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary sibling of `final`; on success it replaces `final`, on failure it
+    is removed. Readers see the whole directory or none of it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if final.exists():  # a stale result, e.g. from an older run
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _identity(record):
@@ -50,16 +68,9 @@ def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | 
         # litdata streams chunks in order within a worker; shuffle once here so chunks mix
         order = np.random.default_rng(shuffle_seed).permutation(len(items))
         items = [items[i] for i in order]
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_dir(out_dir) as tmp:
         optimize(fn=_identity, inputs=items, output_dir=str(tmp), chunk_bytes=chunk_bytes,
                  num_workers=1, verbose=False, start_method="fork")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
