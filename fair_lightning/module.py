@@ -191,13 +191,16 @@ class FairScorerModule(L.LightningModule):
         self.d_auc[f"{stage}_"].update(logits, target.long())
         self.d_acc[f"{stage}_"].update(((logits > 0).float() == target).float().mean())
 
-    def _step(self, opt, loss, params=None):
-        opt.zero_grad()
-        self.manual_backward(loss)
+    def _clip_and_step(self, opt):
         if self.optim_cfg.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip,
                                 gradient_clip_algorithm="norm")
         opt.step()
+
+    def _step(self, opt, loss):
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self._clip_and_step(opt)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int):
@@ -219,10 +222,7 @@ class FairScorerModule(L.LightningModule):
                 opt.zero_grad()
             self.manual_backward(task + adv)
             for opt in (opt_main, opt_adv):
-                if self.optim_cfg.grad_clip > 0:
-                    self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip,
-                                        gradient_clip_algorithm="norm")
-                opt.step()
+                self._clip_and_step(opt)
             self.log_dict({"train/loss": task, "adv/loss": adv, "adv/weight": lam},
                           batch_size=n)
         else:

@@ -19,7 +19,6 @@ import numpy as np
 LAYERS = ("text", "audio", "video", "fused")
 ATTRS = ("gender", "ethnicity")
 TASK_KEYS = ("test/pearson", "test/pearson_merit", "test/mae", "test/r2")
-FAIR_KEYS = ("dp_diff", "eo_diff", "mae_gap", "mean_score_gap")
 
 
 def _fmt(v, digits: int = 3) -> str:
