@@ -1,0 +1,1 @@
+"""Data sources, shards, the typed batch and LightningDataModules."""

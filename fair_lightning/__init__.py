@@ -1,0 +1,1 @@
+"""fair_lightning: fair multimodal hireability scoring with label-free adversarial removal."""
