@@ -22,7 +22,7 @@ from data_modules.shards import (
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 # bump when the generator's output changes for the same config, so caches rebuild
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 
 
 def synthetic_cache_key(synthetic_cfg: DictConfig, text_model: str) -> str:

@@ -54,8 +54,13 @@ def _check_record(record: dict, where: str) -> None:
 
 
 def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | None = None,
-                 chunk_bytes: str = "4MB") -> Path:
-    """Write `records` as litdata shards at `out_dir` (atomically). Returns `out_dir`."""
+                 chunk_size: int = 8) -> Path:
+    """Write `records` as litdata shards at `out_dir` (atomically). Returns `out_dir`.
+
+    Chunks hold `chunk_size` records: litdata hands whole chunks to DDP ranks and workers,
+    so small chunks keep every rank busy even on a small split (a rank left with no chunk
+    makes its loader empty and the run fails).
+    """
     from litdata import optimize
 
     out_dir = Path(out_dir)
@@ -69,7 +74,7 @@ def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | 
         order = np.random.default_rng(shuffle_seed).permutation(len(items))
         items = [items[i] for i in order]
     with atomic_dir(out_dir) as tmp:
-        optimize(fn=_identity, inputs=items, output_dir=str(tmp), chunk_bytes=chunk_bytes,
+        optimize(fn=_identity, inputs=items, output_dir=str(tmp), chunk_size=chunk_size,
                  num_workers=1, verbose=False, start_method="fork")
     return out_dir
 
