@@ -76,6 +76,8 @@ class ModelConfig:
     face_encoder: str = MISSING
     face_encoder_checkpoint: str | None = None
     face_dim: int = MISSING
+    face_pretrain_epochs: int = MISSING
+    face_pretrain_lr: float = MISSING
 
 
 @dataclass
@@ -88,7 +90,9 @@ class AdversaryConfig:
     k_disc: int = MISSING
     lr: float = MISSING
     negatives_per_positive: int = MISSING
-    same_identity_positives: bool = MISSING
+    positive_faces: str = MISSING
+    dependence_queue: int = MISSING
+    hsic_h_kernel: str = MISSING
     hidden_dim: int = MISSING
     heads: int = MISSING
 
@@ -176,9 +180,11 @@ class ExperimentConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("synthetic",),
     "model.audio_encoder": ("gru", "conv"),
-    "model.face_encoder": ("cnn", "frozen"),
+    "model.face_encoder": ("cnn", "frozen", "identity"),
     "adversary.method": ("none", "indirect", "label"),
-    "adversary.objective": ("confusion", "minimax", "grl"),
+    "adversary.objective": ("confusion", "minimax", "grl", "hsic"),
+    "adversary.positive_faces": ("own_clip", "other_clip"),
+    "adversary.hsic_h_kernel": ("gaussian", "linear"),
     "adversary.weight_schedule": ("constant", "dann"),
     "optim.scheduler": ("none", "cosine"),
     "optim.loss": ("mse", "mae", "huber"),

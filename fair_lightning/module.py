@@ -5,6 +5,9 @@ Per batch (Lightning's GAN-example style, algorithm in `training_step`):
   2. `k_disc` adversary steps on h.detach() (face discriminator D or attribute adversary A);
   3. one main step on task loss + lambda * adversarial term, with the adversary frozen.
 With objective `grl` steps 2-3 collapse into one step through a gradient-reversal layer.
+With objective `hsic` the main step's term is not D's output but the kernel dependence of h
+on the face embeddings (indirect) or on the attributes (label); D, if any, keeps training
+and its AUC monitors whether faces can still be matched to h.
 
 `trainer.global_step` counts optimizer steps (Lightning, manual optimization): it grows by
 `optimizer_steps_per_batch` (k_disc + 1 with an alternating adversary, 2 with grl, 1 without)
@@ -26,10 +29,12 @@ from torchmetrics.classification import BinaryAUROC
 from data_modules.batch import Batch
 from fair_lightning.models import (
     AttributeAdversary,
+    FaceBank,
     FaceEncoder,
     FaceMatchDiscriminator,
     MultimodalScorer,
     grad_reverse,
+    kernel_dependence,
     sample_pairs,
 )
 
@@ -95,14 +100,22 @@ class FairScorerModule(L.LightningModule):
             fused_dim=m.fused_dim, dropout=m.dropout, audio_encoder=m.audio_encoder,
             video_channels=m.video_channels)
         if self.method == "indirect":
-            self.face_encoder = (
-                FaceEncoder.from_checkpoint(m.face_encoder_checkpoint, m.face_dim)
-                if m.face_encoder == "frozen" else FaceEncoder(m.face_dim))
+            if m.face_encoder == "frozen":
+                self.face_encoder = FaceEncoder.from_checkpoint(m.face_encoder_checkpoint,
+                                                                m.face_dim)
+            elif m.face_encoder == "identity":  # weights: `train.py` pretrains, or a checkpoint
+                self.face_encoder = FaceEncoder(m.face_dim).freeze()
+            else:
+                self.face_encoder = FaceEncoder(m.face_dim)
             self.discriminator = FaceMatchDiscriminator(m.fused_dim, m.face_dim,
                                                         self.adv_cfg.hidden_dim,
                                                         heads=self.adv_cfg.heads)
+            # one bank per stage: validation must not find training clips, nor the reverse
+            self.face_banks = {s: FaceBank(seed=i) for i, s in enumerate(("train", "val", "test"))}
         elif self.method == "label":
             self.attr_adversary = AttributeAdversary(m.fused_dim, self.adv_cfg.hidden_dim)
+        self._queue: tuple[torch.Tensor, torch.Tensor] | None = None  # hsic: recent (h, target)
+        self._eval_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # hsic: (h, target) of val/test
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         stages = ("train", "val", "test")
         self.task_metrics = torch.nn.ModuleDict({
@@ -155,9 +168,27 @@ class FairScorerModule(L.LightningModule):
         return self.scorer(batch)
 
     # ------------------------------------------------------------------ adversary terms
-    def _face_pairs(self, batch: Batch):
-        return sample_pairs(batch.identity, self.adv_cfg.negatives_per_positive,
-                            same_identity_positives=self.adv_cfg.same_identity_positives)
+    def _face_pairs(self, batch: Batch, stage: str):
+        """D's pairs and the face frames they index ([B + n, K, 3, H, W]: the batch clips'
+        own faces, then, with `positive_faces: other_clip`, banked faces of another clip of
+        the same person, which are the only positives)."""
+        own = self.adv_cfg.positive_faces == "own_clip"
+        h_idx, f_idx, target = sample_pairs(batch.identity, self.adv_cfg.negatives_per_positive,
+                                            own_positives=own)
+        faces = batch.faces
+        if not own:
+            rows, banked = self.face_banks[stage].lookup(batch.identity, batch.clip_id)
+            if rows.numel():
+                n, b = rows.numel(), len(batch)
+                h_idx = torch.cat([rows, h_idx])
+                f_idx = torch.cat([torch.arange(b, b + n, device=rows.device), f_idx])
+                target = torch.cat([torch.ones(n, device=target.device), target])
+                faces = torch.cat([faces, banked])
+        return (h_idx, f_idx, target), faces
+
+    def _remember_faces(self, batch: Batch, stage: str):
+        if self.method == "indirect" and self.adv_cfg.positive_faces == "other_clip":
+            self.face_banks[stage].add(batch.identity, batch.clip_id, batch.faces)
 
     def _adversary_loss(self, h: torch.Tensor, batch: Batch, pairs=None, faces=None,
                         stage: str = "train"):
@@ -173,6 +204,8 @@ class FairScorerModule(L.LightningModule):
 
     def _main_adversarial_term(self, h: torch.Tensor, batch: Batch, pairs, faces):
         """What the main network minimises so that the adversary fails."""
+        if self.objective == "hsic":
+            return self._dependence_term(h, self._dependence_target(batch, faces)[: h.shape[0]])
         if self.method == "indirect":
             h_idx, f_idx, target = pairs
             logits = self.discriminator.head_logits(h[h_idx], faces[f_idx])
@@ -186,6 +219,33 @@ class FairScorerModule(L.LightningModule):
             return confusion_to_uniform(g_logits) + confusion_to_uniform(e_logits)
         s = batch.sensitive
         return -(masked_ce(g_logits, s.gender) + masked_ce(e_logits, s.ethnicity))
+
+    def _dependence_term(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Kernel dependence of h on `target`, estimated over this batch plus a queue of
+        recent (detached) rows: 32 rows alone give so noisy an estimate that following it
+        shakes h. Only batch rows get gradients; scaling by rows / batch keeps their
+        gradient, and so lambda's meaning, independent of the queue length."""
+        n = h.shape[0]
+        h_all, t_all = h, target
+        if self._queue is not None and self.training:
+            h_all, t_all = torch.cat([h, self._queue[0]]), torch.cat([target, self._queue[1]])
+        term = kernel_dependence(h_all, t_all, self.adv_cfg.hsic_h_kernel) * (h_all.shape[0] / n)
+        if self.training and self.adv_cfg.dependence_queue > 0:
+            keep = self.adv_cfg.dependence_queue
+            new = (h.detach(), target.detach())
+            self._queue = new if self._queue is None else tuple(
+                torch.cat([x, y])[:keep] for x, y in zip(new, self._queue, strict=True))
+        return term
+
+    def _dependence_target(self, batch: Batch, faces):
+        """What h must become independent of: the learned face embeddings (indirect), or
+        the one-hot attributes (label baseline; unknown values get an all-zero row)."""
+        if self.method == "indirect":
+            return faces.detach()
+        s = batch.sensitive
+        return torch.cat([F.one_hot(s.gender.clamp(min=0), 2) * (s.gender >= 0)[:, None],
+                          F.one_hot(s.ethnicity.clamp(min=0), 3) * (s.ethnicity >= 0)[:, None]],
+                         dim=1).float()
 
     def _track_d(self, logits, target, stage):
         self.d_auc[f"{stage}_"].update(logits, target.long())
@@ -215,8 +275,10 @@ class FairScorerModule(L.LightningModule):
             self.log("train/loss", task, batch_size=n)
         elif self.objective == "grl":
             lam = self.adversary_weight()
-            pairs = self._face_pairs(batch) if self.method == "indirect" else None
-            faces = self.face_encoder(batch.faces) if self.method == "indirect" else None
+            pairs = faces = None
+            if self.method == "indirect":
+                pairs, raw = self._face_pairs(batch, "train")
+                faces = self.face_encoder(raw)
             adv = self._adversary_loss(grad_reverse(out.h, lam), batch, pairs, faces)
             for opt in (opt_main, opt_adv):
                 opt.zero_grad()
@@ -230,9 +292,11 @@ class FairScorerModule(L.LightningModule):
             # 1) k_disc adversary steps on the detached representation
             h = out.h.detach()
             self.toggle_optimizer(opt_adv)
+            pairs = faces = None
             for _ in range(self.adv_cfg.k_disc):
-                pairs = self._face_pairs(batch) if self.method == "indirect" else None
-                faces = self.face_encoder(batch.faces) if self.method == "indirect" else None
+                if self.method == "indirect":
+                    pairs, raw = self._face_pairs(batch, "train")
+                    faces = self.face_encoder(raw)
                 adv = self._adversary_loss(h, batch, pairs, faces)
                 self._step(opt_adv, adv)
             self.untoggle_optimizer(opt_adv)
@@ -244,6 +308,7 @@ class FairScorerModule(L.LightningModule):
             self.untoggle_optimizer(opt_main)
             self.log_dict({"train/loss": task, "adv/loss": adv, "adv/main_term": term,
                            "adv/weight": lam}, batch_size=n)
+        self._remember_faces(batch, "train")
         self.task_metrics["train_"].update(out.score.detach(), batch.label)
 
     def on_train_epoch_end(self):
@@ -264,9 +329,14 @@ class FairScorerModule(L.LightningModule):
         known = torch.isfinite(batch.merit)
         if known.any():
             self.merit_pearson[f"{stage}_"].update(out.score[known], batch.merit[known])
+        faces = None
         if self.method == "indirect":
-            pairs = self._face_pairs(batch)
-            self._adversary_loss(out.h, batch, pairs, self.face_encoder(batch.faces), stage)
+            pairs, raw = self._face_pairs(batch, stage)
+            faces = self.face_encoder(raw)
+            self._adversary_loss(out.h, batch, pairs, faces, stage)
+            self._remember_faces(batch, stage)
+        if self.objective == "hsic":
+            self._eval_rows.append((out.h, self._dependence_target(batch, faces)[:n]))
         return {"score": out.score}
 
     def _eval_epoch_end(self, stage: str):
@@ -276,6 +346,11 @@ class FairScorerModule(L.LightningModule):
             self.log(f"{stage}/pearson_merit", self.merit_pearson[f"{stage}_"].compute(), sync_dist=True)
         self.merit_pearson[f"{stage}_"].reset()
         self._log_d(stage)
+        rows, self._eval_rows = self._eval_rows, []
+        if sum(len(h) for h, _ in rows) >= 4:  # the whole split: a low-noise estimate
+            h, t = (torch.cat(x) for x in zip(*rows, strict=True))
+            self.log(f"adv/{stage}_hsic",
+                     kernel_dependence(h, t, self.adv_cfg.hsic_h_kernel), sync_dist=True)
 
     def _log_d(self, stage: str):
         if self.method == "indirect" and self.d_acc[f"{stage}_"].update_count:

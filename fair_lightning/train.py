@@ -107,6 +107,19 @@ def analysis_callbacks(cfg, datamodule) -> list:
     return cbs
 
 
+def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
+    """`model.face_encoder: identity`: load (or first pretrain, label-free) its weights."""
+    if cfg.adversary.method != "indirect" or cfg.model.face_encoder != "identity":
+        return {}
+    from fair_lightning.face_pretrain import identity_face_encoder
+
+    root = dm.split_dir("train").parent
+    state, stats = identity_face_encoder(cfg.model, dm.label_free_dataloader("train"), root,
+                                         data_key=root.name, seed=cfg.seed)
+    module.face_encoder.load_state_dict(state)
+    return stats
+
+
 def run(cfg) -> Path:
     import lightning as L
 
@@ -126,6 +139,7 @@ def run(cfg) -> Path:
     dm.setup("fit")
     data_s = time.time() - t0
     module = build_module(cfg, dm.feature_dims())
+    pretrain_stats = prepare_face_encoder(cfg, dm, module)
     callbacks = analysis_callbacks(cfg, dm)
     trainer = build_trainer(cfg, run_dir, module, callbacks, make_loggers(cfg, run_dir))
     t1 = time.time()
@@ -139,7 +153,7 @@ def run(cfg) -> Path:
                         "time/total_s": round(time.time() - t0, 2),
                         "train/epochs": trainer.current_epoch,
                         "train/batches": trainer.fit_loop.epoch_loop._batches_that_stepped,
-                        "train/optimizer_steps": trainer.global_step})
+                        "train/optimizer_steps": trainer.global_step, **pretrain_stats})
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir, cfg, summary, callbacks)
         for lg in trainer.loggers:
@@ -162,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
     warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
+    # the frozen face encoder stays in eval mode on purpose (its BatchNorm statistics)
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     from data_modules.shards import ShardError
 
     try:

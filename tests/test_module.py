@@ -10,6 +10,7 @@ from data_modules.collate import collate_records, strip_sensitive
 from data_modules.datamodule import InterviewDataModule
 from data_modules.shards import write_shards
 from fair_lightning.config import load_config
+from fair_lightning.models import kernel_dependence
 from fair_lightning.module import FairScorerModule, dann_weight
 from tests.conftest import make_records
 
@@ -50,10 +51,11 @@ def _changed(before, mod):
     return {n for n, p in mod.named_parameters() if not torch.equal(before[n], p)}
 
 
-@pytest.mark.parametrize("method", ["indirect", "label"])
-def test_alternating_steps_update_the_right_parameters(method, records):
+@pytest.mark.parametrize("method,objective", [("indirect", "confusion"), ("label", "confusion"),
+                                              ("indirect", "hsic"), ("label", "hsic")])
+def test_alternating_steps_update_the_right_parameters(method, objective, records):
     torch.manual_seed(0)
-    m = _module(method)
+    m = _module(method, objective=objective)
     _attach(m)
     m.train()
     batch = collate_records(records if method == "label"
@@ -108,14 +110,37 @@ def test_main_step_pushes_h_against_the_discriminator(records):
     for objective in ("minimax", "confusion"):
         m = _module("indirect", objective=objective)
         h = m.scorer(batch).h
-        pairs = m._face_pairs(batch)
-        faces = m.face_encoder(batch.faces)
+        pairs, raw = m._face_pairs(batch, "train")
+        faces = m.face_encoder(raw)
         d_loss = m._adversary_loss(h, batch, pairs, faces)
         term = m._main_adversarial_term(h, batch, pairs, faces)
         if objective == "minimax":
             assert torch.allclose(term, -d_loss)
         else:  # balanced BCE against 0.5 is at least log 2, reached when D outputs 0.5
             assert term >= torch.log(torch.tensor(2.0)) - 1e-6
+
+
+def test_hsic_term_measures_h_against_fixed_targets(records):
+    """hsic: the main term is the kernel dependence of h on the discriminator's face
+    embeddings (indirect) or on the one-hot attributes (label); only h gets its gradient."""
+    torch.manual_seed(0)
+    free = collate_records([strip_sensitive(r) for r in records])
+    m = _module("indirect", objective="hsic")
+    h = m.scorer(free).h
+    faces = m.face_encoder(free.faces)
+    term = m._main_adversarial_term(h, free, m._face_pairs(free, "train")[0], faces)
+    assert torch.allclose(term, kernel_dependence(h, faces.detach()))
+    term.backward()
+    assert all(p.grad is None for p in m.face_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.scorer.parameters())
+    lab = _module("label", objective="hsic")
+    full = collate_records(records)
+    h = lab.scorer(full).h
+    s = full.sensitive
+    onehot = torch.cat([torch.nn.functional.one_hot(s.gender, 2),
+                        torch.nn.functional.one_hot(s.ethnicity, 3)], 1).float()
+    assert torch.allclose(lab._main_adversarial_term(h, full, None, None),
+                          kernel_dependence(h, onehot))
 
 
 def test_indirect_training_step_cannot_read_sensitive(records):
@@ -204,3 +229,43 @@ def test_adversary_weight_is_zero_during_warmup_then_ramps(tmp_path):
     after = [w for e, w in seen if e >= 2]
     assert warm and all(w == 0.0 for w in warm)
     assert after == sorted(after) and 0 < after[-1] <= 2.0 and after[-1] > 1.5
+
+
+def test_other_clip_positives_come_from_the_bank(records):
+    """positive_faces=other_clip: a clip's own faces are never its positive; the positives
+    are banked faces of another clip of the same person."""
+    m = _module("indirect", positive_faces="other_clip")
+    batch = collate_records([strip_sensitive(r) for r in records])
+    (_, _, tgt), _ = m._face_pairs(batch, "train")
+    assert len(tgt) and (tgt == 0).all()  # empty bank: negatives only
+    m._remember_faces(batch, "train")
+    (h_idx, f_idx, tgt), raw = m._face_pairs(batch, "train")
+    pos = tgt == 1
+    assert pos.sum() == len(batch)  # every person in this batch has a second clip
+    assert (f_idx[pos] >= len(batch)).all()
+    for i, j in zip(h_idx[pos].tolist(), f_idx[pos].tolist(), strict=True):
+        src = [k for k in range(len(batch)) if torch.allclose(raw[j], batch.faces[k], atol=1e-3)]
+        assert len(src) == 1 and src[0] != i
+        assert batch.identity[src[0]] == batch.identity[i]
+
+
+def test_hsic_queue_adds_recent_rows(monkeypatch):
+    """The dependence estimate uses the batch plus up to `dependence_queue` queued rows,
+    only while training; the term is scaled by rows / batch."""
+    import fair_lightning.module as module_mod
+
+    m = _module("indirect", objective="hsic", dependence_queue=12)
+    m.train()
+    rows = []
+
+    def fake(x, y, kernel):
+        rows.append((x.shape[0], y.shape[0]))
+        return torch.tensor(0.5)
+
+    monkeypatch.setattr(module_mod, "kernel_dependence", fake)
+    terms = [m._dependence_term(torch.randn(5, 8), torch.randn(5, 3)) for _ in range(4)]
+    assert rows == [(5, 5), (10, 10), (15, 15), (17, 17)]  # queue capped at 12
+    assert [round(float(t), 3) for t in terms] == [0.5, 1.0, 1.5, 1.7]
+    m.eval()  # no queue outside training, and it is left as it was
+    m._dependence_term(torch.randn(5, 8), torch.randn(5, 3))
+    assert rows[-1] == (5, 5) and len(m._queue[0]) == 12

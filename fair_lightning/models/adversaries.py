@@ -39,9 +39,12 @@ class FaceEncoder(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"{path}: not a FaceEncoder(face_dim={face_dim}) state dict: {e}") \
                 from None
-        enc.requires_grad_(False)
-        enc.frozen = True
-        return enc.eval()
+        return enc.freeze()
+
+    def freeze(self) -> FaceEncoder:
+        self.requires_grad_(False)
+        self.frozen = True
+        return self.eval()
 
     def train(self, mode: bool = True):
         # a frozen encoder keeps its BatchNorm statistics
@@ -140,12 +143,11 @@ class GradientReversal(nn.Module):
 
 
 def sample_pairs(identity: torch.Tensor, negatives_per_positive: int, *,
-                 same_identity_positives: bool = False,
-                 generator: torch.Generator | None = None):
-    """Pairs (i, j, target) for D: h of clip i with the faces of clip j.
+                 own_positives: bool = True, generator: torch.Generator | None = None):
+    """Pairs (i, j, target) for D: h of clip i with the faces of batch clip j.
 
-    Positives: (i, i) for every clip (its own faces), plus (i, j) for one other clip j of
-    the same identity in the batch when `same_identity_positives` and one exists.
+    Positives: (i, i), the clip's own faces, when `own_positives` (cross-clip positives
+    come from a `FaceBank` instead).
     Negatives: for every clip i, `negatives_per_positive` clips j drawn uniformly (with
     replacement) among batch clips of a *different* identity; never the same person. A clip
     whose batch holds no other identity gets no negative.
@@ -154,17 +156,10 @@ def sample_pairs(identity: torch.Tensor, negatives_per_positive: int, *,
     b = identity.shape[0]
     device = identity.device
     idx = torch.arange(b, device=device)
-    same = identity.unsqueeze(0) == identity.unsqueeze(1)  # [B, B]
-    h_idx, f_idx, tgt = [idx], [idx], [torch.ones(b, device=device)]
-    if same_identity_positives:
-        other_same = same & ~torch.eye(b, dtype=torch.bool, device=device)
-        has = other_same.any(1)
-        if has.any():
-            choice = torch.multinomial(other_same[has].float(), 1, generator=generator)
-            h_idx.append(idx[has])
-            f_idx.append(choice.squeeze(1))
-            tgt.append(torch.ones(int(has.sum()), device=device))
-    diff = ~same
+    h_idx, f_idx, tgt = [], [], []
+    if own_positives:
+        h_idx, f_idx, tgt = [idx], [idx], [torch.ones(b, device=device)]
+    diff = identity.unsqueeze(0) != identity.unsqueeze(1)  # [B, B]
     has = diff.any(1)
     if negatives_per_positive > 0 and has.any():
         choice = torch.multinomial(diff[has].float(), negatives_per_positive, replacement=True,
@@ -172,4 +167,51 @@ def sample_pairs(identity: torch.Tensor, negatives_per_positive: int, *,
         h_idx.append(idx[has].repeat_interleave(negatives_per_positive))
         f_idx.append(choice.flatten())
         tgt.append(torch.zeros(choice.numel(), device=device))
+    if not h_idx:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, torch.zeros(0, device=device)
     return torch.cat(h_idx), torch.cat(f_idx), torch.cat(tgt)
+
+
+class FaceBank:
+    """Face frames of recently seen clips, per identity, for cross-clip positives.
+
+    A clip's own face frames share its background, clothes and lighting with the video the
+    main network sees, so D can match them on that clip-level nuisance and the main network
+    can fool D by dropping the nuisance alone. Faces of *another clip of the same person*
+    share only the person, so D must match on who they are. Frames are stored as uint8
+    (a 32 px clip of 4 frames is 12 KB); each identity keeps its `per_identity` latest clips.
+    """
+
+    def __init__(self, per_identity: int = 3, seed: int = 0):
+        self.per_identity = per_identity
+        self.clips: dict[int, dict[str, torch.Tensor]] = {}
+        self.rng = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.clips.values())
+
+    def lookup(self, identity: torch.Tensor, clip_id: list[str]):
+        """Faces [n, K, 3, H, W] (float in [0, 1]) of another stored clip of the same person
+        for the rows listed in the returned LongTensor; rows without one are left out."""
+        rows, faces = [], []
+        for i, (who, cid) in enumerate(zip(identity.tolist(), clip_id, strict=True)):
+            others = [f for c, f in self.clips.get(who, {}).items() if c != cid]
+            if others:
+                pick = int(torch.randint(len(others), (1,), generator=self.rng))
+                rows.append(i)
+                faces.append(others[pick])
+        device = identity.device
+        if not rows:
+            return torch.zeros(0, dtype=torch.long, device=device), None
+        return (torch.tensor(rows, dtype=torch.long, device=device),
+                torch.stack(faces).to(device).float() / 255.0)
+
+    def add(self, identity: torch.Tensor, clip_id: list[str], faces: torch.Tensor) -> None:
+        stored = (faces.detach() * 255.0).round().clamp(0, 255).to(torch.uint8).cpu()
+        for who, cid, f in zip(identity.tolist(), clip_id, stored, strict=True):
+            person = self.clips.setdefault(who, {})
+            person.pop(cid, None)  # re-inserting keeps the dict in recency order
+            person[cid] = f
+            while len(person) > self.per_identity:
+                person.pop(next(iter(person)))

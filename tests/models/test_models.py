@@ -4,6 +4,7 @@ from data_modules.collate import collate_records
 from fair_lightning.models import (
     REPRESENTATIONS,
     AttributeAdversary,
+    FaceBank,
     FaceEncoder,
     FaceMatchDiscriminator,
     MultimodalScorer,
@@ -56,21 +57,42 @@ def test_grl_flips_and_scales_gradient():
 
 def test_negatives_never_share_identity():
     gen = torch.Generator().manual_seed(0)
-    for _ in range(50):
-        ident = torch.randint(0, 5, (16,), generator=gen)
-        h_idx, f_idx, tgt = sample_pairs(ident, 3, same_identity_positives=True, generator=gen)
-        neg = tgt == 0
-        assert (ident[h_idx[neg]] != ident[f_idx[neg]]).all()
-        assert (ident[h_idx[~neg]] == ident[f_idx[~neg]]).all()
-        # own faces always positive; 3 negatives for every clip with another identity present
-        assert (tgt[:16] == 1).all() and torch.equal(h_idx[:16], f_idx[:16])
-        has_other = (ident.unsqueeze(0) != ident.unsqueeze(1)).any(1).sum()
-        assert neg.sum() == 3 * has_other
+    for own in (True, False):
+        for _ in range(50):
+            ident = torch.randint(0, 5, (16,), generator=gen)
+            h_idx, f_idx, tgt = sample_pairs(ident, 3, own_positives=own, generator=gen)
+            neg = tgt == 0
+            assert (ident[h_idx[neg]] != ident[f_idx[neg]]).all()
+            # own faces are the only in-batch positives; 3 negatives for every clip with
+            # another identity present
+            assert (~neg).sum() == (16 if own else 0)
+            assert torch.equal(h_idx[~neg], f_idx[~neg])
+            has_other = (ident.unsqueeze(0) != ident.unsqueeze(1)).any(1).sum()
+            assert neg.sum() == 3 * has_other
 
 
 def test_single_identity_batch_has_no_negatives():
     h_idx, f_idx, tgt = sample_pairs(torch.zeros(4, dtype=torch.long), 2)
     assert (tgt == 1).all() and len(tgt) == 4
+    h_idx, f_idx, tgt = sample_pairs(torch.zeros(4, dtype=torch.long), 2, own_positives=False)
+    assert len(tgt) == len(h_idx) == len(f_idx) == 0
+
+
+def test_face_bank_gives_another_clip_of_the_same_person():
+    bank = FaceBank(per_identity=2)
+    faces = torch.rand(4, 2, 3, 8, 8)
+    ident = torch.tensor([7, 7, 9, 9])
+    bank.add(ident[:3], ["a1", "a2", "b1"], faces[:3])
+    rows, got = bank.lookup(ident, ["a1", "a2", "b1", "b2"])
+    # a1 <-> a2 pair up; b1 finds no *other* clip of person 9; b2 finds b1
+    assert rows.tolist() == [0, 1, 3]
+    assert torch.allclose(got[0], faces[1], atol=0.5 / 255)  # stored as uint8
+    assert torch.allclose(got[1], faces[0], atol=0.5 / 255)
+    assert torch.allclose(got[2], faces[2], atol=0.5 / 255)
+    bank.add(torch.tensor([7, 7]), ["a3", "a4"], faces[:2])  # keeps the 2 latest per person
+    assert len(bank) == 3 and set(bank.clips[7]) == {"a3", "a4"}
+    rows, got = bank.lookup(torch.tensor([5]), ["z"])
+    assert rows.numel() == 0 and got is None
 
 
 def test_discriminator_and_adversary_shapes(tmp_path):
