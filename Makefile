@@ -10,7 +10,7 @@ OUT      ?= runs/comparison
 PYTEST   := $(BIN)/python -m pytest
 
 SEEDS    ?= 0 1 2
-EXPS     ?= baseline adversarial label_adversary
+EXPS     ?= baseline face_discriminator adversarial label_adversary
 
 .PHONY: install train audit compare seeds test test-all lint clean help
 

@@ -30,7 +30,8 @@ def _cfg(tmp_path, cache, exp="baseline", **extra):
 
 def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, capsys):
     ov = dict(tiny_overrides(tmp_path, **{"trainer.max_epochs": "2",
-                                          "adversary.warmup_epochs": "1"}))
+                                          "adversary.warmup_epochs": "1",
+                                          "model.face_pretrain_epochs": "2"}))
     ov["data.cache_dir"] = str(shared_cache)
     assert main(["experiment=adversarial", *[f"{k}={v}" for k, v in ov.items()]]) == 0
     run_dir = Path(ov["output_dir"])
@@ -43,7 +44,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     for k in ("test/pearson", "test/mae", "test/r2", "test/pearson_merit",
               "probe/fused/gender/mlp/bal_acc", "probe/fused/ethnicity/linear/bal_acc_ci_low",
               "probe/video/gender/linear/chance", "fair/gender/dp_diff", "fair/gender/eo_diff",
-              "fair/ethnicity/mae_gap", "adv/test_d_auc"):
+              "fair/ethnicity/mae_gap", "adv/test_d_auc", "adv/test_hsic"):
         assert k in s and isinstance(s[k], float), k
     assert s["probe/fused/gender/linear/chance"] == 0.5
     assert math.isclose(s["probe/fused/ethnicity/mlp/chance"], 1 / 3)
@@ -61,6 +62,18 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert saved.adversary.method == "indirect"
     report = (run_dir / "report.md").read_text()
     assert "Leakage" in report and "| fused |" in report
+    # the identity-pretrained face encoder: cached next to the data, frozen through training,
+    # and restored from the checkpoint
+    from fair_lightning.module import FairScorerModule
+
+    assert 0.0 <= s["face_pretrain/heldout_identity_acc"] <= 1.0
+    cached = list(Path(ov["data.cache_dir"]).glob("synthetic-*/face_encoder-*.pt"))
+    assert len(cached) == 1
+    pre = torch.load(cached[0], weights_only=True)["state_dict"]
+    restored = FairScorerModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt",
+                                                     map_location="cpu").face_encoder
+    assert all(torch.equal(v, restored.state_dict()[k]) for k, v in pre.items())
+    assert not any(p.requires_grad for p in restored.parameters())
 
 
 def test_same_seed_same_result(tmp_path, shared_cache):
@@ -91,7 +104,7 @@ def test_cli_errors_are_clear(tmp_path):
                               capture_output=True, text=True, cwd=tmp_path, env=env)
 
     r = cli("experiment=nope")
-    assert r.returncode == 2 and "available: adversarial, baseline, label_adversary" in r.stderr
+    assert r.returncode == 2 and "available: adversarial, baseline, face_discriminator, label_adversary" in r.stderr
     r = cli("trainer.max_epochs")
     assert r.returncode == 2 and "malformed override 'trainer.max_epochs'" in r.stderr
     r = cli("--help")
