@@ -116,17 +116,12 @@ class InterviewDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader("test", train=False, keep_sensitive=True)
 
-    def label_free_dataloader(self, split: str):
-        """Unshuffled loader without sensitive attributes (e.g. for face pretraining)."""
+    def eval_dataloader(self, split: str, *, sensitive: bool = True):
+        """Unshuffled loader, for probes and fairness metrics (with the sensitive
+        attributes) or label-free work such as face pretraining (`sensitive=False`)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        return self._loader(split, train=False, keep_sensitive=False)
-
-    def eval_dataloader(self, split: str):
-        """Unshuffled loader with sensitive attributes, for probes and fairness metrics."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        return self._loader(split, train=False, keep_sensitive=True)
+        return self._loader(split, train=False, keep_sensitive=sensitive)
 
 
 __all__ = ["InterviewDataModule", "ShardError", "build_synthetic_shards", "SPLITS"]

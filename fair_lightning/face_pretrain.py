@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -25,8 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fair_lightning.models import FaceEncoder
+from fair_lightning.tracking import write_atomic
 
 log = logging.getLogger(__name__)
+
+BATCH_SIZE = 128  # 16 gave a sharper encoder at 3x the time, and no better removal in a run
 
 
 def collect_person_images(loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,7 +65,7 @@ def holdout_last_clip(person: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.Tensor,
-                      clip: torch.Tensor, *, epochs: int, lr: float, batch_size: int = 128,
+                      clip: torch.Tensor, *, epochs: int, lr: float, batch_size: int = BATCH_SIZE,
                       seed: int = 0) -> dict[str, float]:
     """Train `encoder.cnn` with a linear identity classifier; keep the epoch with the best
     identity accuracy on held-out clips. Returns that accuracy and the epoch."""
@@ -106,8 +108,9 @@ def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
                           seed: int) -> tuple[dict, dict[str, float]]:
     """State dict of an identity-pretrained FaceEncoder, cached next to the data (it is a
     pure function of the data, the settings and the seed; DDP ranks then share one)."""
-    settings = {"data": data_key, "face_dim": model_cfg.face_dim, "seed": seed, "batch_size": 128,
-                "epochs": model_cfg.face_pretrain_epochs, "lr": model_cfg.face_pretrain_lr}
+    settings = {"data": data_key, "face_dim": model_cfg.face_dim, "seed": seed,
+                "batch_size": BATCH_SIZE, "epochs": model_cfg.face_pretrain_epochs,
+                "lr": model_cfg.face_pretrain_lr}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"face_encoder-{key}.pt"
     if path.is_file():
@@ -121,9 +124,7 @@ def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
         stats = pretrain_identity(encoder, images, person, clip,
                                   epochs=model_cfg.face_pretrain_epochs,
                                   lr=model_cfg.face_pretrain_lr,
-                                  batch_size=settings["batch_size"], seed=seed)
+                                  seed=seed)
     state = encoder.state_dict()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"state_dict": state, "stats": stats}, tmp)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    write_atomic(path, lambda f: torch.save({"state_dict": state, "stats": stats}, f))
     return state, stats

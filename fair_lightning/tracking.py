@@ -58,18 +58,23 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON via a temporary file + rename, so readers never see half a file."""
+def write_atomic(path: Path, write) -> None:
+    """Call `write(binary_file)` on a temporary sibling, then rename it to `path`: readers
+    never see half a file, and a failed write leaves nothing behind."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def flat_metrics(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:

@@ -114,8 +114,11 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
     from fair_lightning.face_pretrain import identity_face_encoder
 
     root = dm.split_dir("train").parent
-    state, stats = identity_face_encoder(cfg.model, dm.label_free_dataloader("train"), root,
-                                         data_key=root.name, seed=cfg.seed)
+    try:
+        state, stats = identity_face_encoder(cfg.model, dm.eval_dataloader("train", sensitive=False),
+                                             root, data_key=root.name, seed=cfg.seed)
+    except ValueError as e:  # e.g. one clip per person: nothing to tell people apart across
+        raise ConfigError(f"model.face_encoder=identity: {e}") from None
     module.face_encoder.load_state_dict(state)
     return stats
 

@@ -74,7 +74,7 @@ def test_encoder_is_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(face_pretrain, "FaceEncoder", lambda d: FaceEncoder(d, channels=4))
     state, stats = identity_face_encoder(cfg, loader, tmp_path, data_key="k", seed=0)
     assert len(list(tmp_path.glob("face_encoder-*.pt"))) == 1
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert len(list(tmp_path.iterdir())) == 1  # no temporary file left behind
 
     def boom(*a, **k):
         raise AssertionError("pretrained again instead of reading the cache")

@@ -111,6 +111,13 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.returncode == 0 and "experiment=NAME" in r.stdout
 
 
+def test_identity_face_encoder_needs_two_clips_per_person(tmp_path, capsys):
+    ov = dict(tiny_overrides(tmp_path, **{"data.synthetic.clips_per_identity": "1"}))
+    assert main(["experiment=adversarial", *[f"{k}={v}" for k, v in ov.items()]]) == 2
+    err = capsys.readouterr().err
+    assert "model.face_encoder=identity" in err and "at least two clips" in err
+
+
 def test_corrupt_cached_shards_name_the_path(tmp_path, shared_cache, capsys):
     cfg = _cfg(tmp_path, shared_cache, **{"probe.enabled": "false"})
     run(cfg)  # make sure the cache exists
