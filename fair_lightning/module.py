@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanAbsoluteError, MeanMetric, MetricCollection, PearsonCorrCoef, R2Score
 from torchmetrics.classification import BinaryAUROC
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from data_modules.batch import Batch
 from fair_lightning.models import (
@@ -39,6 +40,16 @@ from fair_lightning.models import (
 )
 
 TASK_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
+
+
+def global_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of x from every DDP rank, in rank order; this rank's rows keep their
+    gradient, the others arrive detached. Ranks may hold different row counts. Outside
+    DDP, x itself. Every rank must call it (a collective)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return torch.cat(gather_all_tensors(x))
 
 
 def dann_weight(progress: float) -> float:
@@ -221,18 +232,23 @@ class FairScorerModule(L.LightningModule):
         return -(masked_ce(g_logits, s.gender) + masked_ce(e_logits, s.ethnicity))
 
     def _dependence_term(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Kernel dependence of h on `target`, estimated over this batch plus a queue of
-        recent (detached) rows: 32 rows alone give so noisy an estimate that following it
-        shakes h. Only batch rows get gradients; scaling by rows / batch keeps their
-        gradient, and so lambda's meaning, independent of the queue length."""
-        n = h.shape[0]
+        """Kernel dependence of h on `target`, estimated over the global batch (all DDP
+        ranks) plus a queue of recent detached rows: 32 rows alone give so noisy an
+        estimate that following it shakes h. Only this rank's rows get gradients; scaling
+        by rows / local batch keeps their gradient, and so lambda's meaning, independent
+        of the queue length, and makes a DDP step (which averages ranks' gradients) match a
+        single process on the global batch."""
+        n, dh = h.shape
         h_all, t_all = h, target
-        if self._queue is not None and self.training:
-            h_all, t_all = torch.cat([h, self._queue[0]]), torch.cat([target, self._queue[1]])
+        if self.training:
+            h_all, t_all = global_rows(torch.cat([h, target.to(h.dtype)], 1)).split(
+                [dh, target.shape[1]], 1)
+            new = (h_all.detach(), t_all.detach())
+            if self._queue is not None:
+                h_all, t_all = torch.cat([h_all, self._queue[0]]), torch.cat([t_all, self._queue[1]])
         term = kernel_dependence(h_all, t_all, self.adv_cfg.hsic_h_kernel) * (h_all.shape[0] / n)
         if self.training and self.adv_cfg.dependence_queue > 0:
             keep = self.adv_cfg.dependence_queue
-            new = (h.detach(), target.detach())
             self._queue = new if self._queue is None else tuple(
                 torch.cat([x, y])[:keep] for x, y in zip(new, self._queue, strict=True))
         return term
@@ -347,10 +363,13 @@ class FairScorerModule(L.LightningModule):
         self.merit_pearson[f"{stage}_"].reset()
         self._log_d(stage)
         rows, self._eval_rows = self._eval_rows, []
-        if sum(len(h) for h, _ in rows) >= 4:  # the whole split: a low-noise estimate
-            h, t = (torch.cat(x) for x in zip(*rows, strict=True))
-            self.log(f"adv/{stage}_hsic",
-                     kernel_dependence(h, t, self.adv_cfg.hsic_h_kernel), sync_dist=True)
+        if self.objective == "hsic" and rows:
+            # the whole split, gathered from every rank: a low-noise estimate
+            dh = rows[0][0].shape[1]
+            ht = global_rows(torch.cat([torch.cat([h, t.to(h.dtype)], 1) for h, t in rows]))
+            if len(ht) >= 4:
+                self.log(f"adv/{stage}_hsic", kernel_dependence(
+                    ht[:, :dh], ht[:, dh:], self.adv_cfg.hsic_h_kernel), sync_dist=True)
 
     def _log_d(self, stage: str):
         if self.method == "indirect" and self.d_acc[f"{stage}_"].update_count:

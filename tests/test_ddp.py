@@ -7,10 +7,67 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hsic_rank(rank, world, init_file, out_dir):
+    from fair_lightning.module import global_rows
+    from tests.test_module import _module
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        # uneven ranks: 3 rows on rank 0, 5 on rank 1
+        x = torch.arange(8 * 2, dtype=torch.float).view(8, 2)[[slice(0, 3), slice(3, 8)][rank]]
+        x.requires_grad_(True)
+        rows = global_rows(x)
+        rows.sum().backward()
+        torch.manual_seed(0)
+        h, f = torch.randn(12, 8), torch.randn(12, 4)
+        mine = slice(0, 6) if rank == 0 else slice(6, 12)
+        m = _module("indirect", objective="hsic", dependence_queue=20).train()
+        hl = h[mine].clone().requires_grad_(True)
+        term = m._dependence_term(hl, f[mine])
+        term.backward()
+        torch.save({"rows": rows.detach(), "x_grad": x.grad, "term": term.detach(),
+                    "h_grad": hl.grad / world,  # DDP averages gradients over ranks
+                    "queue": m._queue}, Path(out_dir) / f"r{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dependence_term_under_ddp_matches_one_process_on_the_global_batch(tmp_path):
+    """With 2 gloo ranks holding parts of a batch, the hsic term is estimated on the whole
+    batch, its DDP-averaged gradient equals one process's on the whole batch, and the queue
+    holds every rank's rows."""
+    from tests.test_module import _module
+
+    mp.spawn(_hsic_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    r = [torch.load(tmp_path / f"r{i}.pt") for i in range(2)]
+    full = torch.arange(16, dtype=torch.float).view(8, 2)
+    for i in range(2):
+        assert torch.equal(r[i]["rows"], full)  # rank order, uneven counts
+        assert torch.equal(r[i]["x_grad"], torch.ones_like(r[i]["x_grad"]))  # own rows only
+    torch.manual_seed(0)
+    h, f = torch.randn(12, 8), torch.randn(12, 4)
+    one = _module("indirect", objective="hsic", dependence_queue=20).train()
+    hg = h.clone().requires_grad_(True)
+    term = one._dependence_term(hg, f)
+    term.backward()
+    ddp_grad = torch.cat([r[0]["h_grad"], r[1]["h_grad"]])
+    assert torch.allclose(ddp_grad, hg.grad, atol=1e-6)
+    assert hg.grad.abs().sum() > 0
+    # one estimate on 12 rows, scaled by rows / local batch (6), as the gradient needs
+    for i in range(2):
+        assert torch.allclose(r[i]["term"] / 2, term.detach(), atol=1e-6)
+    for i in range(2):
+        assert torch.equal(r[i]["queue"][0], h) and torch.equal(r[i]["queue"][1], f)
 
 
 def _train(tmp_path, cache, devices, exp="adversarial"):
