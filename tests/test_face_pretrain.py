@@ -9,7 +9,8 @@ from data_modules.collate import collate_records, strip_sensitive
 from fair_lightning import face_pretrain
 from fair_lightning.face_pretrain import (
     collect_person_images,
-    holdout_last_clip,
+    cross_clip_retrieval,
+    holdout_people,
     identity_face_encoder,
     pretrain_identity,
 )
@@ -17,16 +18,24 @@ from fair_lightning.models import FaceEncoder
 from tests.conftest import make_records
 
 
-def _person_coloured(n_ids=6, clips=3, seed=0):
-    """Records whose faces show one colour per person under per-clip noise."""
+def _person_coloured(n_ids=6, clips=3, seed=0, background=False):
+    """Records whose faces show one colour per person under per-clip noise; with
+    `background`, the outer ring of every image takes a random colour per clip."""
     rng = np.random.default_rng(seed)
     recs = make_records(n_ids, clips, seed=seed)
     colours = rng.integers(30, 226, (n_ids, 3))
     for r in recs:
         who = int(r["identity"][1:])
+        ring = rng.integers(0, 256, 3)
         for key in ("faces", "video"):
             noise = rng.normal(0, 20, r[key].shape)
-            r[key] = np.clip(colours[who][None, :, None, None] + noise, 0, 255).astype(np.uint8)
+            img = colours[who][None, :, None, None] + noise
+            if background:
+                w = r[key].shape[-1] // 4
+                inner = np.zeros(r[key].shape[-2:], bool)
+                inner[w:-w, w:-w] = True
+                img = np.where(inner, img, ring[None, :, None, None] + noise)
+            r[key] = np.clip(img, 0, 255).astype(np.uint8)
     return recs
 
 
@@ -46,31 +55,51 @@ def test_collects_faces_and_video_frames_per_person_without_attributes():
     assert clip.max() == len(recs) - 1
 
 
-def test_holdout_is_each_persons_last_clip():
-    person = torch.tensor([0, 0, 0, 0, 1, 1, 2])
-    clip = torch.tensor([0, 0, 1, 1, 2, 3, 4])
-    assert holdout_last_clip(person, clip).tolist() == [False, False, True, True, False, True,
-                                                         False]
+def test_holdout_takes_whole_people_with_two_clips():
+    person = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7])
+    clip = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
+    held = holdout_people(person, clip, 0.5, seed=0)
+    out = person[held].unique()
+    assert len(out) == 3  # half of the 6 people with two clips
+    assert not torch.isin(torch.tensor([6, 7]), out).any()  # one clip: never held out
+    assert torch.equal(held, torch.isin(person, out))  # all of a person's images or none
+    assert not torch.equal(held, holdout_people(person, clip, 0.5, seed=1))
 
 
-def test_pretraining_learns_to_recognise_people_on_unseen_clips():
+def test_cross_clip_retrieval_ignores_the_same_clip():
+    # images 0 and 1 are one clip of person 0, almost identical; the nearest image from
+    # another clip decides
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.1, 1.0], [1.0, 0.2], [0.2, 1.0]])
+    person = torch.tensor([0, 0, 1, 1, 0, 1])
+    clip = torch.tensor([0, 0, 1, 2, 3, 4])
+    assert cross_clip_retrieval(z, person, clip) == 1.0
+    assert cross_clip_retrieval(z, torch.tensor([0, 0, 1, 1, 1, 0]), clip) < 0.5
+
+
+def test_pretraining_learns_to_recognise_new_people_across_clips():
     torch.manual_seed(0)
-    images, person, clip = collect_person_images(_loader(_person_coloured()))
+    images, person, clip = collect_person_images(
+        _loader(_person_coloured(n_ids=20, background=True)))
     enc = FaceEncoder(8, channels=4)
+    held = holdout_people(person, clip, face_pretrain.HOLDOUT_PEOPLE, seed=0)
+    with torch.no_grad():
+        before = cross_clip_retrieval(enc.cnn(images[held].float() / 255.0), person[held],
+                                      clip[held])
     stats = pretrain_identity(enc, images, person, clip, epochs=15, lr=0.01, batch_size=16)
-    assert stats["face_pretrain/heldout_identity_acc"] > 0.8  # chance: 1/6
+    # 4 held-out people, 3 clips each: chance is 2 of the 11 other clips
+    assert stats["face_pretrain/heldout_retrieval_acc"] > max(0.8, before + 0.2)
     assert 1 <= stats["face_pretrain/best_epoch"] <= 15
 
 
 def test_needs_two_clips_per_person():
-    images, person, clip = collect_person_images(_loader(make_records(3, 1)))
+    images, person, clip = collect_person_images(_loader(make_records(6, 1)))
     with pytest.raises(ValueError, match="two clips"):
         pretrain_identity(FaceEncoder(8, channels=4), images, person, clip, epochs=1, lr=0.01)
 
 
 def test_encoder_is_cached_and_reused(tmp_path, monkeypatch):
     cfg = OmegaConf.create({"face_dim": 8, "face_pretrain_epochs": 2, "face_pretrain_lr": 0.01})
-    loader = _loader(_person_coloured(4, 2))
+    loader = _loader(_person_coloured(5, 2))
     monkeypatch.setattr(face_pretrain, "FaceEncoder", lambda d: FaceEncoder(d, channels=4))
     state, stats = identity_face_encoder(cfg, loader, tmp_path, data_key="k", seed=0)
     assert len(list(tmp_path.glob("face_encoder-*.pt"))) == 1
