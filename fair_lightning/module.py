@@ -52,6 +52,18 @@ def global_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(gather_all_tensors(x))
 
 
+def occurrence_index(ids: torch.Tensor) -> torch.Tensor:
+    """For each row, how many earlier rows carry the same id (0 = its first row)."""
+    order = torch.argsort(ids, stable=True)
+    srt = ids[order]
+    pos = torch.arange(len(ids), device=ids.device)
+    starts = torch.ones_like(srt, dtype=torch.bool)
+    starts[1:] = srt[1:] != srt[:-1]
+    occ = torch.empty_like(pos)
+    occ[order] = pos - torch.cummax(torch.where(starts, pos, 0), 0).values
+    return occ
+
+
 def dann_weight(progress: float) -> float:
     """DANN warm-up (Ganin et al. 2016): 2 / (1 + exp(-10 p)) - 1, from 0 to ~1."""
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
@@ -125,8 +137,8 @@ class FairScorerModule(L.LightningModule):
             self.face_banks = {s: FaceBank(seed=i) for i, s in enumerate(("train", "val", "test"))}
         elif self.method == "label":
             self.attr_adversary = AttributeAdversary(m.fused_dim, self.adv_cfg.hidden_dim)
-        self._queue: tuple[torch.Tensor, torch.Tensor] | None = None  # hsic: recent (h, target)
-        self._eval_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # hsic: (h, target) of val/test
+        self._queue: torch.Tensor | None = None  # hsic: recent [h | target | identity] rows
+        self._eval_rows: list[torch.Tensor] = []  # hsic: [h | target | identity] rows of val/test
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         stages = ("train", "val", "test")
         self.task_metrics = torch.nn.ModuleDict({
@@ -216,7 +228,8 @@ class FairScorerModule(L.LightningModule):
     def _main_adversarial_term(self, h: torch.Tensor, batch: Batch, pairs, faces):
         """What the main network minimises so that the adversary fails."""
         if self.objective == "hsic":
-            return self._dependence_term(h, self._dependence_target(batch, faces)[: h.shape[0]])
+            return self._dependence_term(h, self._dependence_target(batch, faces)[: h.shape[0]],
+                                         batch.identity)
         if self.method == "indirect":
             h_idx, f_idx, target = pairs
             logits = self.discriminator.head_logits(h[h_idx], faces[f_idx])
@@ -231,26 +244,31 @@ class FairScorerModule(L.LightningModule):
         s = batch.sensitive
         return -(masked_ce(g_logits, s.gender) + masked_ce(e_logits, s.ethnicity))
 
-    def _dependence_term(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Kernel dependence of h on `target`, estimated over the global batch (all DDP
-        ranks) plus a queue of recent detached rows: 32 rows alone give so noisy an
+    def _dependence_term(self, h: torch.Tensor, target: torch.Tensor,
+                         identity: torch.Tensor) -> torch.Tensor:
+        """Kernel dependence of h on `target` across *people*: estimated over the global
+        batch (all DDP ranks) plus a queue of recent detached rows, keeping one row per
+        person. Two clips of one person share their face embedding and much of h (merit
+        is mostly a person's), so their pairs would make the term remove who the person
+        is, merit with it, not only what their face shows. 32 rows alone give so noisy an
         estimate that following it shakes h. Only this rank's rows get gradients; scaling
-        by rows / local batch keeps their gradient, and so lambda's meaning, independent
-        of the queue length, and makes a DDP step (which averages ranks' gradients) match a
+        by rows / local batch keeps their gradient, and so lambda's meaning, independent of
+        the queue length, and makes a DDP step (which averages ranks' gradients) match a
         single process on the global batch."""
-        n, dh = h.shape
-        h_all, t_all = h, target
+        n, dh, dt = h.shape[0], h.shape[1], target.shape[1]
+        # float32: exact person ids, and a stable kernel under bf16 autocast
+        rows = torch.cat([h.float(), target.float(), identity[:, None].float()], 1)
         if self.training:
-            h_all, t_all = global_rows(torch.cat([h, target.to(h.dtype)], 1)).split(
-                [dh, target.shape[1]], 1)
-            new = (h_all.detach(), t_all.detach())
+            rows = global_rows(rows)
+            new = rows.detach()
             if self._queue is not None:
-                h_all, t_all = torch.cat([h_all, self._queue[0]]), torch.cat([t_all, self._queue[1]])
-        term = kernel_dependence(h_all, t_all, self.adv_cfg.hsic_h_kernel) * (h_all.shape[0] / n)
+                rows = torch.cat([rows, self._queue])
+        rows = rows[occurrence_index(rows[:, -1].long()) == 0]
+        term = kernel_dependence(rows[:, :dh], rows[:, dh:dh + dt],
+                                 self.adv_cfg.hsic_h_kernel) * (rows.shape[0] / n)
         if self.training and self.adv_cfg.dependence_queue > 0:
             keep = self.adv_cfg.dependence_queue
-            self._queue = new if self._queue is None else tuple(
-                torch.cat([x, y])[:keep] for x, y in zip(new, self._queue, strict=True))
+            self._queue = new if self._queue is None else torch.cat([new, self._queue])[:keep]
         return term
 
     def _dependence_target(self, batch: Batch, faces):
@@ -352,7 +370,9 @@ class FairScorerModule(L.LightningModule):
             self._adversary_loss(out.h, batch, pairs, faces, stage)
             self._remember_faces(batch, stage)
         if self.objective == "hsic":
-            self._eval_rows.append((out.h, self._dependence_target(batch, faces)[:n]))
+            t = self._dependence_target(batch, faces)[:n]
+            self._eval_rows.append(torch.cat([out.h.float(), t.float(),
+                                              batch.identity[:, None].float()], 1))
         return {"score": out.score}
 
     def _eval_epoch_end(self, stage: str):
@@ -364,12 +384,15 @@ class FairScorerModule(L.LightningModule):
         self._log_d(stage)
         rows, self._eval_rows = self._eval_rows, []
         if self.objective == "hsic" and rows:
-            # the whole split, gathered from every rank: a low-noise estimate
-            dh = rows[0][0].shape[1]
-            ht = global_rows(torch.cat([torch.cat([h, t.to(h.dtype)], 1) for h, t in rows]))
-            if len(ht) >= 4:
-                self.log(f"adv/{stage}_hsic", kernel_dependence(
-                    ht[:, :dh], ht[:, dh:], self.adv_cfg.hsic_h_kernel), sync_dist=True)
+            # the whole split, gathered from every rank: a low-noise estimate. As in
+            # training, across people: the mean over slices holding each person's k-th clip
+            rows = global_rows(torch.cat(rows))
+            dh = self.hparams.model["fused_dim"]
+            occ = occurrence_index(rows[:, -1].long())
+            est = [kernel_dependence(r[:, :dh], r[:, dh:-1], self.adv_cfg.hsic_h_kernel)
+                   for r in (rows[occ == k] for k in range(int(occ.max()) + 1)) if len(r) >= 4]
+            if est:
+                self.log(f"adv/{stage}_hsic", torch.stack(est).mean(), sync_dist=True)
 
     def _log_d(self, stage: str):
         if self.method == "indirect" and self.d_acc[f"{stage}_"].update_count:

@@ -33,7 +33,7 @@ def _hsic_rank(rank, world, init_file, out_dir):
         mine = slice(0, 6) if rank == 0 else slice(6, 12)
         m = _module("indirect", objective="hsic", dependence_queue=20).train()
         hl = h[mine].clone().requires_grad_(True)
-        term = m._dependence_term(hl, f[mine])
+        term = m._dependence_term(hl, f[mine], torch.arange(12)[mine])
         term.backward()
         torch.save({"rows": rows.detach(), "x_grad": x.grad, "term": term.detach(),
                     "h_grad": hl.grad / world,  # DDP averages gradients over ranks
@@ -58,7 +58,7 @@ def test_dependence_term_under_ddp_matches_one_process_on_the_global_batch(tmp_p
     h, f = torch.randn(12, 8), torch.randn(12, 4)
     one = _module("indirect", objective="hsic", dependence_queue=20).train()
     hg = h.clone().requires_grad_(True)
-    term = one._dependence_term(hg, f)
+    term = one._dependence_term(hg, f, torch.arange(12))
     term.backward()
     ddp_grad = torch.cat([r[0]["h_grad"], r[1]["h_grad"]])
     assert torch.allclose(ddp_grad, hg.grad, atol=1e-6)
@@ -67,7 +67,7 @@ def test_dependence_term_under_ddp_matches_one_process_on_the_global_batch(tmp_p
     for i in range(2):
         assert torch.allclose(r[i]["term"] / 2, term.detach(), atol=1e-6)
     for i in range(2):
-        assert torch.equal(r[i]["queue"][0], h) and torch.equal(r[i]["queue"][1], f)
+        assert torch.equal(r[i]["queue"], torch.cat([h, f, torch.arange(12.0)[:, None]], 1))
 
 
 def _train(tmp_path, cache, devices, exp="adversarial"):

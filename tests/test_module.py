@@ -11,7 +11,7 @@ from data_modules.datamodule import InterviewDataModule
 from data_modules.shards import write_shards
 from fair_lightning.config import load_config
 from fair_lightning.models import kernel_dependence
-from fair_lightning.module import FairScorerModule, dann_weight
+from fair_lightning.module import FairScorerModule, dann_weight, occurrence_index
 from tests.conftest import make_records
 
 
@@ -129,7 +129,10 @@ def test_hsic_term_measures_h_against_fixed_targets(records):
     h = m.scorer(free).h
     faces = m.face_encoder(free.faces)
     term = m._main_adversarial_term(h, free, m._face_pairs(free, "train")[0], faces)
-    assert torch.allclose(term, kernel_dependence(h, faces.detach()))
+    one = occurrence_index(free.identity) == 0  # one row per person
+    assert 0 < one.sum() < len(free)
+    scale = one.sum() / len(free)
+    assert torch.allclose(term, kernel_dependence(h[one], faces.detach()[one]) * scale)
     term.backward()
     assert all(p.grad is None for p in m.face_encoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.scorer.parameters())
@@ -140,7 +143,7 @@ def test_hsic_term_measures_h_against_fixed_targets(records):
     onehot = torch.cat([torch.nn.functional.one_hot(s.gender, 2),
                         torch.nn.functional.one_hot(s.ethnicity, 3)], 1).float()
     assert torch.allclose(lab._main_adversarial_term(h, full, None, None),
-                          kernel_dependence(h, onehot))
+                          kernel_dependence(h[one], onehot[one]) * scale)
 
 
 def test_indirect_training_step_cannot_read_sensitive(records):
@@ -197,6 +200,10 @@ def test_max_steps_counts_batches(tmp_path):
     trainer.fit(m, datamodule=dm)
     assert trainer.fit_loop.epoch_loop._batches_that_stepped == 3
     assert trainer.global_step == 3 * 3
+
+
+def test_occurrence_index_counts_earlier_rows_of_the_same_id():
+    assert occurrence_index(torch.tensor([3, 1, 3, 3, 2, 1])).tolist() == [0, 0, 1, 2, 0, 1]
 
 
 def test_dann_schedule():
@@ -263,9 +270,32 @@ def test_hsic_queue_adds_recent_rows(monkeypatch):
         return torch.tensor(0.5)
 
     monkeypatch.setattr(module_mod, "kernel_dependence", fake)
-    terms = [m._dependence_term(torch.randn(5, 8), torch.randn(5, 3)) for _ in range(4)]
+    people = iter(range(100))
+    terms = [m._dependence_term(torch.randn(5, 8), torch.randn(5, 3),
+                                torch.tensor([next(people) for _ in range(5)]))
+             for _ in range(4)]
     assert rows == [(5, 5), (10, 10), (15, 15), (17, 17)]  # queue capped at 12
     assert [round(float(t), 3) for t in terms] == [0.5, 1.0, 1.5, 1.7]
     m.eval()  # no queue outside training, and it is left as it was
-    m._dependence_term(torch.randn(5, 8), torch.randn(5, 3))
-    assert rows[-1] == (5, 5) and len(m._queue[0]) == 12
+    m._dependence_term(torch.randn(5, 8), torch.randn(5, 3), torch.arange(5))
+    assert rows[-1] == (5, 5) and len(m._queue) == 12
+
+
+def test_hsic_estimate_keeps_one_row_per_person(monkeypatch):
+    """Two clips of one person would make the term remove identity; the batch's row of a
+    person wins over queued ones, and the queue itself keeps every row."""
+    import fair_lightning.module as module_mod
+
+    m = _module("indirect", objective="hsic", dependence_queue=20).train()
+    seen = []
+    monkeypatch.setattr(module_mod, "kernel_dependence",
+                        lambda x, y, kernel: seen.append((x, y)) or torch.tensor(0.0))
+    first = torch.randn(4, 8)
+    m._dependence_term(first, torch.randn(4, 3), torch.tensor([0, 1, 1, 2]))
+    assert len(seen[-1][0]) == 3 and torch.equal(seen[-1][0], first[[0, 1, 3]])
+    second = torch.randn(3, 8)
+    m._dependence_term(second, torch.randn(3, 3), torch.tensor([2, 5, 6]))
+    used = seen[-1][0]
+    # batch rows (people 2, 5, 6), then queued people 0 and 1 (not 2, not 1 twice)
+    assert torch.equal(used, torch.cat([second, first[[0, 1]]]))
+    assert len(m._queue) == 7
