@@ -11,6 +11,9 @@ PYTEST   := $(BIN)/python -m pytest
 
 SEEDS    ?= 0 1 2
 EXPS     ?= baseline face_discriminator adversarial label_adversary
+# torch threads per seed run: the thread count changes float summation order and so the
+# trajectory; one thread gives the same numbers on any machine (the README's tables)
+SEED_THREADS ?= 1
 
 .PHONY: install train audit compare seeds test test-all lint clean help
 
@@ -19,7 +22,7 @@ help:
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
-	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [ARGS=...] every experiment x seed, then compare"
+	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [ARGS=...] every experiment x seed (one thread each), then compare"
 	@echo "make lint | make clean"
 
 # the stamp depends on pyproject.toml, so a changed dependency list reinstalls
@@ -47,7 +50,8 @@ compare: install
 seeds: install
 	@set -e; dirs=""; for e in $(EXPS); do for s in $(SEEDS); do \
 	  d=runs/seeds/$$e-s$$s; \
-	  $(BIN)/python -m fair_lightning.train experiment=$$e seed=$$s output_dir=$$d $(ARGS); \
+	  OMP_NUM_THREADS=$(SEED_THREADS) $(BIN)/python -m fair_lightning.train experiment=$$e \
+	    seed=$$s output_dir=$$d $(ARGS); \
 	  dirs="$$dirs $$d"; done; done; \
 	$(BIN)/python -m fair_lightning.report $$dirs --out runs/seeds/comparison
 
