@@ -45,11 +45,11 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = FairScorerModule.load_from_checkpoint(str(ckpt), map_location="cpu")
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the data, as in train
     callbacks = analysis_callbacks(cfg, dm)
     trainer = L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
                         devices=1, logger=make_loggers(cfg, out), callbacks=callbacks,

@@ -135,12 +135,14 @@ def run(cfg) -> Path:
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     t0 = time.time()
     dm = build_datamodule(cfg)
     ensure_data(dm)
     dm.setup("fit")
     data_s = time.time() - t0
+    # after the data: generating it (first run) draws from the global RNGs, reading it
+    # does not, and both runs must train alike
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm.feature_dims())
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
     callbacks = analysis_callbacks(cfg, dm)

@@ -76,9 +76,11 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert not any(p.requires_grad for p in restored.parameters())
 
 
-def test_same_seed_same_result(tmp_path, shared_cache):
-    a = run(_cfg(tmp_path / "a", shared_cache, **{"probe.enabled": "false"}))
-    b = run(_cfg(tmp_path / "b", shared_cache, **{"probe.enabled": "false"}))
+def test_same_seed_same_result(tmp_path):
+    """The first run generates the data (drawing from global RNGs), the second reads it."""
+    cache = tmp_path / "own_cache"
+    a = run(_cfg(tmp_path / "a", cache, **{"probe.enabled": "false"}))
+    b = run(_cfg(tmp_path / "b", cache, **{"probe.enabled": "false"}))
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["test/pearson"] == sb["test/pearson"] and sa["test/mae"] == sb["test/mae"]
 
