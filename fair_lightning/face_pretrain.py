@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fair_lightning.models import FaceEncoder
+from fair_lightning.models.adversaries import frames_to_float, frames_to_uint8
 from fair_lightning.tracking import write_atomic
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def collect_person_images(loader) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
             if batch.video.shape[-2:] == batch.faces.shape[-2:]:
                 frames.append(batch.video[i][batch.video_mask[i]])
             frames = torch.cat(frames)
-            images.append((frames * 255.0).round().to(torch.uint8))
+            images.append(frames_to_uint8(frames))
             who = people.setdefault(int(batch.identity[i]), len(people))
             person.append(torch.full((len(frames),), who, dtype=torch.long))
             clip.append(torch.full((len(frames),), n_clips, dtype=torch.long))
@@ -110,7 +111,7 @@ def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.
     def retrieval() -> float:
         encoder.eval()
         with torch.no_grad():
-            x = images[held].float() / 255.0
+            x = frames_to_float(images[held])
             z = torch.cat([encoder.cnn(c) for c in x.split(512)])
         return cross_clip_retrieval(z, person[held], clip[held])
 
@@ -125,7 +126,7 @@ def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.
                 clips = train[people[i]]
                 a, b = torch.randperm(len(clips), generator=gen)[:2].tolist()
                 rows += [pick(clips[a]), pick(clips[b])]
-            z = F.normalize(encoder.cnn(images[torch.cat(rows)].float() / 255.0), dim=1)
+            z = F.normalize(encoder.cnn(frames_to_float(images[torch.cat(rows)])), dim=1)
             sim = (z @ z.T / TEMPERATURE).fill_diagonal_(float("-inf"))
             partner = torch.arange(len(z)) ^ 1  # rows come in pairs: 0-1, 2-3, ...
             loss = F.cross_entropy(sim, partner)
@@ -148,8 +149,8 @@ def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
     pure function of the data, the settings and the seed; DDP ranks then share one)."""
     settings = {"data": data_key, "face_dim": model_cfg.face_dim, "seed": seed,
                 "objective": "cross_clip_nt_xent", "temperature": TEMPERATURE,
-                "holdout_people": HOLDOUT_PEOPLE, "batch_size": BATCH_SIZE, "epochs": model_cfg.face_pretrain_epochs,
-                "lr": model_cfg.face_pretrain_lr}
+                "holdout_people": HOLDOUT_PEOPLE, "batch_size": BATCH_SIZE,
+                "epochs": model_cfg.face_pretrain_epochs, "lr": model_cfg.face_pretrain_lr}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"face_encoder-{key}.pt"
     if path.is_file():

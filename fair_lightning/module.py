@@ -255,21 +255,29 @@ class FairScorerModule(L.LightningModule):
         by rows / local batch keeps their gradient, and so lambda's meaning, independent of
         the queue length, and makes a DDP step (which averages ranks' gradients) match a
         single process on the global batch."""
-        n, dh, dt = h.shape[0], h.shape[1], target.shape[1]
-        # float32: exact person ids, and a stable kernel under bf16 autocast
-        rows = torch.cat([h.float(), target.float(), identity[:, None].float()], 1)
+        n = h.shape[0]
+        rows = self._dependence_rows(h, target, identity)
         if self.training:
             rows = global_rows(rows)
             new = rows.detach()
             if self._queue is not None:
                 rows = torch.cat([rows, self._queue])
         rows = rows[occurrence_index(rows[:, -1].long()) == 0]
-        term = kernel_dependence(rows[:, :dh], rows[:, dh:dh + dt],
-                                 self.adv_cfg.hsic_h_kernel) * (rows.shape[0] / n)
+        term = self._rows_dependence(rows) * (rows.shape[0] / n)
         if self.training and self.adv_cfg.dependence_queue > 0:
             keep = self.adv_cfg.dependence_queue
             self._queue = new if self._queue is None else torch.cat([new, self._queue])[:keep]
         return term
+
+    @staticmethod
+    def _dependence_rows(h, target, identity) -> torch.Tensor:
+        """[h | target | person id] rows, in float32: exact ids, and a stable kernel under
+        bf16 autocast."""
+        return torch.cat([h.float(), target.float(), identity[:, None].float()], 1)
+
+    def _rows_dependence(self, rows: torch.Tensor) -> torch.Tensor:
+        dh = self.hparams.model["fused_dim"]
+        return kernel_dependence(rows[:, :dh], rows[:, dh:-1], self.adv_cfg.hsic_h_kernel)
 
     def _dependence_target(self, batch: Batch, faces):
         """What h must become independent of: the learned face embeddings (indirect), or
@@ -370,9 +378,8 @@ class FairScorerModule(L.LightningModule):
             self._adversary_loss(out.h, batch, pairs, faces, stage)
             self._remember_faces(batch, stage)
         if self.objective == "hsic":
-            t = self._dependence_target(batch, faces)[:n]
-            self._eval_rows.append(torch.cat([out.h.float(), t.float(),
-                                              batch.identity[:, None].float()], 1))
+            self._eval_rows.append(self._dependence_rows(
+                out.h, self._dependence_target(batch, faces)[:n], batch.identity))
         return {"score": out.score}
 
     def _eval_epoch_end(self, stage: str):
@@ -387,10 +394,9 @@ class FairScorerModule(L.LightningModule):
             # the whole split, gathered from every rank: a low-noise estimate. As in
             # training, across people: the mean over slices holding each person's k-th clip
             rows = global_rows(torch.cat(rows))
-            dh = self.hparams.model["fused_dim"]
             occ = occurrence_index(rows[:, -1].long())
-            est = [kernel_dependence(r[:, :dh], r[:, dh:-1], self.adv_cfg.hsic_h_kernel)
-                   for r in (rows[occ == k] for k in range(int(occ.max()) + 1)) if len(r) >= 4]
+            est = [self._rows_dependence(r) for r in (rows[occ == k] for k in range(int(occ.max()) + 1))
+                   if len(r) >= 4]
             if est:
                 self.log(f"adv/{stage}_hsic", torch.stack(est).mean(), sync_dist=True)
 
