@@ -41,7 +41,8 @@ def _rows(m: OutputFairness) -> tuple[np.ndarray, np.ndarray]:
 
 def _log_to_loggers(trainer: L.Trainer, metrics: dict[str, float]) -> None:
     # self.log is not allowed in on_train_end / on_test_end: talk to the loggers directly
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    # in batches trained, as the steps of Lightning's own logging
+    step = trainer.lightning_module.trained_batches
     for lg in trainer.loggers:
         lg.log_metrics(metrics, step=step)
         if hasattr(lg, "save"):

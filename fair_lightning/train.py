@@ -60,9 +60,9 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     strategy = t.strategy
     distributed = t.devices > 1 or t.num_nodes > 1
     if strategy in ("ddp", "auto") and distributed:
-        # manual optimization with several backward passes per batch: DDP must look for
-        # parameters a given backward does not reach
-        strategy = DDPStrategy(find_unused_parameters=True)
+        # an adversary's several backward passes per batch each reach only some parameters:
+        # DDP must look for the others (the task alone reaches them all)
+        strategy = DDPStrategy(find_unused_parameters=not module.automatic_optimization)
     return L.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=t.max_epochs,
@@ -119,7 +119,7 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
                                              root, data_key=root.name, seed=cfg.seed)
     except ValueError as e:  # e.g. one clip per person: nothing to tell people apart across
         raise ConfigError(f"model.face_encoder=identity: {e}") from None
-    module.face_encoder.load_state_dict(state)
+    module.adversary.face_encoder.load_state_dict(state)
     return stats
 
 
@@ -150,6 +150,7 @@ def run(cfg) -> Path:
     t1 = time.time()
     trainer.fit(module, datamodule=dm)
     fit_s = time.time() - t1
+    batches = module.trained_batches  # before testing loads a checkpoint's count
     ckpt = str(run_dir / "checkpoints" / f"{cfg.trainer.test_checkpoint}.ckpt")
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
     if trainer.is_global_zero:
@@ -157,7 +158,7 @@ def run(cfg) -> Path:
         summary.update({"time/data_s": round(data_s, 2), "time/fit_s": round(fit_s, 2),
                         "time/total_s": round(time.time() - t0, 2),
                         "train/epochs": trainer.current_epoch,
-                        "train/batches": trainer.fit_loop.epoch_loop._batches_that_stepped,
+                        "train/batches": batches,
                         "train/optimizer_steps": trainer.global_step, **pretrain_stats})
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir, cfg, summary, callbacks)

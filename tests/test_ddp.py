@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _hsic_rank(rank, world, init_file, out_dir):
-    from fair_lightning.module import global_rows
-    from tests.test_module import _module
+    from fair_lightning.models.objectives import DependenceObjective, global_rows
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
@@ -31,13 +30,13 @@ def _hsic_rank(rank, world, init_file, out_dir):
         torch.manual_seed(0)
         h, f = torch.randn(12, 8), torch.randn(12, 4)
         mine = slice(0, 6) if rank == 0 else slice(6, 12)
-        m = _module("indirect", objective="hsic", dependence_queue=20).train()
+        obj = DependenceObjective(h_dim=8, queue_size=20).train()
         hl = h[mine].clone().requires_grad_(True)
-        term = m._dependence_term(hl, f[mine], torch.arange(12)[mine])
+        term = obj.dependence(hl, f[mine], torch.arange(12)[mine])
         term.backward()
         torch.save({"rows": rows.detach(), "x_grad": x.grad, "term": term.detach(),
                     "h_grad": hl.grad / world,  # DDP averages gradients over ranks
-                    "queue": m._queue}, Path(out_dir) / f"r{rank}.pt")
+                    "queue": obj.queue}, Path(out_dir) / f"r{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -46,7 +45,7 @@ def test_dependence_term_under_ddp_matches_one_process_on_the_global_batch(tmp_p
     """With 2 gloo ranks holding parts of a batch, the hsic term is estimated on the whole
     batch, its DDP-averaged gradient equals one process's on the whole batch, and the queue
     holds every rank's rows."""
-    from tests.test_module import _module
+    from fair_lightning.models.objectives import DependenceObjective
 
     mp.spawn(_hsic_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     r = [torch.load(tmp_path / f"r{i}.pt") for i in range(2)]
@@ -56,9 +55,9 @@ def test_dependence_term_under_ddp_matches_one_process_on_the_global_batch(tmp_p
         assert torch.equal(r[i]["x_grad"], torch.ones_like(r[i]["x_grad"]))  # own rows only
     torch.manual_seed(0)
     h, f = torch.randn(12, 8), torch.randn(12, 4)
-    one = _module("indirect", objective="hsic", dependence_queue=20).train()
+    one = DependenceObjective(h_dim=8, queue_size=20).train()
     hg = h.clone().requires_grad_(True)
-    term = one._dependence_term(hg, f, torch.arange(12))
+    term = one.dependence(hg, f, torch.arange(12))
     term.backward()
     ddp_grad = torch.cat([r[0]["h_grad"], r[1]["h_grad"]])
     assert torch.allclose(ddp_grad, hg.grad, atol=1e-6)

@@ -1,4 +1,7 @@
-"""The LightningModule: alternating steps, objectives, the label-free guard, step counting."""
+"""The LightningModule: alternating steps, objectives, the label-free guard, step counting,
+Lightning's own loop without an adversary."""
+
+import copy
 
 import lightning as L
 import pytest
@@ -11,20 +14,47 @@ from data_modules.datamodule import InterviewDataModule
 from data_modules.shards import write_shards
 from fair_lightning.config import load_config
 from fair_lightning.models import kernel_dependence
-from fair_lightning.module import FairScorerModule, dann_weight, occurrence_index
+from fair_lightning.models.objectives import occurrence_index
+from fair_lightning.module import FairScorerModule, dann_weight
 from tests.conftest import make_records
 
 
-def _module(method="indirect", objective="confusion", k_disc=1, **adv):
+def _module(method="indirect", objective="confusion", k_disc=1, max_epochs=1, optim=(),
+            **adv):
     cfg = load_config("baseline", [("adversary.method", method),
                                    ("adversary.objective", objective),
                                    ("adversary.k_disc", str(k_disc)),
                                    ("adversary.weight_schedule", "constant"), ("adversary.warmup_epochs", "0"),
                                    ("model.hidden_dim", "16"), ("model.fused_dim", "8"),
                                    ("model.face_dim", "8"), ("model.video_channels", "4"),
-                                   *[(f"adversary.{k}", str(v)) for k, v in adv.items()]])
+                                   *[(f"adversary.{k}", str(v)) for k, v in adv.items()],
+                                   *[(f"optim.{k}", str(v)) for k, v in dict(optim).items()]])
     return FairScorerModule(cfg.model, cfg.adversary, cfg.optim, text_dim=384, audio_dim=8,
-                            max_epochs=1)
+                            max_epochs=max_epochs)
+
+
+class _Loader:
+    """Fixed batches, as a train loader for `Trainer.fit`."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def _loader(records, size=4):
+    free = [strip_sensitive(r) for r in records]
+    return _Loader([collate_records(free[i:i + size]) for i in range(0, len(free), size)])
+
+
+def _trainer(tmp_path=None, **kw):
+    return L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     enable_checkpointing=tmp_path is not None, default_root_dir=tmp_path,
+                     limit_val_batches=0, **kw)
 
 
 def _attach(module):
@@ -33,10 +63,7 @@ def _attach(module):
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
     module.trainer = trainer
-    trainer.strategy._lightning_optimizers = []
-    opts = module.configure_optimizers()
-    opts = opts[0] if isinstance(opts, tuple) else opts
-    trainer.strategy.optimizers = opts if isinstance(opts, list) else [opts]
+    trainer.strategy.setup_optimizers(trainer)
     module.log = lambda *a, **k: None
     module.log_dict = lambda *a, **k: None
     module.adversary_weight = lambda: 1.0
@@ -60,7 +87,7 @@ def test_alternating_steps_update_the_right_parameters(method, objective, record
     m.train()
     batch = collate_records(records if method == "label"
                             else [strip_sensitive(r) for r in records])
-    adv_mods = ([m.face_encoder, m.discriminator] if method == "indirect" else [m.attr_adversary])
+    adv_mods = [m.adversary]
     opt_main, opt_adv = m.optimizers()
     calls = []
     real_main, real_adv = opt_main.step, opt_adv.step
@@ -98,9 +125,9 @@ def test_grl_single_step_updates_both(records):
     m = _module("indirect", objective="grl")
     _attach(m)
     assert m.optimizer_steps_per_batch == 2
-    s, d = _snapshot(m.scorer), _snapshot(m.discriminator)
+    s, d = _snapshot(m.scorer), _snapshot(m.adversary.discriminator)
     m.training_step(collate_records([strip_sensitive(r) for r in records]), 0)
-    assert _changed(s, m.scorer) and _changed(d, m.discriminator)
+    assert _changed(s, m.scorer) and _changed(d, m.adversary.discriminator)
 
 
 def test_main_step_pushes_h_against_the_discriminator(records):
@@ -110,10 +137,9 @@ def test_main_step_pushes_h_against_the_discriminator(records):
     for objective in ("minimax", "confusion"):
         m = _module("indirect", objective=objective)
         h = m.scorer(batch).h
-        pairs, raw = m._face_pairs(batch, "train")
-        faces = m.face_encoder(raw)
-        d_loss = m._adversary_loss(h, batch, pairs, faces)
-        term = m._main_adversarial_term(h, batch, pairs, faces)
+        obs = m.adversary.observe(batch, "train")
+        d_loss = m.adversary(h, obs).loss
+        term = m.objective.term(m.adversary, h, batch, obs.detach())
         if objective == "minimax":
             assert torch.allclose(term, -d_loss)
         else:  # balanced BCE against 0.5 is at least log 2, reached when D outputs 0.5
@@ -127,14 +153,15 @@ def test_hsic_term_measures_h_against_fixed_targets(records):
     free = collate_records([strip_sensitive(r) for r in records])
     m = _module("indirect", objective="hsic")
     h = m.scorer(free).h
-    faces = m.face_encoder(free.faces)
-    term = m._main_adversarial_term(h, free, m._face_pairs(free, "train")[0], faces)
+    obs = m.adversary.observe(free, "train")
+    faces = obs.faces
+    term = m.objective.term(m.adversary, h, free, obs)
     one = occurrence_index(free.identity) == 0  # one row per person
     assert 0 < one.sum() < len(free)
     scale = one.sum() / len(free)
     assert torch.allclose(term, kernel_dependence(h[one], faces.detach()[one]) * scale)
     term.backward()
-    assert all(p.grad is None for p in m.face_encoder.parameters())
+    assert all(p.grad is None for p in m.adversary.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.scorer.parameters())
     lab = _module("label", objective="hsic")
     full = collate_records(records)
@@ -142,7 +169,8 @@ def test_hsic_term_measures_h_against_fixed_targets(records):
     s = full.sensitive
     onehot = torch.cat([torch.nn.functional.one_hot(s.gender, 2),
                         torch.nn.functional.one_hot(s.ethnicity, 3)], 1).float()
-    assert torch.allclose(lab._main_adversarial_term(h, full, None, None),
+    assert torch.allclose(lab.objective.term(lab.adversary, h, full,
+                                             lab.adversary.observe(full, "train")),
                           kernel_dependence(h[one], onehot[one]) * scale)
 
 
@@ -198,7 +226,7 @@ def test_max_steps_counts_batches(tmp_path):
     m = _module("indirect", k_disc=2)
     trainer = build_trainer(cfg, tmp_path / "run", m)
     trainer.fit(m, datamodule=dm)
-    assert trainer.fit_loop.epoch_loop._batches_that_stepped == 3
+    assert m.trained_batches == 3
     assert trainer.global_step == 3 * 3
 
 
@@ -243,10 +271,10 @@ def test_other_clip_positives_come_from_the_bank(records):
     are banked faces of another clip of the same person."""
     m = _module("indirect", positive_faces="other_clip")
     batch = collate_records([strip_sensitive(r) for r in records])
-    (_, _, tgt), _ = m._face_pairs(batch, "train")
+    (_, _, tgt), _ = m.adversary.pairs(batch, "train")
     assert len(tgt) and (tgt == 0).all()  # empty bank: negatives only
-    m._remember_faces(batch, "train")
-    (h_idx, f_idx, tgt), raw = m._face_pairs(batch, "train")
+    m.adversary.remember(batch, "train")
+    (h_idx, f_idx, tgt), raw = m.adversary.pairs(batch, "train")
     pos = tgt == 1
     assert pos.sum() == len(batch)  # every person in this batch has a second clip
     assert (f_idx[pos] >= len(batch)).all()
@@ -256,46 +284,111 @@ def test_other_clip_positives_come_from_the_bank(records):
         assert batch.identity[src[0]] == batch.identity[i]
 
 
-def test_hsic_queue_adds_recent_rows(monkeypatch):
-    """The dependence estimate uses the batch plus up to `dependence_queue` queued rows,
-    only while training; the term is scaled by rows / batch."""
-    import fair_lightning.module as module_mod
+def test_no_adversary_is_lightnings_automatic_loop(records):
+    """method none needs no manual optimization: Lightning's own loop, clipping at
+    `optim.grad_clip` and stepping the cosine schedule once per epoch, trains exactly like
+    a plain PyTorch loop."""
+    torch.manual_seed(0)
+    m = _module("none", max_epochs=2, optim={"grad_clip": 0.05})
+    assert m.automatic_optimization and m.optimizer_steps_per_batch == 1
+    ref = copy.deepcopy(m).train()
+    loader = _loader(records)
+    torch.manual_seed(1)  # dropout draws the same in both
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(m, train_dataloaders=loader)
+    assert trainer.global_step == m.trained_batches == 2 * len(loader)
 
-    m = _module("indirect", objective="hsic", dependence_queue=12)
-    m.train()
-    rows = []
+    torch.manual_seed(1)
+    o = ref.optim_cfg
+    opt = torch.optim.AdamW(ref.scorer.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2)
+    clipped = []
+    for _ in range(2):
+        for b in loader:
+            loss = torch.nn.functional.mse_loss(ref.scorer(b).score, b.label)
+            opt.zero_grad()
+            loss.backward()
+            clipped.append(torch.nn.utils.clip_grad_norm_(ref.scorer.parameters(), 0.05) > 0.05)
+            opt.step()
+        sched.step()
+    assert any(clipped)  # the clip mattered
+    for (name, p), q in zip(m.scorer.named_parameters(), ref.scorer.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == opt.param_groups[0]["lr"] < o.lr
 
-    def fake(x, y, kernel):
-        rows.append((x.shape[0], y.shape[0]))
-        return torch.tensor(0.5)
 
-    monkeypatch.setattr(module_mod, "kernel_dependence", fake)
-    people = iter(range(100))
-    terms = [m._dependence_term(torch.randn(5, 8), torch.randn(5, 3),
-                                torch.tensor([next(people) for _ in range(5)]))
-             for _ in range(4)]
-    assert rows == [(5, 5), (10, 10), (15, 15), (17, 17)]  # queue capped at 12
-    assert [round(float(t), 3) for t in terms] == [0.5, 1.0, 1.5, 1.7]
-    m.eval()  # no queue outside training, and it is left as it was
-    m._dependence_term(torch.randn(5, 8), torch.randn(5, 3), torch.arange(5))
-    assert rows[-1] == (5, 5) and len(m._queue) == 12
+def test_manual_steps_clip_at_grad_clip(records):
+    m = _module("indirect", optim={"grad_clip": 0.01})
+    _attach(m)
+    opt_main, _ = m.optimizers()
+    batch = collate_records([strip_sensitive(r) for r in records])
+    (m.scorer(batch).score.sum() * 1e3).backward()
+    m.configure_gradient_clipping(opt_main)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.scorer.parameters()
+                                                 if p.grad is not None]))
+    assert norm == pytest.approx(0.01, rel=1e-3)
 
 
-def test_hsic_estimate_keeps_one_row_per_person(monkeypatch):
-    """Two clips of one person would make the term remove identity; the batch's row of a
-    person wins over queued ones, and the queue itself keeps every row."""
-    import fair_lightning.module as module_mod
+def test_trained_batches_survive_checkpoints(records, tmp_path):
+    """The module counts its training batches itself (global_step counts optimizer steps);
+    checkpoints keep the count, loading and resuming restore it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    m = _module("indirect", objective="hsic", dependence_queue=20).train()
-    seen = []
-    monkeypatch.setattr(module_mod, "kernel_dependence",
-                        lambda x, y, kernel: seen.append((x, y)) or torch.tensor(0.0))
-    first = torch.randn(4, 8)
-    m._dependence_term(first, torch.randn(4, 3), torch.tensor([0, 1, 1, 2]))
-    assert len(seen[-1][0]) == 3 and torch.equal(seen[-1][0], first[[0, 1, 3]])
-    second = torch.randn(3, 8)
-    m._dependence_term(second, torch.randn(3, 3), torch.tensor([2, 5, 6]))
-    used = seen[-1][0]
-    # batch rows (people 2, 5, 6), then queued people 0 and 1 (not 2, not 1 twice)
-    assert torch.equal(used, torch.cat([second, first[[0, 1]]]))
-    assert len(m._queue) == 7
+    loader = _loader(records)
+    m = _module("indirect", k_disc=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[ckpt])
+    trainer.fit(m, train_dataloaders=loader)
+    n = 2 * len(loader)
+    assert m.trained_batches == n and trainer.global_step == 3 * n
+    path = tmp_path / "last.ckpt"
+    assert torch.load(path, weights_only=True)["trained_batches"] == n
+    assert FairScorerModule.load_from_checkpoint(path).trained_batches == n
+    again = _module("indirect", k_disc=2)
+    _trainer(tmp_path, max_epochs=3).fit(again, train_dataloaders=loader, ckpt_path=path)
+    assert again.trained_batches == n + len(loader)
+
+
+@pytest.mark.parametrize("method,prefix", [("indirect", "adversary.face_encoder."),
+                                           ("label", "adversary.classifier.")])
+def test_checkpoints_from_before_the_adversary_classes_load(method, prefix):
+    """Older checkpoints hold the adversary's weights at the top level and no batch count."""
+    from fair_lightning.module import LEGACY_KEYS
+
+    old = {v: k for k, v in LEGACY_KEYS.items()}
+    src = _module(method, k_disc=3)
+    state = {}
+    for k, v in src.state_dict().items():
+        new = next((n for n in old if k.startswith(n)), None)
+        state[old[new] + k[len(new):] if new else k] = v
+    assert not any(k.startswith("adversary.") for k in state)
+    ckpt = {"state_dict": state, "global_step": 40}
+    dst = _module(method, k_disc=3)
+    dst.on_load_checkpoint(ckpt)
+    dst.load_state_dict(ckpt["state_dict"])  # strict
+    assert any(k.startswith(prefix) for k in ckpt["state_dict"])
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in src.state_dict().items())
+    assert dst.trained_batches == 10
+
+
+def test_a_new_objective_is_one_class(records):
+    """The module drives any `Objective` through its interface: the term gets h with its
+    gradient and the adversary's observation detached, and is what the main step uses."""
+    from fair_lightning.models import Objective
+
+    class Spy(Objective):
+        calls = []
+
+        def term(self, adversary, h, batch, obs):
+            self.calls.append((h.requires_grad, obs.faces.requires_grad))
+            return h.pow(2).mean()
+
+    m = _module("indirect")
+    m.objective = Spy()
+    _attach(m)
+    logged = {}
+    m.log_dict = lambda d, **k: logged.update(d)
+    m.training_step(collate_records([strip_sensitive(r) for r in records]), 0)
+    assert Spy.calls == [(True, False)]
+    assert logged["adv/main_term"] > 0 and set(logged) == {
+        "train/loss", "adv/loss", "adv/main_term", "adv/weight"}

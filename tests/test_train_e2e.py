@@ -71,7 +71,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert len(cached) == 1
     pre = torch.load(cached[0], weights_only=True)["state_dict"]
     restored = FairScorerModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt",
-                                                     map_location="cpu").face_encoder
+                                                     map_location="cpu").adversary.face_encoder
     assert all(torch.equal(v, restored.state_dict()[k]) for k, v in pre.items())
     assert not any(p.requires_grad for p in restored.parameters())
 

@@ -1,18 +1,35 @@
-"""Plain nn.Module components (no Lightning): encoders, fusion, scorer, adversaries."""
+"""Plain nn.Module components (no Lightning): encoders, fusion, scorer, adversaries,
+objectives."""
 
 from fair_lightning.models.adversaries import (
+    ADVERSARIES,
+    Adversary,
+    AdversaryOutput,
     AttributeAdversary,
     FaceBank,
     FaceEncoder,
+    FaceMatchAdversary,
     FaceMatchDiscriminator,
     GradientReversal,
+    LabelAdversary,
     grad_reverse,
     sample_pairs,
 )
 from fair_lightning.models.dependence import kernel_dependence
+from fair_lightning.models.objectives import (
+    OBJECTIVES,
+    ConfusionObjective,
+    DependenceObjective,
+    MinimaxObjective,
+    Objective,
+    ReversalObjective,
+)
 from fair_lightning.models.scorer import REPRESENTATIONS, MultimodalScorer, ScorerOutput
 
 __all__ = [
-    "AttributeAdversary", "FaceBank", "FaceEncoder", "FaceMatchDiscriminator", "GradientReversal",
-    "MultimodalScorer", "REPRESENTATIONS", "ScorerOutput", "grad_reverse", "kernel_dependence", "sample_pairs",
+    "ADVERSARIES", "OBJECTIVES", "REPRESENTATIONS", "Adversary", "AdversaryOutput",
+    "AttributeAdversary", "ConfusionObjective", "DependenceObjective", "FaceBank", "FaceEncoder",
+    "FaceMatchAdversary", "FaceMatchDiscriminator", "GradientReversal", "LabelAdversary",
+    "MinimaxObjective", "MultimodalScorer", "Objective", "ReversalObjective", "ScorerOutput",
+    "grad_reverse", "kernel_dependence", "sample_pairs",
 ]

@@ -3,13 +3,18 @@
 * `FaceMatchDiscriminator` D(h, f) (Hemamou et al., 2021): the logit that face embedding f
   belongs to the candidate whose interview produced h. It needs no sensitive label.
 * `AttributeAdversary` A(h): predicts gender and ethnicity; the explicit-label baseline.
+* `FaceMatchAdversary` and `LabelAdversary` wrap them with what the training step needs
+  (face encoder, face banks, pair sampling; the attribute targets), behind one interface,
+  `Adversary`; `ADVERSARIES` maps `adversary.method` to them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fair_lightning.models.encoders import small_cnn
@@ -224,3 +229,194 @@ class FaceBank:
             person[cid] = f
             while len(person) > self.per_identity:
                 person.pop(next(iter(person)))
+
+
+# --------------------------------------------------------------------------- losses
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor,
+                 is_positive: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE where positive and negative pairs weigh the same, whatever their counts.
+
+    `is_positive` tells the pair kinds apart when `target` is not the pair label (the
+    confusion objective's target is 0.5 everywhere).
+    """
+    pos = target > 0.5 if is_positive is None else is_positive.bool()
+    w = torch.where(pos, 0.5 / pos.sum().clamp(min=1), 0.5 / (~pos).sum().clamp(min=1))
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum()
+
+
+def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over rows whose target is known (>= 0); 0 when none is."""
+    known = target >= 0
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[known], target[known])
+
+
+def confusion_to_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the uniform distribution: minimal when A can't tell classes."""
+    return -F.log_softmax(logits, dim=-1).mean(-1).mean()
+
+
+# --------------------------------------------------------------------------- adversaries
+@dataclass
+class AdversaryOutput:
+    """The adversary's own loss (what it minimises) and, for a matching adversary, its
+    mean logit and target per pair, which the module monitors (D's accuracy and AUC)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+
+
+class Adversary(nn.Module):
+    """An adversary on h as the training step drives it: `observe` draws what it sees
+    besides h, `forward` gives its loss; objectives read it through `confusion` and
+    `dependence_target`."""
+
+    def observe(self, batch, stage: str):
+        raise NotImplementedError
+
+    def forward(self, h: torch.Tensor, obs) -> AdversaryOutput:
+        raise NotImplementedError
+
+    def confusion(self, h: torch.Tensor, obs) -> torch.Tensor:
+        """Minimal when the adversary cannot tell its classes apart on h."""
+        raise NotImplementedError
+
+    def dependence_target(self, obs) -> torch.Tensor:
+        """[B, d] rows, one per batch clip (first), that h must become independent of."""
+        raise NotImplementedError
+
+    def remember(self, batch, stage: str) -> None:
+        """Called once per batch, after its steps."""
+
+
+@dataclass
+class FacePairs:
+    """D's pairs (h row, face row, target) and the face embeddings [B + n, face_dim] they
+    index: the batch clips' own faces, then banked faces of other clips."""
+
+    h_idx: torch.Tensor
+    f_idx: torch.Tensor
+    target: torch.Tensor
+    faces: torch.Tensor
+
+    def detach(self) -> FacePairs:
+        return FacePairs(self.h_idx, self.f_idx, self.target, self.faces.detach())
+
+
+class FaceMatchAdversary(Adversary):
+    """The label-free adversary: the face encoder, D(h, f), and the pairs D learns on.
+
+    `face_encoder`: "cnn" trains with D; "identity" is frozen here and gets its pretrained
+    weights from `train.py`; "frozen" loads `checkpoint`. With `positive_faces=other_clip`
+    the positives are faces of another clip of the same person, from a bank per stage
+    (validation must not find training clips, nor the reverse).
+    """
+
+    def __init__(self, h_dim: int, face_dim: int, hidden: int, *, heads: int = 1,
+                 face_encoder: str = "cnn", checkpoint: str | None = None,
+                 negatives_per_positive: int = 8, positive_faces: str = "own_clip"):
+        super().__init__()
+        if face_encoder == "frozen":
+            self.face_encoder = FaceEncoder.from_checkpoint(checkpoint, face_dim)
+        elif face_encoder == "identity":
+            self.face_encoder = FaceEncoder(face_dim).freeze()
+        else:
+            self.face_encoder = FaceEncoder(face_dim)
+        self.discriminator = FaceMatchDiscriminator(h_dim, face_dim, hidden, heads=heads)
+        self.negatives_per_positive = negatives_per_positive
+        self.own_positives = positive_faces == "own_clip"
+        self.face_banks = {s: FaceBank(seed=i) for i, s in enumerate(("train", "val", "test"))}
+
+    @classmethod
+    def from_config(cls, model, adversary) -> FaceMatchAdversary:
+        return cls(model.fused_dim, model.face_dim, adversary.hidden_dim, heads=adversary.heads,
+                   face_encoder=model.face_encoder, checkpoint=model.face_encoder_checkpoint,
+                   negatives_per_positive=adversary.negatives_per_positive,
+                   positive_faces=adversary.positive_faces)
+
+    def pairs(self, batch, stage: str):
+        """(h_idx, f_idx, target) and the face frames they index [B + n, K, 3, H, W]."""
+        h_idx, f_idx, target = sample_pairs(batch.identity, self.negatives_per_positive,
+                                            own_positives=self.own_positives)
+        frames = batch.faces
+        if not self.own_positives:
+            rows, banked = self.face_banks[stage].lookup(batch.identity, batch.clip_id)
+            if rows.numel():
+                n, b = rows.numel(), len(batch)
+                h_idx = torch.cat([rows, h_idx])
+                f_idx = torch.cat([torch.arange(b, b + n, device=rows.device), f_idx])
+                target = torch.cat([torch.ones(n, device=target.device), target])
+                frames = torch.cat([frames, banked])
+        return (h_idx, f_idx, target), frames
+
+    def observe(self, batch, stage: str) -> FacePairs:
+        (h_idx, f_idx, target), frames = self.pairs(batch, stage)
+        return FacePairs(h_idx, f_idx, target, self.face_encoder(frames))
+
+    def _head_logits(self, h: torch.Tensor, obs: FacePairs) -> torch.Tensor:
+        return self.discriminator.head_logits(h[obs.h_idx], obs.faces[obs.f_idx])
+
+    def forward(self, h: torch.Tensor, obs: FacePairs) -> AdversaryOutput:
+        logits = self._head_logits(h, obs)
+        loss = torch.stack([balanced_bce(lg, obs.target) for lg in logits]).mean()
+        return AdversaryOutput(loss, logits.detach().mean(0), obs.target)
+
+    def confusion(self, h: torch.Tensor, obs: FacePairs) -> torch.Tensor:
+        half = torch.full_like(obs.target, 0.5)
+        return torch.stack([balanced_bce(lg, half, is_positive=obs.target)
+                            for lg in self._head_logits(h, obs)]).mean()
+
+    def dependence_target(self, obs: FacePairs) -> torch.Tensor:
+        return obs.faces.detach()
+
+    def remember(self, batch, stage: str) -> None:
+        if not self.own_positives:
+            self.face_banks[stage].add(batch.identity, batch.clip_id, batch.faces)
+
+
+@dataclass
+class AttributeTargets:
+    gender: torch.Tensor  # [B] long, -1 unknown
+    ethnicity: torch.Tensor  # [B] long, -1 unknown
+
+    def detach(self) -> AttributeTargets:
+        return self
+
+
+class LabelAdversary(Adversary):
+    """The explicit-label baseline: A(h) predicts gender and ethnicity. The one adversary
+    that reads `batch.sensitive`."""
+
+    def __init__(self, h_dim: int, hidden: int):
+        super().__init__()
+        self.classifier = AttributeAdversary(h_dim, hidden)
+
+    @classmethod
+    def from_config(cls, model, adversary) -> LabelAdversary:
+        return cls(model.fused_dim, adversary.hidden_dim)
+
+    def observe(self, batch, stage: str) -> AttributeTargets:
+        s = batch.sensitive
+        return AttributeTargets(s.gender, s.ethnicity)
+
+    def forward(self, h: torch.Tensor, obs: AttributeTargets) -> AdversaryOutput:
+        g, e = self.classifier(h)
+        return AdversaryOutput(masked_ce(g, obs.gender) + masked_ce(e, obs.ethnicity))
+
+    def confusion(self, h: torch.Tensor, obs: AttributeTargets) -> torch.Tensor:
+        g, e = self.classifier(h)
+        return confusion_to_uniform(g) + confusion_to_uniform(e)
+
+    def dependence_target(self, obs: AttributeTargets) -> torch.Tensor:
+        """One-hot attributes; an unknown value gets an all-zero block."""
+        return torch.cat(
+            [F.one_hot(obs.gender.clamp(min=0), 2) * (obs.gender >= 0)[:, None],
+             F.one_hot(obs.ethnicity.clamp(min=0), 3) * (obs.ethnicity >= 0)[:, None]],
+            dim=1).float()
+
+
+# `adversary.method` -> class; "none" trains the scorer alone
+ADVERSARIES: dict[str, type[Adversary] | None] = {
+    "none": None, "indirect": FaceMatchAdversary, "label": LabelAdversary}

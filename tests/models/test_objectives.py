@@ -1,0 +1,190 @@
+"""Each objective by what it asks of the main network, through the `Adversary` interface."""
+
+import math
+
+import pytest
+import torch
+
+import fair_lightning.models.objectives as objectives
+from data_modules.collate import collate_records, strip_sensitive
+from fair_lightning.config import CHOICES
+from fair_lightning.models import (
+    ADVERSARIES,
+    OBJECTIVES,
+    Adversary,
+    AdversaryOutput,
+    ConfusionObjective,
+    DependenceObjective,
+    FaceMatchAdversary,
+    LabelAdversary,
+    MinimaxObjective,
+    ReversalObjective,
+    kernel_dependence,
+)
+from fair_lightning.models.objectives import occurrence_index
+
+
+class LinearAdversary(Adversary):
+    """A stand-in adversary with a known loss: the objectives may use only the interface."""
+
+    def __init__(self, dim=3):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.arange(1.0, dim + 1))
+
+    def observe(self, batch, stage):
+        return batch
+
+    def forward(self, h, obs):
+        return AdversaryOutput(((h * self.w).sum(1) - obs).pow(2).mean())
+
+    def confusion(self, h, obs):
+        return (h * self.w).sum(1).pow(2).mean()
+
+    def dependence_target(self, obs):
+        return obs[:, None]
+
+
+def test_registries_match_the_config_vocabulary():
+    assert set(OBJECTIVES) == set(CHOICES["adversary.objective"])
+    assert set(ADVERSARIES) == set(CHOICES["adversary.method"])
+
+
+def test_confusion_is_the_adversarys_confusion():
+    adv, h, y = LinearAdversary(), torch.randn(6, 3), torch.randn(6)
+    term = ConfusionObjective().term(adv, h, None, y)
+    assert torch.equal(term, adv.confusion(h, y))
+    assert not ConfusionObjective.joint_step
+
+
+def test_confusion_is_lowest_when_the_discriminator_cannot_tell(records):
+    """Face matching: balanced BCE to 0.5 is log 2 exactly when D outputs 0.5, higher
+    otherwise; attributes: cross-entropy to uniform is log 2 + log 3 at uniform outputs."""
+    torch.manual_seed(0)
+    batch = collate_records([strip_sensitive(r) for r in records])
+    face = FaceMatchAdversary(8, 8, 16)
+    obs = face.observe(batch, "train")
+    h = torch.randn(len(batch), 8)
+    assert ConfusionObjective().term(face, h, batch, obs) > math.log(2) + 1e-4
+    torch.nn.init.zeros_(face.discriminator.heads[0].mlp[-1].weight)
+    torch.nn.init.zeros_(face.discriminator.heads[0].mlp[-1].bias)
+    assert torch.isclose(ConfusionObjective().term(face, h, batch, obs), torch.tensor(math.log(2)))
+    lab = LabelAdversary(8, 16)
+    full = collate_records(records)
+    obs = lab.observe(full, "train")
+    assert ConfusionObjective().term(lab, h, full, obs) > math.log(6) + 1e-4
+    for layer in (lab.classifier.gender, lab.classifier.ethnicity):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    assert torch.isclose(ConfusionObjective().term(lab, h, full, obs), torch.tensor(math.log(6)))
+
+
+def test_minimax_pushes_h_up_the_adversarys_loss():
+    adv, y = LinearAdversary(), torch.randn(6)
+    h = torch.randn(6, 3, requires_grad=True)
+    term = MinimaxObjective().term(adv, h, None, y)
+    assert torch.equal(term, -adv(h, y).loss)
+    (g_term,) = torch.autograd.grad(term, h)
+    (g_adv,) = torch.autograd.grad(adv(h, y).loss, h)
+    assert torch.allclose(g_term, -g_adv) and g_adv.abs().sum() > 0
+
+
+def test_reversal_is_one_joint_step_with_the_gradient_reversed():
+    """GRL: the adversary's loss as it is (the adversary minimises it) while h receives its
+    gradient times -weight."""
+    assert ReversalObjective.joint_step
+    adv, y = LinearAdversary(), torch.randn(6)
+    h = torch.randn(6, 3, requires_grad=True)
+    out = ReversalObjective().joint_loss(adv, h, y, 0.3)
+    assert torch.allclose(out.loss, adv(h, y).loss)
+    out.loss.backward()
+    h2 = h.detach().clone().requires_grad_(True)
+    adv2 = LinearAdversary()
+    adv2(h2, y).loss.backward()
+    assert torch.allclose(h.grad, -0.3 * h2.grad)
+    assert torch.allclose(adv.w.grad, adv2.w.grad)  # the adversary itself learns normally
+    with pytest.raises(NotImplementedError):
+        ReversalObjective().term(adv, h, None, y)
+
+
+class _Batch:
+    def __init__(self, identity):
+        self.identity = identity
+
+
+def test_dependence_is_hsic_on_one_row_per_person():
+    """The term is CKA(h, target) over the first row of each person, scaled by rows /
+    batch; only h gets its gradient."""
+    torch.manual_seed(0)
+    adv = LinearAdversary()
+    ids = torch.tensor([0, 1, 1, 2, 3, 3, 4, 5])
+    h = torch.randn(8, 3, requires_grad=True)
+    y = torch.randn(8)
+    obj = DependenceObjective(h_dim=3)
+    term = obj.term(adv, h, _Batch(ids), y)
+    one = occurrence_index(ids) == 0
+    assert torch.allclose(term, kernel_dependence(h[one], y[one, None]) * (6 / 8))
+    term.backward()
+    assert h.grad.abs().sum() > 0 and adv.w.grad is None
+    # a target that h determines is found, an independent one hardly
+    x = torch.randn(64, 3)
+    dep = DependenceObjective(h_dim=3).term(adv, x, _Batch(torch.arange(64)), x[:, 0])
+    ind = DependenceObjective(h_dim=3).term(adv, x, _Batch(torch.arange(64)), torch.randn(64))
+    assert dep > 0.3 and abs(float(ind)) < 0.1
+
+
+def test_dependence_queue_adds_recent_rows(monkeypatch):
+    """The estimate uses the batch plus up to `queue_size` queued rows, only while
+    training; the term is scaled by rows / batch."""
+    obj = DependenceObjective(h_dim=8, queue_size=12).train()
+    rows = []
+
+    def fake(x, y, kernel):
+        rows.append((x.shape[0], y.shape[0]))
+        return torch.tensor(0.5)
+
+    monkeypatch.setattr(objectives, "kernel_dependence", fake)
+    people = iter(range(100))
+    terms = [obj.dependence(torch.randn(5, 8), torch.randn(5, 3),
+                            torch.tensor([next(people) for _ in range(5)]))
+             for _ in range(4)]
+    assert rows == [(5, 5), (10, 10), (15, 15), (17, 17)]  # queue capped at 12
+    assert [round(float(t), 3) for t in terms] == [0.5, 1.0, 1.5, 1.7]
+    obj.eval()  # no queue outside training, and it is left as it was
+    obj.dependence(torch.randn(5, 8), torch.randn(5, 3), torch.arange(5))
+    assert rows[-1] == (5, 5) and len(obj.queue) == 12
+
+
+def test_dependence_keeps_one_row_per_person_over_batch_and_queue(monkeypatch):
+    """Two clips of one person would make the term remove identity; the batch's row of a
+    person wins over queued ones, and the queue itself keeps every row."""
+    obj = DependenceObjective(h_dim=8, queue_size=20).train()
+    seen = []
+    monkeypatch.setattr(objectives, "kernel_dependence",
+                        lambda x, y, kernel: seen.append((x, y)) or torch.tensor(0.0))
+    first = torch.randn(4, 8)
+    obj.dependence(first, torch.randn(4, 3), torch.tensor([0, 1, 1, 2]))
+    assert len(seen[-1][0]) == 3 and torch.equal(seen[-1][0], first[[0, 1, 3]])
+    second = torch.randn(3, 8)
+    obj.dependence(second, torch.randn(3, 3), torch.tensor([2, 5, 6]))
+    used = seen[-1][0]
+    # batch rows (people 2, 5, 6), then queued people 0 and 1 (not 2, not 1 twice)
+    assert torch.equal(used, torch.cat([second, first[[0, 1]]]))
+    assert len(obj.queue) == 7
+
+
+def test_dependence_on_a_split_averages_slices_of_kth_clips():
+    """Eval: the whole split's rows, one estimate per slice holding each person's k-th clip
+    (slices under 4 rows skipped), averaged; then it starts over."""
+    torch.manual_seed(0)
+    adv = LinearAdversary()
+    obj = DependenceObjective(h_dim=3).eval()
+    h, y = torch.randn(20, 3), torch.randn(20)
+    ids = torch.cat([torch.arange(10), torch.arange(6), torch.arange(4)])  # slices 10, 6, 4
+    for part in (slice(0, 7), slice(7, 20)):
+        obj.eval_update(adv, h[part], _Batch(ids[part]), y[part])
+    got = obj.eval_compute()
+    want = torch.stack([kernel_dependence(h[s], y[s, None])
+                        for s in (slice(0, 10), slice(10, 16), slice(16, 20))]).mean()
+    assert torch.allclose(got["hsic"], want)
+    assert obj.eval_compute() == {}
+    assert ConfusionObjective().eval_compute() == {}
