@@ -6,6 +6,7 @@ the val/test batches), never through the training step. They log aggregates only
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from fair_lightning.fairness import OutputFairness
-from fair_lightning.probes import probe_attribute
+from fair_lightning.probes import AttackerResult, AttackSuite
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = {"gender": 2, "ethnicity": 3}
@@ -86,47 +87,102 @@ def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.
     return merged
 
 
-def run_probes(fit: dict, ev: dict, layers, cfg, seed: int) -> list[dict]:
-    """Fresh probes for every layer x attribute; one row per (layer, attr, probe kind)."""
-    rows = []
-    # Lightning tests under inference mode; the MLP probes need autograd
-    with torch.inference_mode(False), torch.enable_grad():
-        for layer in layers:
-            for attr, k in ATTRIBUTES.items():
-                results = probe_attribute(
-                    fit[layer], fit[attr], fit["identity"], ev[layer], ev[attr],
-                    ev["identity"], k, seed=seed, bootstrap=cfg.bootstrap,
-                    mlp_hidden=cfg.mlp_hidden, mlp_max_epochs=cfg.mlp_max_epochs,
-                    mlp_patience=cfg.mlp_patience)
-                for kind, res in results.items():
-                    rows.append({"layer": layer, "attr": attr, "probe": kind, **res.as_dict()})
-    return rows
+def fingerprint(*arrays: np.ndarray) -> str:
+    """A digest of arrays' bytes: equal digests mean the same representations."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes() if a.dtype != object else "\0".join(map(str, a.ravel())).encode())
+    return h.hexdigest()
+
+
+class AttackAudit:
+    """The attacker suite over every layer x attribute, remembering fitted suites.
+
+    Fitting (grouped cross-validation of every family) depends on the fit split alone, so a
+    suite fitted at the end of fit is reused at test when the fit split's representations
+    are byte-identical (the tested checkpoint is the final one); otherwise it is refitted.
+    """
+
+    def __init__(self, cfg, seed: int = 0):
+        self.cfg = cfg
+        self.seed = seed
+        self._suites: dict[tuple[str, str], tuple[str, AttackSuite]] = {}
+        self.reused = 0
+
+    def run(self, fit: dict, ev: dict, layers) -> list[dict]:
+        rows = []
+        # Lightning tests under inference mode; the MLP attackers need autograd
+        with torch.inference_mode(False), torch.enable_grad():
+            for layer in layers:
+                for attr, k in ATTRIBUTES.items():
+                    res = self._suite(layer, attr, k, fit).evaluate(
+                        ev[layer], ev[attr], ev["identity"], bootstrap=self.cfg.bootstrap)
+                    chosen = {id(r): lvl for lvl, r in res.leak.items()}
+                    for r in res.attackers:
+                        rows.append({"layer": layer, "attr": attr, "attacker": r.attacker,
+                                     "level": r.level, "params": r.params,
+                                     "selected": id(r) in chosen, **r.as_dict()})
+        return rows
+
+    def _suite(self, layer: str, attr: str, k: int, fit: dict) -> AttackSuite:
+        key = fingerprint(fit[layer], fit[attr], fit["identity"])
+        cached = self._suites.get((layer, attr))
+        if cached and cached[0] == key:
+            self.reused += 1
+            return cached[1]
+        suite = AttackSuite(k, families=tuple(self.cfg.attackers),
+                            person_level=self.cfg.person_level, cv_folds=self.cfg.cv_folds,
+                            seed=self.seed).fit(fit[layer], fit[attr], fit["identity"])
+        self._suites[(layer, attr)] = (key, suite)
+        return suite
+
+
+def leak_prefix(prefix: str) -> str:
+    """`probe` -> `leak`, `fit_probe` -> `fit_leak`, `val_probe` -> `val_leak`."""
+    return prefix.replace("probe", "leak")
+
+
+LEAK_KEYS = ("bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "cv_bal_acc", "chance",
+             "n_eval")
 
 
 def rows_to_metrics(rows: list[dict], prefix: str) -> dict[str, float]:
-    keys = ("bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "macro_f1", "roc_auc", "chance",
-            "majority_rate", "n_fit", "n_eval", "n_unknown")
-    return {f"{prefix}/{r['layer']}/{r['attr']}/{r['probe']}/{k}": r[k]
-            for r in rows for k in keys}
+    """Every attacker: `<prefix>/<layer>/<attr>/<attacker>/<field>`; the selected attacker
+    at each level: `<leak prefix>/<layer>/<attr>/<clip|person>/<field>`."""
+    out = {f"{prefix}/{r['layer']}/{r['attr']}/{r['attacker']}/{k}": r[k]
+           for r in rows for k in AttackerResult.NUMERIC}
+    out.update({f"{leak_prefix(prefix)}/{r['layer']}/{r['attr']}/{r['level']}/{k}": r[k]
+                for r in rows if r["selected"] for k in LEAK_KEYS})
+    return out
+
+
+def selected_attackers(rows: list[dict], prefix: str) -> dict[str, str]:
+    """`<leak prefix>/<layer>/<attr>/<level>/attacker` -> the attacker's name and params."""
+    return {f"{leak_prefix(prefix)}/{r['layer']}/{r['attr']}/{r['level']}/attacker":
+            f"{r['attacker']} ({r['params']})" for r in rows if r["selected"]}
 
 
 class SensitiveAttributeProbe(L.Callback):
-    """Train fresh probes on frozen representations to measure gender/ethnicity leakage.
+    """Measure gender/ethnicity leakage with fresh attackers on frozen representations.
 
     Elazar & Goldberg (2018): an adversary at chance can hide information that a fresh
-    classifier still recovers, so leakage is measured by new probes (linear and MLP),
-    trained on `fit_split` and scored on an identity-disjoint split, with a 95%
-    identity-cluster bootstrap interval for balanced accuracy and the chance level.
+    classifier still recovers, and a probe we chose can miss what another finds. So each
+    layer and attribute gets the attacker suite of :class:`fair_lightning.probes.AttackSuite`
+    (families tuned by grouped cross-validation on `fit_split`, at clip and person level),
+    scored on an identity-disjoint split with a 95% bootstrap interval over people.
 
     When: every `every_n_epochs` validation epochs (prefix `val_probe/`, eval on val), at the
     end of fit (`fit_probe/`, eval on val) and on test (`probe/`, eval on `eval_split`).
-    Under DDP all ranks extract and gather; rank 0 alone fits the probes.
+    Under DDP all ranks extract and gather; rank 0 alone fits the attackers.
     """
 
     def __init__(self, cfg, datamodule, seed: int = 0):
         self.cfg = cfg
         self.dm = datamodule
         self.seed = seed
+        self.audit = AttackAudit(cfg, seed)
         self.results: dict[str, list[dict]] = {}  # prefix -> rows
         self.timings: dict[str, float] = {}
         self.plot_path: Path | None = None
@@ -140,8 +196,9 @@ class SensitiveAttributeProbe(L.Callback):
         if trainer.is_global_zero:
             from fair_lightning.models import REPRESENTATIONS
 
-            layers = [name for name in REPRESENTATIONS if name in fit]
-            rows = run_probes(fit, ev, layers, self.cfg, self.seed)
+            layers = [name for name in REPRESENTATIONS
+                      if name in fit and name in self.cfg.layers]
+            rows = self.audit.run(fit, ev, layers)
             self.results[prefix] = rows
             self.timings[prefix] = time.time() - t0
             metrics = rows_to_metrics(rows, prefix)
@@ -159,11 +216,12 @@ class SensitiveAttributeProbe(L.Callback):
         run_dir = Path(trainer.default_root_dir)
         (run_dir / "plots").mkdir(parents=True, exist_ok=True)
         path = plot_probe_results(rows, run_dir / "plots" / f"{prefix}_leakage.png",
-                                  title=f"post-hoc probes ({prefix})")
+                                  title=f"leakage: attacker suite ({prefix})")
         if prefix == "probe":
             self.plot_path = path
-        cols = ["layer", "attr", "probe", "bal_acc", "bal_acc_ci_low", "bal_acc_ci_high",
-                "chance", "majority_rate", "macro_f1", "roc_auc", "n_fit", "n_eval"]
+        cols = ["layer", "attr", "attacker", "level", "selected", "params", "cv_bal_acc",
+                "bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "chance", "majority_rate",
+                "macro_f1", "roc_auc", "n_fit", "n_eval"]
         for lg in trainer.loggers:
             if lg.__class__.__name__ == "WandbLogger":
                 lg.log_table(key=f"{prefix}/table", columns=cols,

@@ -147,9 +147,10 @@ class ProbeConfig:
     fit_split: str = MISSING
     eval_split: str = MISSING
     bootstrap: int = MISSING
-    mlp_hidden: int = MISSING
-    mlp_max_epochs: int = MISSING
-    mlp_patience: int = MISSING
+    layers: list[str] = MISSING
+    attackers: list[str] = MISSING
+    person_level: bool = MISSING
+    cv_folds: int = MISSING
     max_clips: int = MISSING
 
 
@@ -322,6 +323,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "key 'data.synthetic.split_fractions' must be three positive numbers summing to 1"
         )
+    _check_subset(cfg, "probe.layers", ("text", "audio", "video", "fused"))
+    _check_subset(cfg, "probe.attackers", ("linear", "kernel", "mlp", "svm"))
+    if cfg.probe.cv_folds < 2:
+        raise ConfigError("key 'probe.cv_folds' must be >= 2")
     if cfg.adversary.k_disc < 1:
         raise ConfigError("key 'adversary.k_disc' must be >= 1")
     if cfg.fairness.threshold is not None and cfg.fairness.top_q is not None:
@@ -329,6 +334,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")
+
+
+def _check_subset(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+    values = list(OmegaConf.select(cfg, key))
+    bad = [v for v in values if v not in allowed]
+    if bad or not values or len(set(values)) != len(values):
+        raise ConfigError(f"key '{key}' must be a non-empty list of distinct values from "
+                          f"{allowed}, got {values}")
 
 
 def config_from_argv(argv: list[str] | None = None, default_experiment: str = "baseline"):

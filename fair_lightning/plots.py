@@ -14,32 +14,49 @@ ATTR_NAMES = {"gender": ("women", "men"), "ethnicity": ("group 0", "group 1", "g
 
 
 def plot_probe_results(rows: list[dict], path: Path, title: str = "") -> Path:
-    """Balanced accuracy per layer, one panel per attribute, with 95% intervals and chance.
+    """Leakage per layer, one panel per attribute: for each level (clip, person) a bar for
+    the attacker that cross-validation selected, with its 95% interval, and a dot for every
+    other attacker of that level, so a reader sees how far the attackers disagree.
 
-    rows: dicts with layer, attr, probe, bal_acc, bal_acc_ci_low, bal_acc_ci_high, chance.
+    rows: dicts with layer, attr, attacker, level, selected, bal_acc, bal_acc_ci_low,
+    bal_acc_ci_high, chance (see `fair_lightning.callbacks.AttackAudit`).
     """
     attrs = sorted({r["attr"] for r in rows}, key=["gender", "ethnicity"].index)
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    probes = list(dict.fromkeys(r["probe"] for r in rows))
-    fig, axes = plt.subplots(1, len(attrs), figsize=(5.2 * len(attrs), 3.8), squeeze=False)
-    width = 0.8 / max(len(probes), 1)
+    levels = [lv for lv in ("clip", "person") if any(r["level"] == lv for r in rows)]
+    fig, axes = plt.subplots(1, len(attrs), figsize=(5.6 * len(attrs), 4.0), squeeze=False)
+    width = 0.8 / max(len(levels), 1)
+    colors = {"clip": "tab:blue", "person": "tab:orange"}
     for ax, attr in zip(axes[0], attrs, strict=True):
-        for j, probe in enumerate(probes):
-            sel = {r["layer"]: r for r in rows if r["attr"] == attr and r["probe"] == probe}
-            x = np.arange(len(layers)) + (j - (len(probes) - 1) / 2) * width
-            y = np.array([sel[lay]["bal_acc"] if lay in sel else np.nan for lay in layers])
-            lo = np.array([sel[lay]["bal_acc_ci_low"] if lay in sel else np.nan for lay in layers])
-            hi = np.array([sel[lay]["bal_acc_ci_high"] if lay in sel else np.nan for lay in layers])
-            ax.bar(x, y, width, label=f"{probe} probe", alpha=0.85)
-            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor="black", capsize=3)
+        for j, level in enumerate(levels):
+            offset = (j - (len(levels) - 1) / 2) * width
+            for i, layer in enumerate(layers):
+                here = [r for r in rows if r["attr"] == attr and r["layer"] == layer
+                        and r["level"] == level]
+                sel = next((r for r in here if r["selected"]), None)
+                if sel is None:
+                    continue
+                x = i + offset
+                y = sel["bal_acc"]
+                ax.bar(x, y, width, color=colors[level], alpha=0.85,
+                       label=f"{level} level (selected attacker)" if i == 0 else None)
+                if np.isfinite(sel["bal_acc_ci_low"]):
+                    ax.errorbar(x, y, yerr=[[y - sel["bal_acc_ci_low"]],
+                                            [sel["bal_acc_ci_high"] - y]],
+                                fmt="none", ecolor="black", capsize=3)
+                others = [r["bal_acc"] for r in here if not r["selected"]]
+                # beside the interval, not on it
+                ax.scatter(np.full(len(others), x + 0.3 * width), others, s=12, marker="D",
+                           color="dimgray", zorder=3,
+                           label="other attackers" if i == 0 and j == 0 else None)
         chance = next(r["chance"] for r in rows if r["attr"] == attr)
         ax.axhline(chance, color="red", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
         ax.set_xticks(np.arange(len(layers)), layers)
-        ax.set_ylim(0, 1.2)  # headroom so the legend never hides a bar
+        ax.set_ylim(0, 1.25)  # headroom so the legend never hides a bar
         ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel("balanced accuracy (95% CI)")
         ax.set_title(f"{attr}: recoverable from each representation")
-        ax.legend(fontsize=8, loc="upper center", ncol=3)
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,11 +1,13 @@
-"""Post-hoc sensitive-attribute probes on frozen representations.
+"""Post-hoc sensitive-attribute attackers on frozen representations.
 
 A fooled adversary is not evidence that a representation is clean: Elazar & Goldberg
 (2018) showed that an adversary trained alongside the encoder can sit at chance while a
 *fresh* classifier, trained afterwards on the frozen representation, still recovers the
-attribute. The audit therefore trains new probes (a linear one and a small MLP) on a fit
-set and scores them on an eval set whose identities are disjoint from it, and reports the
-balanced accuracy with an identity-cluster bootstrap interval next to the chance level.
+attribute. The same holds for any probe we pick ourselves, so the audit does not trust one:
+an :class:`AttackSuite` tunes several attacker families by grouped cross-validation on a
+fit split, at clip and at person level, and the leakage is the eval score of the attacker
+that cross-validation ranks best. Eval identities are disjoint from fit identities, and
+intervals come from a bootstrap over people.
 
 Functional pieces (:func:`balanced_accuracy`,
 :func:`cluster_bootstrap_balanced_accuracy`) are usable on their own.
@@ -14,62 +16,29 @@ Functional pieces (:func:`balanced_accuracy`,
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
-from sklearn.model_selection import GroupShuffleSplit
-from sklearn.preprocessing import StandardScaler
-from torch import nn
+from sklearn.model_selection import StratifiedGroupKFold
+from threadpoolctl import threadpool_limits
+
+from fair_lightning.attackers import FAMILIES, Candidate
 
 __all__ = [
-    "ProbeResult",
+    "AttackSuite",
+    "AttackerResult",
+    "SuiteResult",
+    "attack_attribute",
     "balanced_accuracy",
     "cluster_bootstrap_balanced_accuracy",
-    "probe_attribute",
 ]
 
 UNKNOWN = -1
-_MLP_LR = 1e-2
-_MLP_WEIGHT_DECAY = 1e-4
-_MLP_DROPOUT = 0.1
-_MLP_BATCH_SIZE = 1024  # full batch for audit-sized sets; minibatches beyond
-_MLP_VAL_FRACTION = 0.2
-
-
-@dataclass
-class ProbeResult:
-    """What one probe recovers from one representation about one attribute.
-
-    Attributes:
-        bal_acc: balanced accuracy on the eval set (see :func:`balanced_accuracy`).
-        bal_acc_ci_low, bal_acc_ci_high: 95% identity-cluster bootstrap percentile interval.
-        macro_f1: unweighted mean of per-class F1 over classes in ``y_true`` or ``y_pred``.
-        roc_auc: binary: AUC of P(class 1); multi-class: one-vs-rest macro AUC over the
-            classes present in eval. NaN if eval holds a single class.
-        chance: ``1 / num_classes``, the balanced accuracy of any attribute-blind rule.
-        majority_rate: share of the largest class in eval (plain accuracy of a constant guess).
-        n_fit, n_eval: clips used after dropping unknown attributes.
-        n_unknown: clips dropped because the attribute is ``-1`` (fit + eval).
-    """
-
-    bal_acc: float
-    bal_acc_ci_low: float
-    bal_acc_ci_high: float
-    macro_f1: float
-    roc_auc: float
-    chance: float
-    majority_rate: float
-    n_fit: int
-    n_eval: int
-    n_unknown: int
-
-    def as_dict(self) -> dict[str, float]:
-        """All fields as floats, ready for a logger."""
-        return {k: float(v) for k, v in asdict(self).items()}
 
 
 # --------------------------------------------------------------------------- functional
@@ -171,207 +140,354 @@ def cluster_bootstrap_balanced_accuracy(
     return float(low), float(high)
 
 
-# --------------------------------------------------------------------------- probes
-def probe_attribute(
-    fit_x: Any,
-    fit_y: Any,
-    fit_groups: Any,
-    eval_x: Any,
-    eval_y: Any,
-    eval_groups: Any,
-    num_classes: int,
-    *,
-    seed: int = 0,
-    bootstrap: int = 1000,
-    mlp_hidden: int = 64,
-    mlp_max_epochs: int = 200,
-    mlp_patience: int = 20,
-) -> dict[str, ProbeResult]:
-    """Train fresh linear and MLP probes for one attribute and score them on held-out identities.
+# --------------------------------------------------------------------------- the suite
+LEVELS = ("clip", "person")
 
-    Clips whose attribute is ``-1`` (unknown) are left out and counted. Both probes see
-    standardised inputs (statistics from the fit set only) and balanced class weights,
-    so a probe cannot win by predicting the majority class.
 
-    * ``"linear"``: ``StandardScaler`` + ``LogisticRegression(class_weight="balanced")``.
-    * ``"mlp"``: one hidden ReLU layer with dropout, class-weighted cross-entropy, Adam,
-      early-stopped on the weighted loss of a probe-validation split made of
-      ~20% of the *fit* identities (identity-disjoint from the rest of fit); the best
-      state is restored. Training runs under a forked torch RNG seeded by ``seed``, so
-      it is deterministic and leaves the global RNG untouched.
+@dataclass
+class AttackerResult:
+    """What one attacker recovers about one attribute from one representation.
 
-    Both probes share the bootstrap seed, so their intervals use the same resampled
-    identities and can be compared pairwise.
+    Attributes:
+        attacker: ``<family>`` (clip level: one prediction per clip),
+            ``person_vote_<family>`` (the clip attacker's scores averaged over a person's
+            clips) or ``person_mean_<family>`` (trained and applied on each person's mean
+            representation); see :class:`AttackSuite`.
+        level: ``clip`` or ``person`` (what one eval row and one bootstrap unit are).
+        params: the hyperparameters grouped cross-validation chose on the fit split.
+        cv_bal_acc: that choice's cross-validated balanced accuracy on the fit split.
+        bal_acc: balanced accuracy on the eval split (see :func:`balanced_accuracy`).
+        bal_acc_ci_low, bal_acc_ci_high: 95% bootstrap percentile interval, resampling
+            people (clip level: all clips of each drawn person).
+        macro_f1: unweighted mean of per-class F1.
+        roc_auc: binary: AUC of the class-1 score; multi-class: one-vs-rest macro AUC over
+            the classes present in eval. NaN if eval holds a single class.
+        chance: ``1 / num_classes``, the balanced accuracy of any attribute-blind rule.
+        majority_rate: share of the largest class in eval (accuracy of a constant guess).
+        n_fit, n_eval: rows (clips or people) used after dropping unknown attributes.
+        n_unknown: clips dropped because the attribute is ``-1`` (fit + eval).
+    """
+
+    attacker: str
+    level: str
+    params: str
+    cv_bal_acc: float
+    bal_acc: float
+    bal_acc_ci_low: float
+    bal_acc_ci_high: float
+    macro_f1: float
+    roc_auc: float
+    chance: float
+    majority_rate: float
+    n_fit: int
+    n_eval: int
+    n_unknown: int
+
+    NUMERIC = ("cv_bal_acc", "bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "macro_f1",
+               "roc_auc", "chance", "majority_rate", "n_fit", "n_eval", "n_unknown")
+
+    def as_dict(self) -> dict[str, float]:
+        """The numeric fields as floats, ready for a logger."""
+        return {k: float(getattr(self, k)) for k in self.NUMERIC}
+
+
+@dataclass
+class SuiteResult:
+    """Every attacker's result, and the leakage at each level: the result of the attacker
+    that cross-validation on the fit split ranked best (never the best on eval, which would
+    be biased upward when nothing leaks)."""
+
+    attackers: list[AttackerResult]
+    leak: dict[str, AttackerResult]
+
+    def __getitem__(self, attacker: str) -> AttackerResult:
+        return next(r for r in self.attackers if r.attacker == attacker)
+
+
+@dataclass
+class _Fitted:
+    attacker: str
+    level: str
+    cand: Candidate
+    predict: Any
+    score: float  # cross-validated balanced accuracy at this attacker's level
+
+
+class AttackSuite:
+    r"""The strongest attacker we can select without looking at the eval split.
+
+    Families (:mod:`fair_lightning.attackers`): ``linear`` (ridge classification),
+    ``kernel`` (RBF kernel ridge classification), ``mlp`` (two hidden layers) and ``svm``
+    (RBF SVM), every hyperparameter chosen by grouped ``StratifiedGroupKFold``
+    cross-validation on the fit split (folds of whole people). The default pair is the
+    strongest per second measured on this benchmark's representations.
+
+    Two levels, because whoever holds h holds several clips of one person:
+
+    * clip: each family predicts the attribute of each clip;
+    * person: ``person_vote_<family>`` averages a clip attacker's scores over a person's
+      clips (its hyperparameters chosen by the cross-validated *person* score of those
+      averages), and ``person_mean_<family>`` trains on each person's mean representation.
+
+    At each level the **leakage** is the eval score of the attacker whose cross-validated
+    fit score is highest:
+
+    .. math::
+        \text{leak}_\ell = \text{BA}_\text{eval}(a^*_\ell), \qquad
+        a^*_\ell = \arg\max_{a \in \mathcal{A}_\ell} \text{BA}_\text{CV, fit}(a)
+
+    Inputs are standardised with fit statistics (person means again with person-mean
+    statistics); rows whose attribute is ``-1`` are left out and counted. A person's
+    attribute is the most frequent known value over their clips.
+
+    `fit` depends on the fit split only, so one fitted suite can score several eval
+    splits (e.g. val at the end of fit and test afterwards, when the weights are the same).
+    """
+
+    def __init__(self, num_classes: int, *, families=("linear", "kernel"),
+                 person_level: bool = True, cv_folds: int = 4, seed: int = 0):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown or not families:
+            raise ValueError(f"attacker families must be a non-empty subset of "
+                             f"{sorted(FAMILIES)}, got {list(families)}")
+        if cv_folds < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {cv_folds}")
+        self.num_classes = num_classes
+        self.families = [FAMILIES[f]() for f in families]
+        self.person_level = person_level
+        self.cv_folds = cv_folds
+        self.seed = seed
+        self.fitted: list[_Fitted] = []
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, fit_x: Any, fit_y: Any, fit_groups: Any) -> AttackSuite:
+        with one_thread():
+            return self._fit(fit_x, fit_y, fit_groups)
+
+    def _fit(self, fit_x: Any, fit_y: Any, fit_groups: Any) -> AttackSuite:
+        k = self.num_classes
+        x, y, g = _check_split("fit", fit_x, fit_y, fit_groups, k)
+        known = y != UNKNOWN
+        self.n_unknown_fit = int((~known).sum())
+        x, y, g = x[known], y[known], g[known]
+        if np.unique(y).size < 2:
+            raise ValueError(f"fit set has {np.unique(y).size} attribute class(es) after "
+                             "dropping unknown (-1) rows; an attacker needs at least 2")
+        self.fit_groups = set(g.tolist())
+        self.n_fit_clips = y.size
+        self.scale = _Scaler(x)
+        xs = self.scale(x)
+        folds = self._folds(y, g)
+        self.fitted = []
+        for fam in self.families:
+            cands = fam.cross_validate(xs, y, folds, k, self.seed) if folds else \
+                [Candidate(fam.name, fam.grid(xs.shape[1])[0], np.full((y.size, k), np.nan))]
+            self._keep(fam, cands, xs, y, "clip", fam.name,
+                       lambda c: _ba(y, c.oof))
+            if self.person_level:
+                pid, py = _persons(g, y, k)
+                self._keep(fam, cands, xs, y, "person", f"person_vote_{fam.name}",
+                           lambda c, pid=pid, py=py: _ba(py, _group_mean(c.oof, pid)))
+        if self.person_level:
+            pid, py = _persons(g, y, k)
+            pmeans = _group_mean(xs, pid)
+            self.person_scale = _Scaler(pmeans)
+            px = self.person_scale(pmeans)
+            self.n_fit_people = py.size
+            pfolds = self._person_folds(folds, pid)
+            for fam in self.families:
+                cands = fam.cross_validate(px, py, pfolds, k, self.seed) if pfolds else \
+                    [Candidate(fam.name, fam.grid(px.shape[1])[0], np.full((py.size, k), np.nan))]
+                self._keep(fam, cands, px, py, "person", f"person_mean_{fam.name}",
+                           lambda c, py=py: _ba(py, c.oof))
+        return self
+
+    def _keep(self, fam, cands, x, y, level, attacker, cv_score):
+        scores = [cv_score(c) for c in cands]
+        best = int(np.nanargmax(scores)) if np.isfinite(scores).any() else 0
+        cand = cands[best]
+        # a vote re-uses the clip attacker's refit when cross-validation chose the same point
+        clip = next((f for f in self.fitted if f.attacker == fam.name), None)
+        if attacker.startswith("person_vote_") and clip.cand.params == cand.params:
+            predict = clip.predict
+        else:
+            predict = fam.fit(x, y, cand.params, self.num_classes, self.seed)
+        self.fitted.append(_Fitted(attacker, level, cand, predict, float(scores[best])))
+
+    def _folds(self, y, g) -> list[tuple[np.ndarray, np.ndarray]]:
+        return grouped_folds(y, g, self.cv_folds, self.seed)
+
+    @staticmethod
+    def _person_folds(folds, pid):
+        # the same people held out together as at clip level
+        out = []
+        for tr, va in folds:
+            p_tr, p_va = np.unique(pid[tr]), np.unique(pid[va])
+            out.append((p_tr, p_va))
+        return out
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, eval_x: Any, eval_y: Any, eval_groups: Any, *, bootstrap: int = 1000
+                 ) -> SuiteResult:
+        with one_thread():
+            return self._evaluate(eval_x, eval_y, eval_groups, bootstrap)
+
+    def _evaluate(self, eval_x, eval_y, eval_groups, bootstrap) -> SuiteResult:
+        if not self.fitted:
+            raise RuntimeError("AttackSuite.evaluate() before fit()")
+        k = self.num_classes
+        x, y, g = _check_split("eval", eval_x, eval_y, eval_groups, k)
+        _check_disjoint(self.fit_groups, g)
+        if x.shape[1] != self.scale.mean.size:
+            raise ValueError(f"fit_x has {self.scale.mean.size} features but eval_x has "
+                             f"{x.shape[1]}")
+        known = y != UNKNOWN
+        n_unknown = self.n_unknown_fit + int((~known).sum())
+        x, y, g = x[known], y[known], g[known]
+        if y.size == 0:
+            raise ValueError("eval set has no clip with a known attribute")
+        xs = self.scale(x)
+        pid, py = _persons(g, y, k)
+        clip_scores = {}
+        results = []
+        for f in self.fitted:
+            if f.level == "clip":
+                scores = clip_scores[f.attacker] = f.predict(xs)
+                truth, groups, n_fit = y, g, self.n_fit_clips
+            elif f.attacker.startswith("person_vote_"):
+                fam = f.attacker.removeprefix("person_vote_")
+                clip = next(c for c in self.fitted if c.attacker == fam)
+                s = clip_scores[fam] if clip.predict is f.predict else f.predict(xs)
+                scores, truth, groups, n_fit = (_group_mean(s, pid), py, np.arange(py.size),
+                                                self.n_fit_clips)
+            else:
+                scores = f.predict(self.person_scale(_group_mean(xs, pid)))
+                truth, groups, n_fit = py, np.arange(py.size), self.n_fit_people
+            pred = scores.argmax(1)
+            low, high = cluster_bootstrap_balanced_accuracy(truth, pred, groups, k,
+                                                            n_resamples=bootstrap,
+                                                            seed=self.seed)
+            results.append(AttackerResult(
+                attacker=f.attacker, level=f.level, params=f.cand.describe(),
+                cv_bal_acc=f.score, bal_acc=balanced_accuracy(truth, pred, k),
+                bal_acc_ci_low=low, bal_acc_ci_high=high,
+                macro_f1=float(f1_score(truth, pred, average="macro", zero_division=0)),
+                roc_auc=_roc_auc(truth, scores, k), chance=1.0 / k,
+                majority_rate=float(np.bincount(truth, minlength=k).max() / truth.size),
+                n_fit=n_fit, n_eval=int(truth.size), n_unknown=n_unknown))
+        leak = {}
+        for level in LEVELS:
+            pool = [(f.score, i) for i, f in enumerate(self.fitted) if f.level == level]
+            if pool:
+                # first among equals: the families' order puts the simplest first
+                best = max(pool, key=lambda t: (np.nan_to_num(t[0], nan=-1.0), -t[1]))[1]
+                leak[level] = results[best]
+        return SuiteResult(results, leak)
+
+
+def attack_attribute(fit_x: Any, fit_y: Any, fit_groups: Any, eval_x: Any, eval_y: Any,
+                     eval_groups: Any, num_classes: int, *, families=("linear", "kernel"),
+                     person_level: bool = True, cv_folds: int = 4, seed: int = 0,
+                     bootstrap: int = 1000) -> SuiteResult:
+    """Fit an :class:`AttackSuite` on one split and score it on an identity-disjoint one.
 
     Args:
-        fit_x, eval_x: representations, ``[n, d]`` (numpy or CPU/GPU tensors).
+        fit_x, eval_x: representations, ``[n, d]`` (numpy or tensors).
         fit_y, eval_y: attribute classes in ``[0, num_classes)`` or ``-1`` for unknown.
-        fit_groups, eval_groups: identity of each clip (strings or integers).
-        num_classes: number of attribute classes (2 for gender, 3 for ethnicity).
-        seed: seeds the MLP, its validation split and the bootstrap.
-        bootstrap: number of identity-cluster bootstrap resamples (0: no interval).
-        mlp_hidden, mlp_max_epochs, mlp_patience: MLP width and early-stopping budget.
-
-    Returns:
-        ``{"linear": ProbeResult, "mlp": ProbeResult}``.
+        fit_groups, eval_groups: the person of each clip (strings or integers).
+        num_classes: 2 for gender, 3 for ethnicity.
+        families, person_level, cv_folds, seed: see :class:`AttackSuite`.
+        bootstrap: bootstrap resamples of people for the intervals (0: no interval).
 
     Raises:
-        ValueError: fit and eval share an identity, fewer than two classes remain in fit,
-            no eval clip remains, or shapes/labels are inconsistent.
+        ValueError: fit and eval share a person, fewer than two classes remain in fit, no
+            eval clip remains, or shapes/labels are inconsistent.
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    fx, fy, fg = _check_split("fit", fit_x, fit_y, fit_groups, num_classes)
-    ex, ey, eg = _check_split("eval", eval_x, eval_y, eval_groups, num_classes)
-    if fx.shape[1] != ex.shape[1]:
-        raise ValueError(f"fit_x has {fx.shape[1]} features but eval_x has {ex.shape[1]}")
-    shared = set(fg.tolist()) & set(eg.tolist())
+    # the identity check first: it is the one mistake that makes every number wrong
+    _, _, fg = _check_split("fit", fit_x, fit_y, fit_groups, num_classes)
+    _, _, eg = _check_split("eval", eval_x, eval_y, eval_groups, num_classes)
+    _check_disjoint(set(fg.tolist()), eg)
+    suite = AttackSuite(num_classes, families=families, person_level=person_level,
+                        cv_folds=cv_folds, seed=seed)
+    return suite.fit(fit_x, fit_y, fit_groups).evaluate(eval_x, eval_y, eval_groups,
+                                                        bootstrap=bootstrap)
+
+
+@lru_cache(maxsize=16)
+def _grouped_folds(y: bytes, g: tuple, n_splits: int, seed: int):
+    y = np.frombuffer(y, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return tuple(splitter.split(np.zeros(y.size), y, np.asarray(g)))
+
+
+def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds of whole people; the same attribute and people give the same folds
+    for every layer, computed once (the search for balanced folds is not free)."""
+    n_groups = np.unique(groups).size
+    if n_groups < 2:
+        return []  # nothing to hold out: the grid's first point, untuned
+    return list(_grouped_folds(np.ascontiguousarray(y, dtype=np.int64).tobytes(),
+                               tuple(groups.tolist()), min(n_splits, n_groups), seed))
+
+
+@contextmanager
+def one_thread():
+    """Run on one thread (BLAS and torch), then restore. The attackers' matrices are a few
+    hundred rows: threads cost more in synchronisation than they give, and next to a
+    training process they oversubscribe the cores (measured: 2 threads ran the suite 2.6x
+    slower on 2 loaded cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_disjoint(fit_groups: set, eval_groups: np.ndarray) -> None:
+    shared = fit_groups & set(eval_groups.tolist())
     if shared:
         sample = sorted(map(str, shared))[:5]
         raise ValueError(
-            f"fit and eval share {len(shared)} identities (e.g. {sample}); probes must be "
+            f"fit and eval share {len(shared)} identities (e.g. {sample}); attackers must be "
             "scored on identity-disjoint data, otherwise they can recognise the person "
-            "instead of the attribute"
-        )
-
-    known_f, known_e = fy != UNKNOWN, ey != UNKNOWN
-    n_unknown = int((~known_f).sum() + (~known_e).sum())
-    fx, fy, fg = fx[known_f], fy[known_f], fg[known_f]
-    ex, ey, eg = ex[known_e], ey[known_e], eg[known_e]
-    if np.unique(fy).size < 2:
-        raise ValueError(
-            f"fit set has {np.unique(fy).size} attribute class(es) after dropping unknown "
-            "(-1) rows; a probe needs at least 2"
-        )
-    if ey.size == 0:
-        raise ValueError("eval set has no clip with a known attribute")
-
-    scaler = StandardScaler().fit(fx)
-    fxs = scaler.transform(fx).astype(np.float32)
-    exs = scaler.transform(ex).astype(np.float32)
-
-    probas = {
-        "linear": _linear_probe(fxs, fy, exs, num_classes),
-        "mlp": _mlp_probe(
-            fxs,
-            fy,
-            fg,
-            exs,
-            num_classes,
-            seed=seed,
-            hidden=mlp_hidden,
-            max_epochs=mlp_max_epochs,
-            patience=mlp_patience,
-        ),
-    }
-    chance = 1.0 / num_classes
-    majority = float(np.bincount(ey, minlength=num_classes).max() / ey.size)
-    results = {}
-    for name, proba in probas.items():
-        pred = proba.argmax(axis=1)
-        low, high = cluster_bootstrap_balanced_accuracy(
-            ey, pred, eg, num_classes, n_resamples=bootstrap, seed=seed
-        )
-        results[name] = ProbeResult(
-            bal_acc=balanced_accuracy(ey, pred, num_classes),
-            bal_acc_ci_low=low,
-            bal_acc_ci_high=high,
-            macro_f1=float(f1_score(ey, pred, average="macro", zero_division=0)),
-            roc_auc=_roc_auc(ey, proba, num_classes),
-            chance=chance,
-            majority_rate=majority,
-            n_fit=int(fy.size),
-            n_eval=int(ey.size),
-            n_unknown=n_unknown,
-        )
-    return results
+            "instead of the attribute")
 
 
-def _linear_probe(fx: np.ndarray, fy: np.ndarray, ex: np.ndarray, num_classes: int) -> np.ndarray:
-    clf = LogisticRegression(class_weight="balanced", max_iter=1000)
-    clf.fit(fx, fy)
-    # Classes absent from fit get probability 0, so columns always index the class.
-    proba = np.zeros((ex.shape[0], num_classes))
-    proba[:, clf.classes_] = clf.predict_proba(ex)
-    return proba
+class _Scaler:
+    """Per-feature z-score with the statistics of the rows it was built on."""
+
+    def __init__(self, x: np.ndarray):
+        self.mean = x.mean(0)
+        self.std = np.where(x.std(0) > 1e-12, x.std(0), 1.0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
 
 
-def _balanced_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
-    # sklearn's "balanced": n / (K_present * n_k); absent classes get 0.
-    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    w = np.zeros(num_classes)
-    w[present] = y.size / (present.sum() * counts[present])
-    return torch.as_tensor(w, dtype=torch.float32)
+def _ba(y: np.ndarray, scores: np.ndarray) -> float:
+    if not np.isfinite(scores).all():
+        return math.nan
+    return float(_bal_acc_from_counts(*_per_class_counts(y, scores.argmax(1), int(
+        scores.shape[1]))))
 
 
-def _probe_val_split(
-    y: np.ndarray, groups: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    # Identity-disjoint carve-out; without enough identities, no early stopping split.
-    if np.unique(groups).size < 2:
-        return np.arange(y.size), None
-    splitter = GroupShuffleSplit(n_splits=1, test_size=_MLP_VAL_FRACTION, random_state=seed)
-    tr, va = next(splitter.split(np.zeros(y.size), y, groups))
-    if np.unique(y[tr]).size < 2 or va.size == 0:
-        return np.arange(y.size), None
-    return tr, va
+def _persons(groups: np.ndarray, y: np.ndarray, num_classes: int):
+    """Person index of every row, and each person's attribute (its most frequent value)."""
+    _, pid = np.unique(groups, return_inverse=True)
+    counts = np.zeros((pid.max() + 1, num_classes), dtype=np.int64)
+    np.add.at(counts, (pid, y), 1)
+    return pid, counts.argmax(1)
 
 
-def _mlp_probe(
-    fx: np.ndarray,
-    fy: np.ndarray,
-    fg: np.ndarray,
-    ex: np.ndarray,
-    num_classes: int,
-    *,
-    seed: int,
-    hidden: int,
-    max_epochs: int,
-    patience: int,
-) -> np.ndarray:
-    tr, va = _probe_val_split(fy, fg, seed)
-    x_tr, y_tr = torch.from_numpy(fx[tr]), torch.from_numpy(fy[tr])
-    # Without a validation split, stop on the training loss instead.
-    x_va, y_va = (
-        (x_tr, y_tr) if va is None else (torch.from_numpy(fx[va]), torch.from_numpy(fy[va]))
-    )
-    loss_fn = nn.CrossEntropyLoss(weight=_balanced_weights(fy[tr], num_classes))
-
-    with torch.random.fork_rng(devices=[]):  # local seed, global RNG restored on exit
-        torch.manual_seed(seed)
-        model = nn.Sequential(
-            nn.Linear(fx.shape[1], hidden),
-            nn.ReLU(),
-            nn.Dropout(_MLP_DROPOUT),
-            nn.Linear(hidden, num_classes),
-        )
-        opt = torch.optim.Adam(model.parameters(), lr=_MLP_LR, weight_decay=_MLP_WEIGHT_DECAY)
-        n = x_tr.shape[0]
-        best_loss, best_state, stale = math.inf, None, 0
-        for _ in range(max_epochs):
-            model.train()
-            order = torch.randperm(n) if n > _MLP_BATCH_SIZE else torch.arange(n)
-            for start in range(0, n, _MLP_BATCH_SIZE):
-                idx = order[start : start + _MLP_BATCH_SIZE]
-                opt.zero_grad(set_to_none=True)
-                loss_fn(model(x_tr[idx]), y_tr[idx]).backward()
-                opt.step()
-            model.eval()
-            with torch.no_grad():
-                val_loss = float(loss_fn(model(x_va), y_va))
-            if val_loss < best_loss - 1e-6:
-                best_loss, stale = val_loss, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        model.eval()
-        with torch.no_grad():
-            return torch.softmax(model(torch.from_numpy(ex)), dim=1).double().numpy()
+def _group_mean(values: np.ndarray, pid: np.ndarray) -> np.ndarray:
+    sums = np.zeros((pid.max() + 1, values.shape[1]))
+    np.add.at(sums, pid, values)
+    return sums / np.bincount(pid)[:, None]
 
 
 def _roc_auc(y: np.ndarray, proba: np.ndarray, num_classes: int) -> float:

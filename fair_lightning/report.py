@@ -34,6 +34,56 @@ def _ci(s: dict, base: str) -> str:
     return f"{v:.3f} [{s[f'{base}/bal_acc_ci_low']:.3f}, {s[f'{base}/bal_acc_ci_high']:.3f}]"
 
 
+FAMILY_NAMES = {"linear": "ridge (linear)", "kernel": "RBF kernel ridge", "mlp": "MLP",
+                "svm": "RBF SVM"}
+
+
+def leakage_section(s: dict, families=("linear", "kernel")) -> list[str]:
+    """The attacker-suite tables of a summary: selected leakage per layer, then every
+    attacker on h."""
+    names = ", ".join(FAMILY_NAMES.get(f, f) for f in families)
+    lines = ["", "## Leakage: the strongest selected attacker",
+             "", "Balanced accuracy on the identity-disjoint test split, with a 95% bootstrap "
+             "interval over people. At each level the attacker is the one that grouped "
+             "cross-validation on the training split ranked best among the attackers of the "
+             f"families {names}, each with its hyperparameters tuned the same way; *person* "
+             "attacks pool a person's clips (`person_vote_*`: the clip attacker's scores "
+             "averaged over the person's clips; `person_mean_*`: trained on each person's mean "
+             "representation). Chance is 0.500 for gender and 0.333 for ethnicity.", "",
+             "| layer | gender, clip | gender, person | ethnicity, clip | ethnicity, person |",
+             "|---|---|---|---|---|"]
+    for layer in LAYERS:
+        if f"leak/{layer}/gender/clip/bal_acc" not in s:
+            continue
+        cells = []
+        for a in ATTRS:
+            for level in ("clip", "person"):
+                base = f"leak/{layer}/{a}/{level}"
+                name = str(s.get(f"{base}/attacker", "")).split(" (")[0]
+                cells.append(f"{_ci(s, base)} {name}".strip())
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    attackers = sorted({k.split("/")[3] for k in s if k.startswith("probe/fused/gender/")
+                        and k.endswith("/cv_bal_acc")}, key=_attacker_order)
+    if attackers:
+        lines += ["", "### Every attacker on h (fused)", "",
+                  "CV: balanced accuracy of grouped cross-validation on the training split, "
+                  "which selects; test: the score on the test split, which is reported. "
+                  "Hyperparameters: `leak/.../attacker` keys and the W&B table.", "",
+                  "| attacker | gender CV | gender test | ethnicity CV | ethnicity test |",
+                  "|---|---|---|---|---|"]
+        for att in attackers:
+            cells = []
+            for a in ATTRS:
+                base = f"probe/fused/{a}/{att}"
+                cells += [_fmt(s.get(f"{base}/cv_bal_acc")), _ci(s, base)]
+            lines.append(f"| {att} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _attacker_order(name: str) -> tuple[int, str]:
+    return (name.startswith("person_") + name.startswith("person_mean_"), name)
+
+
 def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
     """report.md for one run, plus a scores-by-group plot from the fairness callback."""
     from fair_lightning.plots import plot_scores_by_group
@@ -75,17 +125,8 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
             lines.append(f"| {names[k]} | {_fmt(s[k])} |")
     if "test/mae" in s:
         lines.append(f"| 1 − MAE (ChaLearn mean accuracy) | {_fmt(1 - s['test/mae'])} |")
-    if any(k.startswith("probe/") for k in s):
-        lines += ["", "## Leakage: post-hoc probes on frozen representations",
-                  "", "Balanced accuracy with 95% identity-cluster bootstrap interval; probes are "
-                  "trained on the training split and scored on the identity-disjoint test split. "
-                  "Chance is 0.500 for gender and 0.333 for ethnicity.", "",
-                  "| layer | gender linear | gender MLP | ethnicity linear | ethnicity MLP |",
-                  "|---|---|---|---|---|"]
-        for layer in LAYERS:
-            if f"probe/{layer}/gender/linear/bal_acc" in s:
-                cells = [_ci(s, f"probe/{layer}/{a}/{p}") for a in ATTRS for p in ("linear", "mlp")]
-                lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if any(k.startswith("leak/") for k in s):
+        lines += leakage_section(s, cfg.probe.attackers)
     if any(k.startswith("fair/") for k in s):
         lines += ["", "## Output fairness (test split)", "",
                   "Gaps are max − min over groups. DP: demographic-parity difference of the invite "
@@ -136,14 +177,28 @@ def load_run(run_dir: Path) -> dict:
 
 COMPARE_COLUMNS = (
     ["test/pearson", "test/pearson_merit", "test/mae"]
-    + [f"probe/fused/{a}/{p}/bal_acc" for a in ATTRS for p in ("linear", "mlp")]
+    + [f"leak/fused/{a}/{lv}/bal_acc" for a in ATTRS for lv in ("clip", "person")]
     + [f"fair/{a}/{k}" for a in ATTRS for k in ("dp_diff", "eo_diff", "mae_gap")]
     + ["fair/gender/score_corr"]
 )
+# the direction in which a value is worse, for the worst run of a group
+HIGHER_IS_BETTER = ("test/pearson", "test/pearson_merit", "test/r2")
+
+
+def worst(column: str, values: np.ndarray) -> float:
+    """The worst value of a column over runs: lowest task quality, highest leakage or gap
+    (absolute value for a correlation, whose sign is not a direction of harm)."""
+    if not len(values):
+        return float("nan")
+    if column in HIGHER_IS_BETTER:
+        return float(np.nanmin(values))
+    if column.endswith("score_corr"):
+        return float(values[np.nanargmax(np.abs(values))])
+    return float(np.nanmax(values))
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-    """Mean and std over runs of the same experiment (e.g. seeds)."""
+    """Mean, std and worst value over runs of the same experiment (e.g. seeds)."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
         groups.setdefault(r["_experiment"], []).append(r)
@@ -153,13 +208,14 @@ def aggregate(runs: list[dict]) -> list[dict]:
         for c in COMPARE_COLUMNS:
             vals = np.array([r[c] for r in rs if c in r], dtype=float)
             row[c] = (float(np.nanmean(vals)) if len(vals) else float("nan"),
-                      float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan"))
+                      float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan"),
+                      worst(c, vals))
         out.append(row)
     return out
 
 
 def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_merit",
-            leakage: str = "probe/fused/gender/mlp/bal_acc") -> dict[str, Path]:
+            leakage: str = "leak/fused/gender/clip/bal_acc") -> dict[str, Path]:
     from fair_lightning.plots import plot_tradeoff
 
     runs = [load_run(Path(d)) for d in run_dirs]
@@ -168,37 +224,42 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
     with open(out_dir / "comparison.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "experiment", "dir", *COMPARE_COLUMNS,
-                    *[c + "_ci_low" for c in COMPARE_COLUMNS if c.startswith("probe/")],
-                    *[c + "_ci_high" for c in COMPARE_COLUMNS if c.startswith("probe/")]])
+                    *[c + "_ci_low" for c in COMPARE_COLUMNS if c.startswith("leak/")],
+                    *[c + "_ci_high" for c in COMPARE_COLUMNS if c.startswith("leak/")]])
         for r in runs:
-            probe_cols = [c for c in COMPARE_COLUMNS if c.startswith("probe/")]
+            probe_cols = [c for c in COMPARE_COLUMNS if c.startswith("leak/")]
             w.writerow([r["_name"], r["_experiment"], r["_dir"], *[r.get(c, "") for c in COMPARE_COLUMNS],
                         *[r.get(c.replace("/bal_acc", "/bal_acc_ci_low"), "") for c in probe_cols],
                         *[r.get(c.replace("/bal_acc", "/bal_acc_ci_high"), "") for c in probe_cols]])
-    short = {c: c.replace("probe/fused/", "fused ").replace("/bal_acc", "").replace("fair/", "")
-             for c in COMPARE_COLUMNS}
+    short = {c: c.replace("leak/fused/", "h ").replace("/bal_acc", "").replace("fair/", "")
+                 .replace("/", " ") for c in COMPARE_COLUMNS}
     lines = ["# Comparison", "",
-             "Probe columns: balanced accuracy of fresh probes on the fused representation h "
-             "(test split, 95% identity-cluster bootstrap interval). Chance: gender 0.5, "
-             "ethnicity 0.333. Fairness gaps are max − min over groups on the test split.", "",
+             "Leakage columns (`h <attribute> <level>`): balanced accuracy, on the test split, "
+             "of the attacker that grouped cross-validation on the training split selected "
+             "(linear, MLP, RBF-SVM; clip level, and person level pooling a person's clips) on "
+             "the fused representation h, with a 95% bootstrap interval over people. Chance: "
+             "gender 0.5, ethnicity 0.333. Fairness gaps are max − min over groups on the test "
+             "split.", "",
              "## Runs", "",
              "| run | " + " | ".join(short[c] for c in COMPARE_COLUMNS) + " |",
              "|---|" + "---|" * len(COMPARE_COLUMNS)]
     for r in runs:
         cells = []
         for c in COMPARE_COLUMNS:
-            if c.startswith("probe/") and c in r:
+            if c.startswith("leak/") and c in r:
                 cells.append(_ci(r, c[: -len("/bal_acc")]))
             else:
                 cells.append(_fmt(r.get(c)))
         lines.append(f"| {r['_name']} | " + " | ".join(cells) + " |")
     agg = aggregate(runs)
     if any(a["_n"] > 1 for a in agg):
-        lines += ["", "## Per experiment (mean ± std over runs)", "",
+        lines += ["", "## Per experiment (mean ± std over runs; worst run in brackets)", "",
+                  "Worst: the lowest Pearson, the highest leakage, error or gap.", "",
                   "| experiment | n | " + " | ".join(short[c] for c in COMPARE_COLUMNS) + " |",
                   "|---|---|" + "---|" * len(COMPARE_COLUMNS)]
         for a in agg:
-            cells = [f"{_fmt(a[c][0])} ± {_fmt(a[c][1])}" for c in COMPARE_COLUMNS]
+            cells = [f"{_fmt(a[c][0])} ± {_fmt(a[c][1])} ({_fmt(a[c][2])})"
+                     for c in COMPARE_COLUMNS]
             lines.append(f"| {a['_name']} | {a['_n']} | " + " | ".join(cells) + " |")
     lines += ["", "![trade-off](tradeoff.png)", ""]
     (out_dir / "comparison.md").write_text("\n".join(lines))
@@ -214,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="run directories (each with summary.json)")
     p.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output directory")
     p.add_argument("--metric", default="test/pearson_merit", help="task metric on the y axis")
-    p.add_argument("--leakage", default="probe/fused/gender/mlp/bal_acc",
+    p.add_argument("--leakage", default="leak/fused/gender/clip/bal_acc",
                    help="leakage metric on the x axis")
     args = p.parse_args(argv)
     try:

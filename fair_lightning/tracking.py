@@ -91,19 +91,30 @@ def flat_metrics(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-SUMMARY_PREFIXES = ("test/", "probe/", "fair/", "adv/test_")
+SUMMARY_PREFIXES = ("test/", "probe/", "leak/", "fit_leak/", "fair/", "adv/test_", "time/")
 
 
-def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, float]:
-    """Final flat metrics: test metrics, fairness, and the test-time probe results."""
-    from fair_lightning.callbacks import rows_to_metrics
+def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, float | str]:
+    """Final flat metrics: test metrics, fairness, the test-time attacker suite (every
+    attacker and the selected leakage), the end-of-fit leakage on val, and the name of
+    each selected attacker."""
+    from fair_lightning.callbacks import rows_to_metrics, selected_attackers
 
     metrics = dict(trainer.callback_metrics)
     for d in test_results or []:
         metrics.update(d)
+    names = {}
     for cb in callbacks:
-        rows = getattr(cb, "results", {}).get("probe")
-        if rows:
-            metrics.update(rows_to_metrics(rows, "probe"))
-            metrics["probe/audit_s"] = cb.timings.get("probe", float("nan"))
-    return flat_metrics(metrics, SUMMARY_PREFIXES)
+        results = getattr(cb, "results", {})
+        for prefix, keep in (("probe", None), ("fit_probe", "fit_leak/")):
+            rows = results.get(prefix)
+            if rows:
+                m = rows_to_metrics(rows, prefix)
+                metrics.update({k: v for k, v in m.items() if keep is None or
+                                k.startswith(keep)})
+                names.update(selected_attackers(rows, prefix))
+        if "probe" in results:
+            metrics["time/audit_test_s"] = cb.timings.get("probe", float("nan"))
+            metrics["time/audit_fit_end_s"] = cb.timings.get("fit_probe", float("nan"))
+            metrics["probe/suites_reused"] = cb.audit.reused
+    return {**flat_metrics(metrics, SUMMARY_PREFIXES), **dict(sorted(names.items()))}

@@ -50,7 +50,6 @@ def tiny_overrides(tmp_path, **extra) -> list[tuple[str, str]]:
         "data.synthetic.image_size": "16",
         "trainer.max_epochs": "1",
         "probe.bootstrap": "50",
-        "probe.mlp_max_epochs": "20",
         "logger.wandb.mode": "disabled",
     }
     base.update(extra)

@@ -31,35 +31,36 @@ def runs(tmp_path_factory):
     return out
 
 
-def _probe_rows(summary: dict):
+def _leak_rows(summary: dict):
+    """(key, leakage, interval low, high, chance) of every selected attacker."""
     for k in summary:
-        if k.startswith("probe/") and k.endswith("/bal_acc"):
+        if k.startswith("leak/") and k.endswith("/bal_acc"):
             base = k[: -len("/bal_acc")]
             yield (base, summary[k], summary[f"{base}/bal_acc_ci_low"],
                    summary[f"{base}/bal_acc_ci_high"], summary[f"{base}/chance"])
 
 
-def test_specificity_tiny_no_planted_signal_probes_sit_at_chance(tmp_path):
+def test_specificity_tiny_no_planted_signal_leakage_sits_at_chance(tmp_path):
     """Fast version: on a tiny benchmark single intervals are rough (16 of them at 95%), so
     this checks the average distance to chance and that nearly every interval covers it."""
     ov = tiny_overrides(tmp_path, **NO_SIGNAL, **{"data.synthetic.num_identities": "200",
                                                    "probe.bootstrap": "300"})
-    rows = list(_probe_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
-                                       .read_text())))
-    assert len(rows) == 4 * 2 * 2  # layers x attributes x probe kinds
+    rows = list(_leak_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
+                                      .read_text())))
+    assert len(rows) == 4 * 2 * 2  # layers x attributes x (clip, person)
     assert np.mean([abs(b - c) for _, b, _, _, c in rows]) < 0.1
-    assert sum(lo <= c <= hi for _, _, lo, hi, c in rows) >= 12
+    assert sum(lo <= c <= hi for _, _, lo, hi, c in rows) >= 13
 
 
 @pytest.mark.slow
 def test_specificity_default_size_every_interval_contains_chance(tmp_path):
     """The claim at the default benchmark size: with every leakage knob and bias at zero,
-    every probe's 95% interval contains chance."""
+    every selected attacker's 95% interval contains chance, at clip and person level."""
     ov = [(k, v) for k, v in NO_SIGNAL.items()] + [
         ("output_dir", str(tmp_path / "run")), ("data.cache_dir", str(tmp_path / "cache")),
         ("logger.wandb.mode", "disabled")]
-    rows = list(_probe_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
-                                       .read_text())))
+    rows = list(_leak_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
+                                      .read_text())))
     assert len(rows) == 16
     for base, _, lo, hi, chance in rows:
         assert lo <= chance <= hi, (base, lo, chance, hi)
@@ -74,7 +75,8 @@ def test_standalone_audit_rewrites_the_same_files(runs, tmp_path, capsys):
     t = json.loads((runs["adversarial"] / "summary.json").read_text())
     # the same checkpoint on the same data gives the same task metrics
     assert a["test/pearson"] == pytest.approx(t["test/pearson"], abs=1e-6)
-    assert "probe/fused/gender/linear/bal_acc" in a and (out / "report.md").is_file()
+    assert "leak/fused/gender/person/bal_acc" in a and (out / "report.md").is_file()
+    assert a["leak/fused/gender/clip/attacker"].split(" ")[0] in ("linear", "kernel")
     assert (out / "plots" / "probe_leakage.png").is_file()
 
 
@@ -90,8 +92,20 @@ def test_compare_writes_table_csv_and_plot(runs, tmp_path):
     md = (out / "comparison.md").read_text()
     assert "baseline/s0" in md and "adversarial/s0" in md
     rows = (out / "comparison.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and "probe/fused/gender/mlp/bal_acc" in rows[0]
+    assert len(rows) == 3 and "leak/fused/gender/person/bal_acc" in rows[0]
     assert (out / "tradeoff.png").stat().st_size > 1000
+
+
+def test_aggregate_gives_mean_std_and_the_worst_run():
+    from fair_lightning.report import aggregate
+
+    runs = [{"_experiment": "adv", "test/pearson_merit": m, "leak/fused/gender/clip/bal_acc": g,
+             "fair/gender/score_corr": c} for m, g, c in ((0.8, 0.6, 0.1), (0.7, 0.7, -0.3))]
+    row = aggregate(runs)[0]
+    assert row["_n"] == 2
+    assert row["test/pearson_merit"] == pytest.approx((0.75, np.std([0.8, 0.7], ddof=1), 0.7))
+    assert row["leak/fused/gender/clip/bal_acc"][2] == 0.7  # the highest leakage
+    assert row["fair/gender/score_corr"][2] == -0.3  # the largest in magnitude
 
 
 def test_compare_names_a_run_without_summary(tmp_path, capsys):

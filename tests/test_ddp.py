@@ -91,7 +91,7 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
     ddp = _train(tmp_path, tmp_path / "cache", 2)
     # probes see every clip exactly once after the gather, like a single process
     for k in ("probe/fused/gender/linear/n_eval", "probe/fused/gender/linear/n_fit",
-              "probe/video/ethnicity/mlp/n_eval"):
+              "probe/video/ethnicity/kernel/n_eval"):
         assert ddp[k] == single[k], k
     assert ddp["fair/gender/n/0"] + ddp["fair/gender/n/1"] == \
         single["fair/gender/n/0"] + single["fair/gender/n/1"]

@@ -1,4 +1,5 @@
-"""Post-hoc probes: metric correctness, leakage recovery, identity hygiene, determinism."""
+"""The attacker suite: metric correctness, selection by grouped CV, specificity and
+sensitivity, person level, identity hygiene, determinism."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from fair_lightning.probes import (
-    ProbeResult,
+    AttackerResult,
+    AttackSuite,
+    attack_attribute,
     balanced_accuracy,
     cluster_bootstrap_balanced_accuracy,
-    probe_attribute,
 )
 
 
@@ -109,60 +111,171 @@ def test_cluster_interval_is_wider_than_clip_interval_for_clustered_errors():
     assert hi_p - lo_p > 2 * (hi_c - lo_c)
 
 
-# --------------------------------------------------------------------------- probes
+# --------------------------------------------------------------------------- the suite
+ALL = ("linear", "kernel", "mlp", "svm")
+
+
 @pytest.mark.parametrize("num_classes", [2, 3])
-def test_probes_recover_planted_attribute(num_classes):
-    data = fit_eval(np.random.default_rng(10 + num_classes), shift=3.0, num_classes=num_classes)
-    res = probe_attribute(*data, num_classes, bootstrap=500)
-    assert set(res) == {"linear", "mlp"}
-    for r in res.values():
-        assert isinstance(r, ProbeResult)
+def test_suite_recovers_planted_attribute(num_classes):
+    data = fit_eval(np.random.default_rng(10 + num_classes), shift=3.0, num_classes=num_classes,
+                    fit_ids=60, eval_ids=40, clips=4)
+    res = attack_attribute(*data, num_classes, bootstrap=300)
+    names = {r.attacker for r in res.attackers}
+    fams = ("linear", "kernel")
+    assert names == {*fams, *(f"person_{k}_{f}" for k in ("vote", "mean") for f in fams)}
+    for r in res.attackers:
+        assert isinstance(r, AttackerResult)
         assert r.chance == pytest.approx(1 / num_classes)
-        assert r.bal_acc > 0.85
-        assert r.bal_acc_ci_low > r.chance + 0.2
+        assert r.bal_acc > 0.8, r
         assert r.bal_acc_ci_low <= r.bal_acc <= r.bal_acc_ci_high
+        assert r.n_eval == (160 if r.level == "clip" else 40)
+        assert r.n_fit == (60 if r.attacker.startswith("person_mean") else 240)
+    assert res.leak["clip"].level == "clip" and res.leak["person"].level == "person"
+    assert res.leak["clip"].bal_acc_ci_low > 1 / num_classes + 0.2
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_every_family_recovers_planted_attribute(num_classes):
+    data = fit_eval(np.random.default_rng(12 + num_classes), shift=3.0, num_classes=num_classes,
+                    fit_ids=40, eval_ids=20, clips=4, dim=8)
+    res = attack_attribute(*data, num_classes, families=ALL, person_level=False, bootstrap=0)
+    assert [r.attacker for r in res.attackers] == list(ALL)
+    for r in res.attackers:
+        assert r.bal_acc > 0.85, r
         assert r.roc_auc > 0.9 and r.macro_f1 > 0.8
-        assert r.n_fit == 800 and r.n_eval == 480 and r.n_unknown == 0
 
 
-def test_probes_on_noise_sit_at_chance():
-    data = fit_eval(np.random.default_rng(20), shift=0.0)
-    for r in probe_attribute(*data, 2, bootstrap=500).values():
-        assert r.bal_acc_ci_low <= 0.5 <= r.bal_acc_ci_high
-        assert abs(r.bal_acc - 0.5) < 0.1
-        assert abs(r.roc_auc - 0.5) < 0.12
+def test_leakage_is_the_attacker_cross_validation_ranks_best():
+    data = fit_eval(np.random.default_rng(11), shift=0.4, fit_ids=80, eval_ids=40, clips=4)
+    res = attack_attribute(*data, 2, bootstrap=0)
+    for level in ("clip", "person"):
+        pool = [r for r in res.attackers if r.level == level]
+        assert res.leak[level] is max(pool, key=lambda r: r.cv_bal_acc)
+        assert 0.0 <= res.leak[level].cv_bal_acc <= 1.0
 
 
-def test_mlp_finds_nonlinear_leakage_the_linear_probe_misses():
-    # XOR of two features: invisible to a linear probe, easy for one hidden layer.
+def test_suite_on_noise_sits_at_chance():
+    """Specificity: nothing planted, so both selected attackers' intervals hold chance and
+    no attacker strays far from it."""
+    data = fit_eval(np.random.default_rng(20), shift=0.0, fit_ids=100, eval_ids=60, clips=4)
+    res = attack_attribute(*data, 2, bootstrap=500)
+    for r in res.leak.values():
+        assert r.bal_acc_ci_low <= 0.5 <= r.bal_acc_ci_high, r
+    assert np.mean([abs(r.bal_acc - 0.5) for r in res.attackers]) < 0.06
+    assert np.mean([r.cv_bal_acc for r in res.attackers]) < 0.56
+
+
+def ring(rng, n_ids, clips=4, first_id=0, dim=8):
+    """Gender as the radius of a ring in two dimensions (1 vs 2, random angle); no linear
+    read-out of any feature can tell the radii apart."""
+    g = rng.integers(0, 2, n_ids)
+    ids = np.repeat(np.arange(first_id, first_id + n_ids), clips)
+    y = np.repeat(g, clips)
+    theta = rng.uniform(0, 2 * np.pi, ids.size)
+    radius = 1.0 + y + 0.15 * rng.normal(size=ids.size)
+    x = rng.normal(size=(ids.size, dim))
+    x[:, 0], x[:, 1] = radius * np.cos(theta), radius * np.sin(theta)
+    return x.astype(np.float32), y, ids
+
+
+def test_sensitivity_the_suite_finds_a_ring_the_linear_attacker_misses():
     rng = np.random.default_rng(30)
+    res = attack_attribute(*ring(rng, 120), *ring(rng, 60, first_id=1000), 2, bootstrap=300)
+    lin = res["linear"]
+    assert lin.bal_acc_ci_low <= 0.5 <= lin.bal_acc_ci_high
+    assert res.leak["clip"].attacker == "kernel"
+    assert res.leak["clip"].bal_acc > 0.85
+    assert res.leak["clip"].bal_acc_ci_low > lin.bal_acc_ci_high
+    assert res.leak["person"].bal_acc > 0.9
+
+
+def test_person_level_finds_what_single_clips_hide():
+    """A person-level attribute under heavy clip noise: pooling a person's clips reads it
+    much better than any single clip does."""
+    rng = np.random.default_rng(31)
 
     def split(n_ids, first_id):
-        ids = np.repeat(np.arange(first_id, first_id + n_ids), 6)
-        x = rng.normal(size=(ids.size, 8)).astype(np.float32)
-        y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)
-        return x, y, ids
+        x, y, ids = make_split(rng, n_ids, 16, dim=8, first_id=first_id)
+        person = 0.5 * rng.normal(size=(n_ids, 8))[ids - first_id]
+        person[:, 0] += np.where(y == 1, 1.0, -1.0)
+        return (person + 3.0 * x).astype(np.float32), y, ids
 
-    res = probe_attribute(*split(150, 0), *split(60, 1000), 2, bootstrap=200)
-    assert res["linear"].bal_acc_ci_low < 0.5 < res["linear"].bal_acc_ci_high
-    assert res["mlp"].bal_acc > 0.8
+    res = attack_attribute(*split(150, 0), *split(150, 1000), 2, families=("linear",),
+                           bootstrap=300)
+    assert res.leak["person"].bal_acc > res.leak["clip"].bal_acc + 0.1
+    assert res["person_vote_linear"].bal_acc > res["linear"].bal_acc
+
+
+def test_kernel_attackers_match_scikit_learn():
+    """Cross-checks on the same rows and grid points: the kernel ridge classifier is
+    scikit-learn's `KernelRidge` with balanced sample weights (same decision values), the SVM
+    family is `SVC(kernel="rbf")` (same decision values, to libsvm's tolerance), and the
+    two kernel machines reach the same accuracy on a ring only a kernel can read."""
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.svm import SVC
+
+    from fair_lightning.attackers import (
+        KernelRidgeFamily,
+        SVMFamily,
+        _pm_targets,
+        balanced_weights,
+    )
+
+    rng = np.random.default_rng(32)
+    x, y, _ = ring(rng, 50)
+    z, _, _ = ring(rng, 40)
+    # float64 on both sides: small bandwidths with a small ridge amplify float32 rounding
+    x, z = x.astype(np.float64), z.astype(np.float64)
+    krr, svm = KernelRidgeFamily(), SVMFamily()
+    for num_classes, yy in ((2, y), (3, (y + (x[:, 2] > 0.5)).astype(int))):
+        for p in krr.grid(x.shape[1]):
+            ref = KernelRidge(alpha=p["alpha"], kernel="rbf", gamma=p["gamma"]).fit(
+                x, _pm_targets(yy, num_classes), sample_weight=balanced_weights(yy, num_classes))
+            np.testing.assert_allclose(krr.fit(x, yy, p, num_classes)(z), ref.predict(z),
+                                       rtol=1e-5, atol=1e-6, err_msg=str(p))
+        for p in svm.grid(x.shape[1]):
+            ref = SVC(kernel="rbf", gamma=p["gamma"], C=p["C"], class_weight="balanced",
+                      decision_function_shape="ovr").fit(x, yy).decision_function(z)
+            want = ref if num_classes == 3 else np.stack([-ref, ref], 1)
+            # libsvm stops at a tolerance of 1e-3: values agree to about that
+            np.testing.assert_allclose(svm.fit(x, yy, p, num_classes)(z), want, atol=2e-3,
+                                       err_msg=str(p))
+    res = attack_attribute(*ring(rng, 100), *ring(rng, 60, first_id=1000), 2,
+                           families=("kernel", "svm"), person_level=False, bootstrap=0)
+    assert res["kernel"].bal_acc > 0.85 and res["svm"].bal_acc > 0.85
+    assert abs(res["kernel"].bal_acc - res["svm"].bal_acc) < 0.05
+
+
+def test_batched_mlps_do_not_interact():
+    """Every network of the batch trains on its own rows only: changing one network's rows
+    leaves the other's trained weights exactly as they were."""
+    from fair_lightning.attackers import MLPFamily
+
+    rng = np.random.default_rng(33)
+    x, y, _ = make_split(rng, 40, 2, dim=6, shift=1.0)
+    fam = MLPFamily()
+    a = fam._train(x, y, [np.arange(40), np.arange(40, 80)], [1e-3, 1e-1], 16, (5,), 2, 0)
+    b = fam._train(x, y, [np.arange(40), np.arange(0, 80, 2)], [1e-3, 1e-1], 16, (5,), 2, 0)
+    for pa, pb in zip(a[5], b[5], strict=True):
+        assert torch.equal(pa[0], pb[0])
+        assert not torch.equal(pa[1], pb[1])
 
 
 def test_unknown_rows_are_dropped_and_counted():
     rng = np.random.default_rng(40)
-    fx, fy, fg, ex, ey, eg = fit_eval(rng, shift=3.0, fit_ids=60, eval_ids=30)
+    fx, fy, fg, ex, ey, eg = fit_eval(rng, shift=3.0, fit_ids=60, eval_ids=30, clips=4)
     fy, ey = fy.copy(), ey.copy()
     fy[:13] = -1
     ey[:7] = -1
-    res = probe_attribute(fx, fy, fg, ex, ey, eg, 2, bootstrap=100)
-    for r in res.values():
-        assert r.n_unknown == 20
-        assert r.n_fit == fy.size - 13 and r.n_eval == ey.size - 7
+    res = attack_attribute(fx, fy, fg, ex, ey, eg, 2, bootstrap=100)
+    clip = res["linear"]
+    assert clip.n_unknown == 20
+    assert clip.n_fit == fy.size - 13 and clip.n_eval == ey.size - 7
     # Unknown rows carry no weight: same metrics as removing them beforehand.
     kf, ke = fy != -1, ey != -1
-    ref = probe_attribute(fx[kf], fy[kf], fg[kf], ex[ke], ey[ke], eg[ke], 2, bootstrap=100)
-    for name in res:
-        got, want = res[name].as_dict(), ref[name].as_dict()
+    ref = attack_attribute(fx[kf], fy[kf], fg[kf], ex[ke], ey[ke], eg[ke], 2, bootstrap=100)
+    for got, want in zip(res.attackers, ref.attackers, strict=True):
+        got, want = got.as_dict(), want.as_dict()
         got.pop("n_unknown"), want.pop("n_unknown")
         assert got == pytest.approx(want)
 
@@ -172,87 +285,91 @@ def test_shared_identity_raises():
     eg = eg.copy()
     eg[-1] = fg[0]
     with pytest.raises(ValueError, match="share 1 identities"):
-        probe_attribute(fx, fy, fg, ex, ey, eg, 2)
-    # String identities too.
+        attack_attribute(fx, fy, fg, ex, ey, eg, 2)
+    # String identities too, and through a fitted suite.
     with pytest.raises(ValueError, match="identity-disjoint"):
-        probe_attribute(fx, fy, fg.astype(str), ex, ey, eg.astype(str), 2)
+        AttackSuite(2, families=("linear",)).fit(fx, fy, fg.astype(str)).evaluate(
+            ex, ey, eg.astype(str))
 
 
 def test_single_fit_class_raises():
     fx, fy, fg, ex, ey, eg = fit_eval(np.random.default_rng(60), shift=1.0, fit_ids=20, eval_ids=10)
     fy = np.where(fy == 1, -1, fy)  # only class 0 stays known
     with pytest.raises(ValueError, match="at least 2"):
-        probe_attribute(fx, fy, fg, ex, ey, eg, 2)
+        attack_attribute(fx, fy, fg, ex, ey, eg, 2)
+
+
+def test_bad_families_and_folds_raise():
+    with pytest.raises(ValueError, match="subset"):
+        AttackSuite(2, families=("linear", "forest"))
+    with pytest.raises(ValueError, match="cv_folds"):
+        AttackSuite(2, cv_folds=1)
 
 
 def test_single_eval_class_gives_nan_auc():
-    fx, fy, fg, ex, ey, eg = fit_eval(np.random.default_rng(70), shift=3.0, fit_ids=40, eval_ids=20)
+    fx, fy, fg, ex, ey, eg = fit_eval(np.random.default_rng(70), shift=3.0, fit_ids=40,
+                                      eval_ids=20, clips=4)
     keep = ey == 1
-    res = probe_attribute(fx, fy, fg, ex[keep], ey[keep], eg[keep], 2, bootstrap=100)
-    for r in res.values():
+    res = attack_attribute(fx, fy, fg, ex[keep], ey[keep], eg[keep], 2, families=ALL,
+                           bootstrap=100)
+    for r in res.attackers:
         assert math.isnan(r.roc_auc)
         assert r.majority_rate == 1.0
         assert 0.0 <= r.bal_acc <= 1.0
 
 
 def test_deterministic_under_seed_and_global_rng_untouched():
-    data = fit_eval(np.random.default_rng(80), shift=0.7, fit_ids=60, eval_ids=30)
+    data = fit_eval(np.random.default_rng(80), shift=0.7, fit_ids=30, eval_ids=20, clips=4,
+                    dim=8)
     torch.manual_seed(1234)
     np.random.seed(1234)
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    first = {k: v.as_dict() for k, v in probe_attribute(*data, 2, seed=3, bootstrap=200).items()}
+    first = [r.as_dict() for r in attack_attribute(*data, 2, families=ALL, seed=3,
+                                                   bootstrap=200).attackers]
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.random.get_state()[1].tolist() == np_state[1].tolist()
     torch.rand(5)  # move the global stream: results must not depend on it
-    again = {k: v.as_dict() for k, v in probe_attribute(*data, 2, seed=3, bootstrap=200).items()}
+    again = [r.as_dict() for r in attack_attribute(*data, 2, families=ALL, seed=3,
+                                                   bootstrap=200).attackers]
     assert first == again
 
 
-def test_majority_rate_and_macro_f1_reference():
+def test_macro_f1_and_majority_rate_reference():
     from sklearn.metrics import f1_score
+    from sklearn.svm import SVC
 
-    fx, fy, fg, ex, ey, eg = fit_eval(np.random.default_rng(90), shift=1.0, fit_ids=40, eval_ids=30)
-    res = probe_attribute(fx, fy, fg, ex, ey, eg, 2, bootstrap=0)
-    r = res["linear"]
+    fx, fy, fg, ex, ey, eg = fit_eval(np.random.default_rng(90), shift=1.0, fit_ids=40,
+                                      eval_ids=30, clips=4)
+    suite = AttackSuite(2, families=("svm",), person_level=False).fit(fx, fy, fg)
+    r = suite.evaluate(ex, ey, eg, bootstrap=0)["svm"]
     assert r.majority_rate == pytest.approx(np.bincount(ey).max() / ey.size)
     assert math.isnan(r.bal_acc_ci_low) and math.isnan(r.bal_acc_ci_high)
-    # Re-derive the linear probe's predictions to pin macro-F1.
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    sc = StandardScaler().fit(fx)
-    clf = LogisticRegression(class_weight="balanced", max_iter=1000).fit(
-        sc.transform(fx).astype(np.float32), fy
-    )
-    pred = clf.predict(sc.transform(ex).astype(np.float32))
-    assert r.macro_f1 == pytest.approx(f1_score(ey, pred, average="macro"))
-    assert r.bal_acc == pytest.approx(balanced_accuracy_score(ey, pred))
+    # Re-derive the chosen SVM's predictions to pin the metrics.
+    p = suite.fitted[0].cand.params
+    mean, std = fx.mean(0), fx.std(0)
+    pred = SVC(kernel="rbf", gamma=p["gamma"], C=p["C"], class_weight="balanced").fit(
+        (fx - mean) / std, fy).predict((ex - mean) / std)
+    assert r.macro_f1 == pytest.approx(f1_score(ey, pred, average="macro"), abs=0.02)
+    assert r.bal_acc == pytest.approx(balanced_accuracy_score(ey, pred), abs=0.02)
 
 
-def test_accepts_tensors_and_few_fit_identities():
+def test_one_fitted_suite_scores_several_eval_splits():
+    rng = np.random.default_rng(95)
+    fx, fy, fg, ex, ey, eg = fit_eval(rng, shift=1.0, fit_ids=40, eval_ids=20, clips=4)
+    suite = AttackSuite(2).fit(fx, fy, fg)
+    a = suite.evaluate(ex, ey, eg, bootstrap=50)
+    b = suite.evaluate(ex[::-1], ey[::-1], eg[::-1], bootstrap=50)  # same people, reordered
+    assert [r.bal_acc for r in a.attackers] == pytest.approx([r.bal_acc for r in b.attackers])
+
+
+def test_accepts_tensors_and_one_fit_identity():
     rng = np.random.default_rng(100)
     fx, fy, fg, ex, ey, eg = fit_eval(rng, shift=3.0, fit_ids=1, eval_ids=4, clips=20)
-    fy = np.arange(fy.size) % 2  # one person, both classes (no identity split possible)
-    res = probe_attribute(
-        torch.from_numpy(fx),
-        torch.from_numpy(fy),
-        fg,
-        torch.from_numpy(ex),
-        ey,
-        eg,
-        2,
-        mlp_max_epochs=30,
-    )
-    assert res["mlp"].n_fit == 20 and res["mlp"].n_eval == 80
-    assert set(res["mlp"].as_dict()) == {
-        "bal_acc",
-        "bal_acc_ci_low",
-        "bal_acc_ci_high",
-        "macro_f1",
-        "roc_auc",
-        "chance",
-        "majority_rate",
-        "n_fit",
-        "n_eval",
-        "n_unknown",
-    }
+    fy = np.arange(fy.size) % 2  # one person, both classes: no grouped CV possible
+    res = attack_attribute(torch.from_numpy(fx), torch.from_numpy(fy), fg,
+                           torch.from_numpy(ex), ey, eg, 2)
+    r = res["kernel"]
+    assert r.n_fit == 20 and r.n_eval == 80
+    assert math.isnan(r.cv_bal_acc)  # untuned: nothing to cross-validate on
+    assert res.leak["clip"].attacker == "linear"
+    assert set(r.as_dict()) == set(AttackerResult.NUMERIC)

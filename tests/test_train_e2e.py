@@ -42,15 +42,23 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
         assert (run_dir / f).is_file(), f
     s = json.loads((run_dir / "summary.json").read_text())
     for k in ("test/pearson", "test/mae", "test/r2", "test/pearson_merit",
-              "probe/fused/gender/mlp/bal_acc", "probe/fused/ethnicity/linear/bal_acc_ci_low",
+              "probe/fused/gender/kernel/bal_acc", "probe/fused/ethnicity/linear/bal_acc_ci_low",
+              "probe/video/gender/person_vote_linear/cv_bal_acc",
+              "probe/fused/gender/person_mean_kernel/bal_acc", "leak/fused/gender/clip/bal_acc",
+              "leak/fused/ethnicity/person/bal_acc_ci_high", "fit_leak/fused/gender/clip/bal_acc",
               "probe/video/gender/linear/chance", "fair/gender/dp_diff", "fair/gender/eo_diff",
               "fair/ethnicity/mae_gap", "adv/test_d_auc", "adv/test_hsic"):
         assert k in s and isinstance(s[k], float), k
     assert s["probe/fused/gender/linear/chance"] == 0.5
-    assert math.isclose(s["probe/fused/ethnicity/mlp/chance"], 1 / 3)
+    assert math.isclose(s["leak/fused/ethnicity/clip/chance"], 1 / 3)
+    # the suite fitted at the end of fit served the test audit: same weights, same h
+    assert s["probe/suites_reused"] == 4 * 2
+    assert isinstance(s["leak/fused/gender/person/attacker"], str)
     k = load_config("adversarial", []).adversary.k_disc
     assert s["train/optimizer_steps"] == (k + 1) * s["train/batches"]  # k D steps + main step
     assert all("/" in k for k in s)
+    assert all(isinstance(v, float) or k.endswith("/attacker") for k, v in s.items()
+               if k.startswith(("probe/", "leak/")))
     # last.ckpt is the final epoch (Lightning's save_last alone would keep the best epoch's)
     import torch
 

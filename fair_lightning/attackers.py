@@ -1,0 +1,344 @@
+"""Attacker families for the leakage audit, each tuned by grouped cross-validation.
+
+An attacker is a classifier that tries to read a sensitive attribute from a frozen
+representation. A family (linear, kernel ridge, MLP, SVM) has a grid of hyperparameters;
+the audit scores every grid point by cross-validation on the fit split, with folds made of whole
+people (a person's clips share a face and a voice, so a fold that splits a person would
+reward recognising them), then refits the best point on the whole fit split.
+
+Every family returns class *scores* ``[n, K]`` whose argmax is the prediction and whose
+mean over a person's clips is that person's soft vote (one-vs-rest decision values for the
+ridge models and the SVM, probabilities for the MLP).
+
+Inputs are expected standardised (the audit fits the scaler on the fit split; it uses no
+label). Everything is deterministic under ``seed`` and leaves the global RNGs untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import torch
+from sklearn.svm import SVC
+
+Folds = list[tuple[np.ndarray, np.ndarray]]  # (train rows, held-out rows) per fold
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One grid point of a family, and its cross-validated out-of-fold scores."""
+
+    family: str
+    params: dict[str, Any]
+    oof: np.ndarray = field(repr=False)  # [n, K] scores, each row from the fold that held it out
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())
+
+
+def _short(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def balanced_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-row weights n / (K_present * n_k) (sklearn's "balanced"), absent classes 0."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    w = np.zeros(num_classes)
+    present = counts > 0
+    w[present] = y.size / (present.sum() * counts[present])
+    return w[y]
+
+
+def _constant_scores(n: int, num_classes: int, cls: int) -> np.ndarray:
+    out = np.zeros((n, num_classes))
+    out[:, cls] = 1.0
+    return out
+
+
+Predictor = Any  # callable: [m, d] standardised rows -> [m, K] scores
+
+
+class Family:
+    """A classifier family with a hyperparameter grid. Subclasses implement `_fit` (one
+    grid point on some rows, returning a predictor) and may override `cross_validate`
+    where sharing work across grid points and folds is cheaper."""
+
+    name = ""
+
+    def grid(self, dim: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _fit(self, x, y, params, num_classes, seed) -> Predictor:
+        raise NotImplementedError
+
+    def fit(self, x, y, params, num_classes, seed=0) -> Predictor:
+        present = np.unique(y)
+        if present.size < 2:  # rows of one class: the only rule left is a constant
+            return lambda z: _constant_scores(len(z), num_classes, int(present[0]))
+        return self._fit(x, y, params, num_classes, seed)
+
+    def cross_validate(self, x, y, folds: Folds, num_classes, seed=0) -> list[Candidate]:
+        """Out-of-fold scores of every grid point."""
+        grid = self.grid(x.shape[1])
+        oof = [np.zeros((len(y), num_classes)) for _ in grid]
+        for tr, va in folds:
+            for o, p in zip(oof, grid, strict=True):
+                o[va] = self.fit(x[tr], y[tr], p, num_classes, seed)(x[va])
+        return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
+
+
+def _pm_targets(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """One-vs-rest targets: +1 for the row's class, -1 for the others, [n, K]."""
+    return np.where(np.arange(num_classes)[None, :] == y[:, None], 1.0, -1.0)
+
+
+class LinearFamily(Family):
+    r"""Ridge classification (least squares on one-vs-rest ±1 targets), rows weighted so
+    that every class weighs the same; the ridge α tuned. With an unpenalised intercept,
+
+    .. math:: \beta = (X_c^\top W X_c + \alpha I)^{-1} X_c^\top W Y
+
+    on weighted-centred X_c: a d × d solve, so the whole grid costs next to nothing. Scores
+    are the decision values :math:`X\beta + b` per class."""
+
+    name = "linear"
+    alphas = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+    def grid(self, dim):
+        return [{"alpha": a} for a in self.alphas]
+
+    def cross_validate(self, x, y, folds, num_classes, seed=0):
+        grid = self.grid(x.shape[1])
+        oof = [np.zeros((len(y), num_classes)) for _ in grid]
+        for tr, va in folds:
+            for o, (beta, b) in zip(oof, self._solve(x[tr], y[tr], num_classes, self.alphas),
+                                    strict=True):
+                o[va] = x[va] @ beta + b
+        return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
+
+    def _fit(self, x, y, params, num_classes, seed):
+        beta, b = self._solve(x, y, num_classes, [params["alpha"]])[0]
+        return lambda z: z @ beta + b
+
+    @staticmethod
+    def _solve(x, y, num_classes, alphas):
+        w = balanced_weights(y, num_classes)
+        t = _pm_targets(y, num_classes)
+        mx, mt = w @ x / w.sum(), w @ t / w.sum()
+        xc = x - mx
+        gram, rhs = xc.T @ (w[:, None] * xc), xc.T @ (w[:, None] * (t - mt))
+        eye = np.eye(x.shape[1])
+        out = []
+        for a in alphas:
+            beta = np.linalg.solve(gram + a * eye, rhs)
+            out.append((beta, mt - mx @ beta))
+        return out
+
+
+def sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # float64: small bandwidths with a small ridge make the kernel systems ill-conditioned
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d2, 0.0)
+
+
+class SVMFamily(Family):
+    """RBF-kernel SVM (libsvm through scikit-learn's `SVC` on a precomputed kernel, so one
+    distance matrix serves every C, γ and fold); balanced class weights; C and γ tuned. γ
+    is relative to 1/d, scikit-learn's "scale" for standardised inputs."""
+
+    name = "svm"
+    Cs = (1.0, 10.0, 100.0, 1000.0)
+    gamma_scale = (1 / 16, 1 / 4, 1.0, 4.0)
+
+    def grid(self, dim):
+        return [{"C": c, "gamma": g / dim} for g in self.gamma_scale for c in self.Cs]
+
+    def cross_validate(self, x, y, folds, num_classes, seed=0):
+        d2 = sq_distances(x, x)
+        grid = self.grid(x.shape[1])
+        oof = [np.zeros((len(y), num_classes)) for _ in grid]
+        for tr, va in folds:
+            present = np.unique(y[tr])
+            for o, p in zip(oof, grid, strict=True):
+                if present.size < 2:
+                    o[va] = _constant_scores(len(va), num_classes, int(present[0]))
+                    continue
+                k = np.exp(-p["gamma"] * d2[np.ix_(np.concatenate([tr, va]), tr)])
+                clf = self._svm(k[: len(tr)], y[tr], p)
+                o[va] = self._scores(clf, k[len(tr):], num_classes)
+        return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
+
+    def _fit(self, x, y, params, num_classes, seed):
+        clf = self._svm(np.exp(-params["gamma"] * sq_distances(x, x)), y, params)
+        return lambda z: self._scores(clf, np.exp(-params["gamma"] * sq_distances(z, x)),
+                                      num_classes)
+
+    @staticmethod
+    def _svm(k, y, params) -> SVC:
+        return SVC(kernel="precomputed", C=params["C"], class_weight="balanced", random_state=0,
+                   decision_function_shape="ovr").fit(k, y)
+
+    @staticmethod
+    def _scores(clf: SVC, k: np.ndarray, num_classes: int) -> np.ndarray:
+        s = np.full((k.shape[0], num_classes), -1e9)  # classes absent from fit never win
+        d = clf.decision_function(k)
+        s[:, clf.classes_] = np.stack([-d, d], 1) if len(clf.classes_) == 2 else d
+        return s
+
+
+class KernelRidgeFamily(Family):
+    r"""Kernel ridge classification with an RBF kernel (a least-squares SVM): one-vs-rest
+    ±1 targets, rows weighted so that every class weighs the same; γ and the ridge α tuned.
+    Minimising :math:`\sum_i w_i \lVert y_i - f(x_i) \rVert^2 + \alpha \lVert f
+    \rVert_\mathcal{H}^2` gives
+
+    .. math:: f(x) = k(x, X)\, c, \qquad c = (K + \alpha W^{-1})^{-1} Y
+
+    one Cholesky factorisation per grid point and fold on a kernel matrix computed once per
+    γ (several times cheaper than fitting an SVM per point). γ is relative to 1/d, which is
+    scikit-learn's "scale" for standardised inputs."""
+
+    name = "kernel"
+    # measured on the benchmark's representations over γd in 1/256..4 and α in 1e-6..1:
+    # every peak lies in this box, on a ridge where smaller bandwidths want less ridge
+    alphas = (1e-5, 1e-4, 1e-3)
+    gamma_scale = (1 / 64, 1 / 16, 1 / 4, 1.0)
+
+    def grid(self, dim):
+        return [{"alpha": a, "gamma": g / dim} for g in self.gamma_scale for a in self.alphas]
+
+    def cross_validate(self, x, y, folds, num_classes, seed=0):
+        d2 = sq_distances(x, x)
+        grid = self.grid(x.shape[1])
+        oof = [np.zeros((len(y), num_classes)) for _ in grid]
+        for gamma in dict.fromkeys(p["gamma"] for p in grid):
+            k_all = np.exp(-gamma * d2)
+            points = [i for i, p in enumerate(grid) if p["gamma"] == gamma]
+            for tr, va in folds:
+                coefs = self._solve(k_all[np.ix_(tr, tr)], y[tr], num_classes,
+                                    [grid[i]["alpha"] for i in points])
+                k_va = k_all[np.ix_(va, tr)]
+                for i, c in zip(points, coefs, strict=True):
+                    oof[i][va] = k_va @ c
+        return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
+
+    def _fit(self, x, y, params, num_classes, seed):
+        gamma = params["gamma"]
+        c = self._solve(np.exp(-gamma * sq_distances(x, x)), y, num_classes,
+                        [params["alpha"]])[0]
+        return lambda z: np.exp(-gamma * sq_distances(z, x)) @ c
+
+    @staticmethod
+    def _solve(k, y, num_classes, alphas) -> list[np.ndarray]:
+        """Coefficients [n, K] for each alpha."""
+        inv_w = 1.0 / balanced_weights(y, num_classes)
+        t = _pm_targets(y, num_classes)
+        out = []
+        for a in alphas:
+            m = k + np.diag(a * inv_w)
+            try:
+                out.append(scipy.linalg.cho_solve(scipy.linalg.cho_factor(m), t))
+            except np.linalg.LinAlgError:  # numerically singular at a tiny alpha
+                out.append(np.linalg.lstsq(m, t, rcond=None)[0])
+        return out
+
+
+class MLPFamily(Family):
+    """Two hidden ReLU layers, class-weighted cross-entropy, full-batch Adam with decoupled
+    weight decay; width, weight decay and the number of epochs tuned. All weight decays
+    and folds of one width train at once as one batched network (one matrix product per
+    layer for every model), and each is scored at several epochs on the way."""
+
+    name = "mlp"
+    # measured on the benchmark's h: width 256 never beat 64 in cross-validation, at 5x
+    # the cost; the epoch count matters more than the width
+    widths = (32, 64)
+    weight_decays = (1e-3, 1e-1)
+    epochs = (25, 50, 100, 200)
+    lr = 3e-3
+
+    def grid(self, dim):
+        return [{"width": w, "weight_decay": wd, "epochs": e}
+                for w in self.widths for wd in self.weight_decays for e in self.epochs]
+
+    def cross_validate(self, x, y, folds, num_classes, seed=0):
+        grid = self.grid(x.shape[1])
+        oof = {self._key(p): np.zeros((len(y), num_classes)) for p in grid}
+        for width in self.widths:
+            jobs = [(wd, tr, va) for wd in self.weight_decays for tr, va in folds]
+            snaps = self._train(x, y, [tr for _, tr, _ in jobs], [wd for wd, _, _ in jobs],
+                                width, self.epochs, num_classes, seed)
+            for epochs, params in snaps.items():
+                scores = _mlp_scores(params, x)
+                for i, (wd, _, va) in enumerate(jobs):
+                    oof[(width, wd, epochs)][va] = scores[i, va]
+        return [Candidate(self.name, p, oof[self._key(p)]) for p in grid]
+
+    def _fit(self, x, y, params, num_classes, seed):
+        snaps = self._train(x, y, [np.arange(len(y))], [params["weight_decay"]],
+                            params["width"], (params["epochs"],), num_classes, seed)
+        weights = snaps[params["epochs"]]
+        return lambda z: _mlp_scores(weights, z)[0]
+
+    @staticmethod
+    def _key(p):
+        return (p["width"], p["weight_decay"], p["epochs"])
+
+    def _train(self, x, y, train_rows, weight_decays, width, checkpoints, num_classes, seed):
+        """Train M = len(train_rows) networks at once, each on its own rows (the others
+        weigh 0); their weights at every checkpoint epoch."""
+        m, (n, d) = len(train_rows), x.shape
+        w = np.zeros((m, n))
+        for i, rows in enumerate(train_rows):
+            w[i, rows] = balanced_weights(y[rows], num_classes) / len(rows)
+        xt = torch.as_tensor(x, dtype=torch.float32).expand(m, n, d)
+        yt = torch.as_tensor(y, dtype=torch.long).expand(m, n)[..., None]
+        wt = torch.as_tensor(w, dtype=torch.float32)
+        decay = torch.as_tensor(weight_decays, dtype=torch.float32).view(m, 1, 1)
+        gen = torch.Generator().manual_seed(seed)
+
+        def layer(fan_in, fan_out):  # nn.Linear's default initialisation, per model
+            bound = 1.0 / math.sqrt(fan_in)
+            weight = (torch.rand(m, fan_in, fan_out, generator=gen) * 2 - 1) * bound
+            bias = (torch.rand(m, 1, fan_out, generator=gen) * 2 - 1) * bound
+            return weight.requires_grad_(), bias.requires_grad_()
+
+        params = [*layer(d, width), *layer(width, width), *layer(width, num_classes)]
+        opt = torch.optim.Adam(params, lr=self.lr)
+        snaps = {}
+        # callers may sit under Lightning's inference mode (test); these models need autograd
+        with torch.inference_mode(False), torch.enable_grad():
+            for epoch in range(1, max(checkpoints) + 1):
+                opt.zero_grad(set_to_none=True)
+                logp = torch.log_softmax(_mlp_forward(params, xt), -1)
+                (-(logp.gather(-1, yt).squeeze(-1)) * wt).sum().backward()  # models independent
+                opt.step()
+                with torch.no_grad():
+                    for weight in params[0::2]:  # decoupled weight decay, a rate per model
+                        weight.mul_(1 - self.lr * decay)
+                if epoch in checkpoints:
+                    snaps[epoch] = [p.detach().clone() for p in params]
+        return snaps
+
+
+def _mlp_forward(params, x):
+    h = torch.relu(torch.baddbmm(params[1], x, params[0]))
+    h = torch.relu(torch.baddbmm(params[3], h, params[2]))
+    return torch.baddbmm(params[5], h, params[4])
+
+
+def _mlp_scores(params, x: np.ndarray) -> np.ndarray:
+    """Softmax scores [M, n, K] of M batched networks on rows x."""
+    m = params[0].shape[0]
+    xt = torch.as_tensor(x, dtype=torch.float32).expand(m, *x.shape)
+    with torch.no_grad():
+        return torch.softmax(_mlp_forward(params, xt), -1).double().numpy()
+
+
+FAMILIES: dict[str, type[Family]] = {
+    f.name: f for f in (LinearFamily, KernelRidgeFamily, MLPFamily, SVMFamily)}
