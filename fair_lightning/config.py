@@ -29,6 +29,7 @@ class LeakageConfig:
     video_gender: float = MISSING
     video_ethnicity: float = MISSING
     audio_gender: float = MISSING
+    audio_ethnicity: float = MISSING
     text_gender: float = MISSING
 
 

@@ -16,6 +16,7 @@ from tests.conftest import tiny_overrides
 NO_SIGNAL = {
     "data.synthetic.leakage.video_gender": "0", "data.synthetic.leakage.video_ethnicity": "0",
     "data.synthetic.leakage.audio_gender": "0", "data.synthetic.leakage.text_gender": "0",
+    "data.synthetic.leakage.audio_ethnicity": "0",
     "data.synthetic.label_bias.gender": "0", "data.synthetic.label_bias.ethnicity": "0",
 }
 
@@ -53,17 +54,25 @@ def test_specificity_tiny_no_planted_signal_leakage_sits_at_chance(tmp_path):
 
 
 @pytest.mark.slow
-def test_specificity_default_size_every_interval_contains_chance(tmp_path):
-    """The claim at the default benchmark size: with every leakage knob and bias at zero,
-    every selected attacker's 95% interval contains chance, at clip and person level."""
+def test_specificity_default_size_no_leakage_is_claimed(tmp_path):
+    """The claim at the default benchmark size: with every leakage knob and bias at zero, no
+    selected attacker's 95% interval lies above chance (the audit never reports leakage that
+    is not there), and every leakage is within 0.1 of chance.
+
+    Why not "every interval contains chance": a calibrated 95% interval misses chance one
+    time in twenty in either direction, so 16 of them all cover it only about half the time
+    (a simulation of the suite under the null gave 91-93% coverage per interval). At this
+    seed one of the 16 lies *below* chance (fused ethnicity, clip level: 0.26 [0.22, 0.32]),
+    which claims no leakage."""
     ov = [(k, v) for k, v in NO_SIGNAL.items()] + [
         ("output_dir", str(tmp_path / "run")), ("data.cache_dir", str(tmp_path / "cache")),
         ("logger.wandb.mode", "disabled")]
     rows = list(_leak_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
                                       .read_text())))
     assert len(rows) == 16
-    for base, _, lo, hi, chance in rows:
-        assert lo <= chance <= hi, (base, lo, chance, hi)
+    for base, b, lo, _, chance in rows:
+        assert lo <= chance, (base, lo, chance)
+        assert abs(b - chance) < 0.1, (base, b, chance)
 
 
 def test_standalone_audit_rewrites_the_same_files(runs, tmp_path, capsys):

@@ -20,6 +20,7 @@ from fair_lightning.features.audio import (
     AUDIO_DIM,
     DELTA_ENERGY_INDEX,
     ENERGY_INDEX,
+    MFCC_SLICE,
     PITCH_INDEX,
     VOICING_INDEX,
 )
@@ -38,7 +39,7 @@ def make_cfg(on: float = 1.0, n: int = 80, clips: int = 2, seed: int = 7, **extr
         "video_frames": 2, "num_faces": 2, "image_size": 32,
         "merit_in_audio": on, "merit_in_text": on,
         "leakage": {"video_gender": on, "video_ethnicity": on, "audio_gender": on,
-                    "text_gender": on},
+                    "audio_ethnicity": on, "text_gender": on},
         "label_bias": {"gender": 1.0 * on, "ethnicity": 0.5 * on},
         "label_noise": 0.2,
     }
@@ -100,6 +101,15 @@ def voiced_pitch(records) -> np.ndarray:
         voiced = a[:, VOICING_INDEX] > -0.1
         out.append(a[voiced, PITCH_INDEX].mean())
     return np.array(out)[:, None]
+
+
+def voiced_mfcc(records) -> np.ndarray:
+    """Mean MFCCs over each clip's voiced frames: the spectral envelope, formants included."""
+    out = []
+    for r in records:
+        a = r["audio"].astype(np.float32)
+        out.append(a[a[:, VOICING_INDEX] > -0.1, MFCC_SLICE].mean(0))
+    return np.array(out)
 
 
 def prosody(records) -> np.ndarray:
@@ -191,8 +201,8 @@ def test_config_errors_name_the_key():
 
 def test_describe_generator_documents_the_knobs():
     text = describe_generator()
-    for knob in ("video_gender", "video_ethnicity", "audio_gender", "text_gender",
-                 "merit_in_audio", "merit_in_text", "label_bias", "sigmoid"):
+    for knob in ("video_gender", "video_ethnicity", "audio_gender", "audio_ethnicity",
+                 "text_gender", "merit_in_audio", "merit_in_text", "label_bias", "sigmoid"):
         assert knob in text
 
 
@@ -229,6 +239,14 @@ def test_voice_pitch_carries_gender_only_when_asked(on, off):
     assert probe_accuracy(voiced_pitch(off), column(off, "gender"), ids, c=1.0) < 0.65
     pitch, gender = voiced_pitch(on)[:, 0], column(on, "gender")
     assert pitch[gender == 1].mean() < pitch[gender == 0].mean()  # men lower
+
+
+def test_accent_carries_ethnicity_only_when_asked(on, off):
+    ids = column(on, "identity")
+    on_acc = probe_accuracy(voiced_mfcc(on), column(on, "ethnicity"), ids, c=1.0)
+    off_acc = probe_accuracy(voiced_mfcc(off), column(off, "ethnicity"), ids, c=1.0)
+    assert on_acc > 0.6, on_acc
+    assert off_acc < 0.45, off_acc
 
 
 def test_prosody_carries_merit_only_when_asked(on, off):
