@@ -22,7 +22,7 @@ help:
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
-	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [ARGS=...] every experiment x seed (one thread each), then compare"
+	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [SEED_JOBS=2] [ARGS=...]  every experiment x seed (one thread each), then compare"
 	@echo "make lint | make clean"
 
 # the stamp depends on pyproject.toml, so a changed dependency list reinstalls
@@ -46,14 +46,16 @@ compare: install
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS='run_dir1 run_dir2 ...' [OUT=dir]"; exit 2; }
 	$(BIN)/python -m fair_lightning.report $(RUNS) --out $(OUT)
 
-# every experiment on every seed, on the same data, then one comparison (mean +- std)
+# every experiment on every seed, on the same data, then one comparison (mean, std, worst);
+# SEED_JOBS runs go at once (each on SEED_THREADS threads: 2 x 1 fills 2 cores)
+SEED_JOBS ?= 1
 seeds: install
-	@set -e; dirs=""; for e in $(EXPS); do for s in $(SEEDS); do \
-	  d=runs/seeds/$$e-s$$s; \
-	  OMP_NUM_THREADS=$(SEED_THREADS) $(BIN)/python -m fair_lightning.train experiment=$$e \
-	    seed=$$s output_dir=$$d $(ARGS); \
-	  dirs="$$dirs $$d"; done; done; \
-	$(BIN)/python -m fair_lightning.report $$dirs --out runs/seeds/comparison
+	@set -e; mkdir -p runs/seeds; for e in $(EXPS); do for s in $(SEEDS); do echo "$$e $$s"; done; done | \
+	  xargs -P $(SEED_JOBS) -L 1 sh -c 'OMP_NUM_THREADS=$(SEED_THREADS) $(BIN)/python -m \
+	    fair_lightning.train experiment=$$0 seed=$$1 output_dir=runs/seeds/$$0-s$$1 $(ARGS) \
+	    > runs/seeds/$$0-s$$1.log 2>&1 || { echo "failed: $$0 seed $$1 (runs/seeds/$$0-s$$1.log)"; exit 255; }'
+	$(BIN)/python -m fair_lightning.report $(foreach e,$(EXPS),$(foreach s,$(SEEDS),runs/seeds/$(e)-s$(s))) \
+	  --out runs/seeds/comparison
 
 test: install
 	$(PYTEST) -q

@@ -94,6 +94,10 @@ class AdversaryConfig:
     positive_faces: str = MISSING
     dependence_queue: int = MISSING
     hsic_h_kernel: str = MISSING
+    hsic_bandwidths: list[float] = MISSING
+    dependence_per_person: str = MISSING
+    dependence_measure: str = MISSING
+    nocco_eps: float = MISSING
     hidden_dim: int = MISSING
     heads: int = MISSING
 
@@ -187,6 +191,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adversary.objective": ("confusion", "minimax", "grl", "hsic"),
     "adversary.positive_faces": ("own_clip", "other_clip"),
     "adversary.hsic_h_kernel": ("gaussian", "linear"),
+    "adversary.dependence_per_person": ("first", "mean"),
+    "adversary.dependence_measure": ("cka", "nocco"),
     "adversary.weight_schedule": ("constant", "dann"),
     "optim.scheduler": ("none", "cosine"),
     "optim.loss": ("mse", "mae", "huber"),
@@ -296,7 +302,9 @@ def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     schema = OmegaConf.structured(ExperimentConfig)
-    return _finish(_merge(schema, _yaml_file(path), str(path)), schema, overrides)
+    # keys added since the run was made take today's defaults
+    base = _merge(schema, _yaml_file(EXPERIMENTS_DIR / "base.yaml"), "experiments/base.yaml")
+    return _finish(_merge(base, _yaml_file(path), str(path)), schema, overrides)
 
 
 def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:

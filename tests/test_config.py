@@ -67,3 +67,16 @@ def test_config_is_read_only():
 
     with pytest.raises(ReadonlyConfigError):
         cfg.seed = 5
+
+
+def test_a_saved_config_from_before_a_key_existed_takes_todays_default(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fair_lightning.config import load_config_file, save_config
+
+    cfg = OmegaConf.to_container(load_config("adversarial", []))
+    del cfg["adversary"]["dependence_measure"]
+    path = tmp_path / "config.yaml"
+    save_config(OmegaConf.create(cfg), path)
+    assert load_config_file(path).adversary.dependence_measure == \
+        load_config("baseline", []).adversary.dependence_measure

@@ -18,15 +18,18 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / x.std(0, unbiased=False).clamp(min=1e-8)
 
 
-def gaussian_gram(x: torch.Tensor) -> torch.Tensor:
-    """Gaussian kernel matrix of standardised rows, bandwidth by the median heuristic."""
+def gaussian_gram(x: torch.Tensor, scales=(1.0,)) -> torch.Tensor:
+    """Gaussian kernel matrix of standardised rows, bandwidth by the median heuristic; with
+    several `scales`, the mean of the kernels at bandwidths scale x median. One bandwidth
+    sees one scale of structure: a large one sees the smooth (near-polynomial) dependence
+    a kernel attacker with a small gamma reads, the median one more local structure."""
     z = _standardize(x)
     sq = (z * z).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp(min=0.0)
     n = x.shape[0]
     off = d2[~torch.eye(n, dtype=torch.bool, device=x.device)]
     bandwidth = off.detach().median().clamp(min=1e-8)  # a constant: no gradient through it
-    return torch.exp(-d2 / bandwidth)
+    return torch.stack([torch.exp(-d2 / (s * bandwidth)) for s in scales]).mean(0)
 
 
 def unbiased_hsic(k: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,31 @@ def cka(k: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return unbiased_hsic(k, g) / norm
 
 
-def linear_gram(x: torch.Tensor) -> torch.Tensor:
+def nocco(k: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
+    r"""Normalised cross-covariance dependence (Fukumizu et al. 2008), regularised by eps and
+    centred on its permutation null.
+
+    .. math::
+        D = \operatorname{tr}(R_K R_G) - \frac{\operatorname{tr} R_K \operatorname{tr} R_G}{n - 1},
+        \qquad R_K = \tilde K (\tilde K + n \epsilon I)^{-1}
+
+    with :math:`\tilde K` the centred Gram matrix. :math:`R_K` is the hat matrix of kernel
+    ridge regression on h, so D is about the sum of squared (regularised) kernel canonical
+    correlations: every direction shared by h and the target counts in full, however little
+    of h's variance it holds. CKA weighs directions by their variance, so a gender direction
+    that holds 1-2% of h's variance but is perfectly readable barely moves it. The
+    subtracted term is the exact mean of the first one over permutations of the rows, so D
+    is about 0 when h and the target are independent, and lowering D cannot be done by
+    shrinking h's effective rank alone."""
+    n = k.shape[0]
+    eye = torch.eye(n, device=k.device, dtype=k.dtype)
+    center = eye - 1.0 / n
+    rk, rg = (torch.linalg.solve(m + n * eps * eye, m)
+              for m in (center @ k @ center, center @ g @ center))
+    return (rk * rg.T).sum() - rk.trace() * rg.trace() / (n - 1)
+
+
+def linear_gram(x: torch.Tensor, scales=(1.0,)) -> torch.Tensor:
     z = _standardize(x)
     return z @ z.T
 
@@ -54,10 +81,13 @@ def linear_gram(x: torch.Tensor) -> torch.Tensor:
 GRAMS = {"gaussian": gaussian_gram, "linear": linear_gram}
 
 
-def kernel_dependence(x: torch.Tensor, y: torch.Tensor, x_kernel: str = "gaussian") -> torch.Tensor:
-    """CKA between rows of x [N, dx] and y [N, dy] (Gaussian kernel on y; `x_kernel` on x);
-    needs N >= 4. A linear kernel on x measures how far any linear read-out of x depends on y,
-    which is what a linear probe exploits."""
+def kernel_dependence(x: torch.Tensor, y: torch.Tensor, x_kernel: str = "gaussian",
+                      scales=(1.0,), measure: str = "cka", eps: float = 0.01) -> torch.Tensor:
+    """CKA between rows of x [N, dx] and y [N, dy] (Gaussian kernel on y; `x_kernel` on x;
+    Gaussian kernels at `scales` x the median bandwidth); needs N >= 4. A linear kernel on x
+    measures how far any linear read-out of x depends on y, which is what a linear probe
+    exploits. `measure`: `cka` (normalised HSIC) or `nocco` (see :func:`nocco`)."""
     if x.shape[0] != y.shape[0] or x.shape[0] < 4:
         raise ValueError(f"need two batches of the same size >= 4, got {x.shape[0]} and {y.shape[0]}")
-    return cka(GRAMS[x_kernel](x), gaussian_gram(y))
+    k, g = GRAMS[x_kernel](x, scales), gaussian_gram(y, scales)
+    return cka(k, g) if measure == "cka" else nocco(k, g, eps)
