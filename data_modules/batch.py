@@ -11,7 +11,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-SENSITIVE_KEYS = ("gender", "ethnicity")
+from data_modules.schema import SENSITIVE
+
+SENSITIVE_KEYS = tuple(SENSITIVE)
 
 
 class SensitiveAccessError(RuntimeError):

@@ -1,56 +1,20 @@
-"""LightningDataModules: build or find the shards, then stream them as typed batches."""
+"""The LightningDataModule: has the source's shards built (once), then streams them as typed
+batches. It never looks at which source made them."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from data_modules.collate import collate_records, strip_sensitive
-from data_modules.shards import (
-    ShardError,
-    atomic_dir,
-    check_shard_dir,
-    open_streaming,
-    write_shards,
-)
+from data_modules.schema import SPLITS
+from data_modules.shards import ShardError, check_shard_dir, open_streaming
+from data_modules.sources import build_shards, shard_root
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
-# bump when the generator's output changes for the same config, so caches rebuild
-SYNTHETIC_VERSION = 2
-
-
-def synthetic_cache_key(synthetic_cfg: DictConfig, text_model: str) -> str:
-    blob = json.dumps({"cfg": OmegaConf.to_container(synthetic_cfg, resolve=True),
-                       "text_model": text_model, "version": SYNTHETIC_VERSION}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def build_synthetic_shards(data_cfg: DictConfig) -> Path:
-    """Generate the synthetic benchmark once per config; returns the cached directory."""
-    cache = Path(data_cfg.cache_dir)
-    root = cache / f"synthetic-{synthetic_cache_key(data_cfg.synthetic, data_cfg.text_model)}"
-    if (root / "meta.json").is_file():
-        return root
-    from data_modules.synthetic import generate_synthetic
-
-    log.info("generating synthetic benchmark into %s", root)
-    splits = generate_synthetic(data_cfg.synthetic, data_cfg.text_model)
-    with atomic_dir(root) as tmp:
-        for i, split in enumerate(SPLITS):
-            write_shards(splits[split], tmp / split,
-                         shuffle_seed=data_cfg.synthetic.seed + i if split == "train" else None)
-        meta = {"config": OmegaConf.to_container(data_cfg.synthetic, resolve=True),
-                "text_model": data_cfg.text_model, "version": SYNTHETIC_VERSION,
-                "clips": {s: len(splits[s]) for s in SPLITS},
-                "identities": {s: len({r["identity"] for r in splits[s]}) for s in SPLITS}}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    return root
 
 
 class InterviewDataModule(L.LightningDataModule):
@@ -72,16 +36,11 @@ class InterviewDataModule(L.LightningDataModule):
 
     # -- building -----------------------------------------------------------------------
     def prepare_data(self) -> None:  # local rank 0 only
-        if self.shard_root is None and self.cfg.source == "synthetic":
-            build_synthetic_shards(self.cfg)
+        if self.shard_root is None:
+            build_shards(self.cfg)
 
     def _root(self) -> Path:
-        if self.shard_root is not None:
-            return self.shard_root
-        if self.cfg.source == "synthetic":
-            return Path(self.cfg.cache_dir) / (
-                f"synthetic-{synthetic_cache_key(self.cfg.synthetic, self.cfg.text_model)}")
-        raise ValueError(f"unknown data.source {self.cfg.source!r}")
+        return self.shard_root if self.shard_root is not None else shard_root(self.cfg)
 
     def split_dir(self, split: str) -> Path:
         return self._root() / split
@@ -124,4 +83,4 @@ class InterviewDataModule(L.LightningDataModule):
         return self._loader(split, train=False, keep_sensitive=sensitive)
 
 
-__all__ = ["InterviewDataModule", "ShardError", "build_synthetic_shards", "SPLITS"]
+__all__ = ["InterviewDataModule", "ShardError", "SPLITS"]

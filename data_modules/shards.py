@@ -15,10 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-RECORD_KEYS = (
-    "clip_id", "identity", "text", "audio", "video", "faces",
-    "label", "merit", "gender", "ethnicity",
-)
+from data_modules.schema import check_record
 
 
 class ShardError(RuntimeError):
@@ -47,12 +44,6 @@ def _identity(record):
     return record
 
 
-def _check_record(record: dict, where: str) -> None:
-    missing = [k for k in RECORD_KEYS if k not in record]
-    if missing:
-        raise ValueError(f"{where}: record {record.get('clip_id', '?')!r} lacks keys {missing}")
-
-
 def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | None = None,
                  chunk_size: int = 8) -> Path:
     """Write `records` as litdata shards at `out_dir` (atomically). Returns `out_dir`.
@@ -67,7 +58,7 @@ def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | 
     if not records:
         raise ValueError(f"{out_dir}: no records to write")
     for r in records:
-        _check_record(r, str(out_dir))
+        check_record(r, str(out_dir))
     items = list(records)
     if shuffle_seed is not None:
         # litdata streams chunks in order within a worker; shuffle once here so chunks mix

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_modules.schema import SENSITIVE
 from fair_lightning.fairness import OutputFairness
 from fair_lightning.probes import AttackerResult, AttackSuite
 
 log = logging.getLogger(__name__)
-ATTRIBUTES = {"gender": 2, "ethnicity": 3}
+ATTRIBUTES = SENSITIVE  # attribute -> number of groups
 
 
 def _gather_objects(obj):

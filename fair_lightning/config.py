@@ -16,6 +16,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from data_modules.sources import SOURCES
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -184,7 +186,7 @@ class ExperimentConfig:
 
 # Closed vocabularies, checked after the type check.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("synthetic",),
+    "data.source": tuple(SOURCES),
     "model.audio_encoder": ("gru", "conv"),
     "model.face_encoder": ("cnn", "frozen", "identity"),
     "adversary.method": ("none", "indirect", "label"),

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data_modules.schema import SENSITIVE
+
 LAYERS = ("text", "audio", "video", "fused")
-ATTRS = ("gender", "ethnicity")
+ATTRS = tuple(SENSITIVE)
 TASK_KEYS = ("test/pearson", "test/pearson_merit", "test/mae", "test/r2")
 
 

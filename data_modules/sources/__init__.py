@@ -1,0 +1,104 @@
+"""Data sources behind one interface, found by `data.source`.
+
+A source turns a corpus (the synthetic generator, a ChaLearn download, a CSV manifest of
+one's own clips) into schema records (`data_modules.schema`), each tagged with its split.
+`build_shards` writes them once to litdata shards under `data.cache_dir/<source>-<key>`,
+where the key digests everything the records depend on, so a changed setting rebuilds and
+an unchanged one reuses. The datamodule then only streams shards: it never needs to know
+which source made them.
+
+Adding a corpus: a module or package here with a `Source` subclass, and one line in
+`SOURCES` (imported lazily, so heavy dependencies load only when that source is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from data_modules.schema import SPLITS, check_record
+from data_modules.shards import atomic_dir, write_shards
+
+log = logging.getLogger(__name__)
+
+# data.source -> "module:Class"
+SOURCES: dict[str, str] = {
+    "synthetic": "data_modules.sources.synthetic:SyntheticSource",
+}
+
+
+class Source:
+    """One corpus. Subclasses set `name` and implement `cache_key` and `records`."""
+
+    name = ""
+
+    def __init__(self, data_cfg: DictConfig):
+        self.cfg = data_cfg
+
+    def cache_key(self) -> str:
+        """A short digest of everything the records depend on (settings, file versions)."""
+        raise NotImplementedError
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        """(split, record) pairs; every split of `SPLITS` must get at least one record."""
+        raise NotImplementedError
+
+    def shuffle_seed(self) -> int:
+        """Seed of the one shuffle of the training shards (litdata streams chunks in order)."""
+        return int(self.cache_key()[:8], 16)
+
+    def describe(self) -> dict:
+        """What meta.json records about the source's settings."""
+        return {}
+
+
+def get_source(data_cfg: DictConfig) -> Source:
+    name = data_cfg.source
+    if name not in SOURCES:
+        raise ValueError(f"unknown data.source {name!r}; available: {', '.join(SOURCES)}")
+    module, cls = SOURCES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(data_cfg)
+
+
+def shard_root(data_cfg: DictConfig) -> Path:
+    source = get_source(data_cfg)
+    return Path(data_cfg.cache_dir) / f"{source.name}-{source.cache_key()}"
+
+
+def build_shards(data_cfg: DictConfig) -> Path:
+    """The source's shards, built once (atomically) and then reused; returns their root."""
+    source = get_source(data_cfg)
+    root = Path(data_cfg.cache_dir) / f"{source.name}-{source.cache_key()}"
+    if (root / "meta.json").is_file():
+        return root
+    log.info("building %s shards into %s", source.name, root)
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for split, record in source.records():
+        if split not in splits:
+            raise ValueError(f"source {source.name!r} gave split {split!r}; expected {SPLITS}")
+        check_record(record, f"source {source.name!r}")
+        splits[split].append(record)
+    empty = [s for s in SPLITS if not splits[s]]
+    if empty:
+        raise ValueError(f"source {source.name!r} gave no clip for split(s) {empty}")
+    with atomic_dir(root) as tmp:
+        for split in SPLITS:
+            write_shards(splits[split], tmp / split,
+                         shuffle_seed=source.shuffle_seed() if split == "train" else None)
+        meta = {"source": source.name, "key": source.cache_key(), **source.describe(),
+                "clips": {s: len(splits[s]) for s in SPLITS},
+                "identities": {s: len({r["identity"] for r in splits[s]}) for s in SPLITS}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    return root
+
+
+def to_plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+__all__ = ["SOURCES", "Source", "build_shards", "get_source", "shard_root"]
