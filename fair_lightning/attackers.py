@@ -146,10 +146,48 @@ def sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0)
 
 
-class SVMFamily(Family):
-    """RBF-kernel SVM (libsvm through scikit-learn's `SVC` on a precomputed kernel, so one
-    distance matrix serves every C, γ and fold); balanced class weights; C and γ tuned. γ
-    is relative to 1/d, scikit-learn's "scale" for standardised inputs."""
+class _KernelFamily(Family):
+    """An RBF-kernel family: γ relative to 1/d (scikit-learn's "scale" for standardised
+    inputs). Cross-validation computes the distances of all rows once and each γ's kernel
+    once; `_fold` fits every grid point of that γ on a fold's kernel blocks."""
+
+    gamma_scale: tuple[float, ...] = ()
+
+    def cross_validate(self, x, y, folds, num_classes, seed=0):
+        d2 = sq_distances(x, x)
+        grid = self.grid(x.shape[1])
+        oof = [np.zeros((len(y), num_classes)) for _ in grid]
+        for gamma in dict.fromkeys(p["gamma"] for p in grid):
+            k_all = np.exp(-gamma * d2)
+            points = [i for i, p in enumerate(grid) if p["gamma"] == gamma]
+            for tr, va in folds:
+                present = np.unique(y[tr])
+                if present.size < 2:  # a fold of one class: the only rule is a constant
+                    for i in points:
+                        oof[i][va] = _constant_scores(len(va), num_classes, int(present[0]))
+                    continue
+                scores = self._fold(k_all[np.ix_(tr, tr)], k_all[np.ix_(va, tr)], y[tr],
+                                    [grid[i] for i in points], num_classes)
+                for i, sc in zip(points, scores, strict=True):
+                    oof[i][va] = sc
+        return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
+
+    def _fit(self, x, y, params, num_classes, seed):
+        gamma = params["gamma"]
+        predict = self._fit_kernel(np.exp(-gamma * sq_distances(x, x)), y, params, num_classes)
+        return lambda z: predict(np.exp(-gamma * sq_distances(z, x)))
+
+    def _fit_kernel(self, k, y, params, num_classes):
+        """A predictor from the kernel between new rows and the fit rows to scores."""
+        raise NotImplementedError
+
+    def _fold(self, k_tr, k_va, y_tr, points, num_classes) -> list[np.ndarray]:
+        return [self._fit_kernel(k_tr, y_tr, p, num_classes)(k_va) for p in points]
+
+
+class SVMFamily(_KernelFamily):
+    """RBF-kernel SVM (libsvm through scikit-learn's `SVC` on a precomputed kernel);
+    balanced class weights; C and γ tuned."""
 
     name = "svm"
     Cs = (1.0, 10.0, 100.0, 1000.0)
@@ -158,40 +196,19 @@ class SVMFamily(Family):
     def grid(self, dim):
         return [{"C": c, "gamma": g / dim} for g in self.gamma_scale for c in self.Cs]
 
-    def cross_validate(self, x, y, folds, num_classes, seed=0):
-        d2 = sq_distances(x, x)
-        grid = self.grid(x.shape[1])
-        oof = [np.zeros((len(y), num_classes)) for _ in grid]
-        for tr, va in folds:
-            present = np.unique(y[tr])
-            for o, p in zip(oof, grid, strict=True):
-                if present.size < 2:
-                    o[va] = _constant_scores(len(va), num_classes, int(present[0]))
-                    continue
-                k = np.exp(-p["gamma"] * d2[np.ix_(np.concatenate([tr, va]), tr)])
-                clf = self._svm(k[: len(tr)], y[tr], p)
-                o[va] = self._scores(clf, k[len(tr):], num_classes)
-        return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
+    def _fit_kernel(self, k, y, params, num_classes):
+        clf = SVC(kernel="precomputed", C=params["C"], class_weight="balanced", random_state=0,
+                  decision_function_shape="ovr").fit(k, y)
 
-    def _fit(self, x, y, params, num_classes, seed):
-        clf = self._svm(np.exp(-params["gamma"] * sq_distances(x, x)), y, params)
-        return lambda z: self._scores(clf, np.exp(-params["gamma"] * sq_distances(z, x)),
-                                      num_classes)
-
-    @staticmethod
-    def _svm(k, y, params) -> SVC:
-        return SVC(kernel="precomputed", C=params["C"], class_weight="balanced", random_state=0,
-                   decision_function_shape="ovr").fit(k, y)
-
-    @staticmethod
-    def _scores(clf: SVC, k: np.ndarray, num_classes: int) -> np.ndarray:
-        s = np.full((k.shape[0], num_classes), -1e9)  # classes absent from fit never win
-        d = clf.decision_function(k)
-        s[:, clf.classes_] = np.stack([-d, d], 1) if len(clf.classes_) == 2 else d
-        return s
+        def predict(k_new):
+            s = np.full((k_new.shape[0], num_classes), -1e9)  # classes absent from fit lose
+            d = clf.decision_function(k_new)
+            s[:, clf.classes_] = np.stack([-d, d], 1) if len(clf.classes_) == 2 else d
+            return s
+        return predict
 
 
-class KernelRidgeFamily(Family):
+class KernelRidgeFamily(_KernelFamily):
     r"""Kernel ridge classification with an RBF kernel (a least-squares SVM): one-vs-rest
     ±1 targets, rows weighted so that every class weighs the same; γ and the ridge α tuned.
     Minimising :math:`\sum_i w_i \lVert y_i - f(x_i) \rVert^2 + \alpha \lVert f
@@ -199,9 +216,8 @@ class KernelRidgeFamily(Family):
 
     .. math:: f(x) = k(x, X)\, c, \qquad c = (K + \alpha W^{-1})^{-1} Y
 
-    one Cholesky factorisation per grid point and fold on a kernel matrix computed once per
-    γ (several times cheaper than fitting an SVM per point). γ is relative to 1/d, which is
-    scikit-learn's "scale" for standardised inputs."""
+    one Cholesky factorisation per grid point and fold (several times cheaper than fitting
+    an SVM per point)."""
 
     name = "kernel"
     # measured on the benchmark's representations over γd in 1/256..4 and α in 1e-6..1:
@@ -212,26 +228,14 @@ class KernelRidgeFamily(Family):
     def grid(self, dim):
         return [{"alpha": a, "gamma": g / dim} for g in self.gamma_scale for a in self.alphas]
 
-    def cross_validate(self, x, y, folds, num_classes, seed=0):
-        d2 = sq_distances(x, x)
-        grid = self.grid(x.shape[1])
-        oof = [np.zeros((len(y), num_classes)) for _ in grid]
-        for gamma in dict.fromkeys(p["gamma"] for p in grid):
-            k_all = np.exp(-gamma * d2)
-            points = [i for i, p in enumerate(grid) if p["gamma"] == gamma]
-            for tr, va in folds:
-                coefs = self._solve(k_all[np.ix_(tr, tr)], y[tr], num_classes,
-                                    [grid[i]["alpha"] for i in points])
-                k_va = k_all[np.ix_(va, tr)]
-                for i, c in zip(points, coefs, strict=True):
-                    oof[i][va] = k_va @ c
-        return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
+    def _fit_kernel(self, k, y, params, num_classes):
+        c = self._solve(k, y, num_classes, [params["alpha"]])[0]
+        return lambda k_new: k_new @ c
 
-    def _fit(self, x, y, params, num_classes, seed):
-        gamma = params["gamma"]
-        c = self._solve(np.exp(-gamma * sq_distances(x, x)), y, num_classes,
-                        [params["alpha"]])[0]
-        return lambda z: np.exp(-gamma * sq_distances(z, x)) @ c
+    def _fold(self, k_tr, k_va, y_tr, points, num_classes):
+        # one target and weight set for every α of this γ
+        return [k_va @ c for c in self._solve(k_tr, y_tr, num_classes,
+                                               [p["alpha"] for p in points])]
 
     @staticmethod
     def _solve(k, y, num_classes, alphas) -> list[np.ndarray]:

@@ -89,12 +89,12 @@ def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
-    """A digest of arrays' bytes: equal digests mean the same representations."""
+    """A digest of numeric arrays' bytes: equal digests mean the same representations."""
     h = hashlib.blake2b(digest_size=16)
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes() if a.dtype != object else "\0".join(map(str, a.ravel())).encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 
@@ -138,6 +138,11 @@ class AttackAudit:
                             seed=self.seed).fit(fit[layer], fit[attr], fit["identity"])
         self._suites[(layer, attr)] = (key, suite)
         return suite
+
+
+def audit_time_key(prefix: str) -> str:
+    """`probe` -> `time/probe_audit_s`: the wall time of one audit (extraction included)."""
+    return f"time/{prefix}_audit_s"
 
 
 def leak_prefix(prefix: str) -> str:
@@ -203,7 +208,7 @@ class SensitiveAttributeProbe(L.Callback):
             self.results[prefix] = rows
             self.timings[prefix] = time.time() - t0
             metrics = rows_to_metrics(rows, prefix)
-            metrics[f"time/{prefix}_audit_s"] = self.timings[prefix]
+            metrics[audit_time_key(prefix)] = self.timings[prefix]
             _log_to_loggers(trainer, metrics)
             self._log_table_and_plot(trainer, rows, prefix)
             log.info("%s audit (%s -> %s): %.1fs", prefix, self.cfg.fit_split, eval_split,

@@ -96,8 +96,6 @@ class AdversaryConfig:
     positive_faces: str = MISSING
     dependence_queue: int = MISSING
     hsic_h_kernel: str = MISSING
-    hsic_bandwidths: list[float] = MISSING
-    dependence_per_person: str = MISSING
     dependence_measure: str = MISSING
     nocco_eps: float = MISSING
     hidden_dim: int = MISSING
@@ -193,7 +191,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adversary.objective": ("confusion", "minimax", "grl", "hsic"),
     "adversary.positive_faces": ("own_clip", "other_clip"),
     "adversary.hsic_h_kernel": ("gaussian", "linear"),
-    "adversary.dependence_per_person": ("first", "mean"),
     "adversary.dependence_measure": ("cka", "nocco"),
     "adversary.weight_schedule": ("constant", "dann"),
     "optim.scheduler": ("none", "cosine"),
@@ -202,6 +199,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "probe.fit_split": ("train", "val", "test"),
     "probe.eval_split": ("train", "val", "test"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+# Lists whose items come from a closed vocabulary (the model's representations, the attacker
+# families); kept here so loading a config imports no model code, a test checks they agree.
+LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "probe.layers": ("text", "audio", "video", "fused"),
+    "probe.attackers": ("linear", "kernel", "mlp", "svm"),
 }
 
 
@@ -334,8 +339,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "key 'data.synthetic.split_fractions' must be three positive numbers summing to 1"
         )
-    _check_subset(cfg, "probe.layers", ("text", "audio", "video", "fused"))
-    _check_subset(cfg, "probe.attackers", ("linear", "kernel", "mlp", "svm"))
+    for key, allowed in LIST_CHOICES.items():
+        _check_subset(cfg, key, allowed)
+    if cfg.adversary.nocco_eps <= 0:  # the centred Gram matrix is singular: eps must lift it
+        raise ConfigError("key 'adversary.nocco_eps' must be > 0")
     if cfg.probe.cv_folds < 2:
         raise ConfigError("key 'probe.cv_folds' must be >= 2")
     if cfg.adversary.k_disc < 1:

@@ -27,6 +27,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
+from data_modules.schema import UNKNOWN
 from fair_lightning.attackers import FAMILIES, Candidate
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "balanced_accuracy",
     "cluster_bootstrap_balanced_accuracy",
 ]
-
-UNKNOWN = -1
 
 
 # --------------------------------------------------------------------------- functional
@@ -279,30 +278,33 @@ class AttackSuite:
         self.n_fit_clips = y.size
         self.scale = _Scaler(x)
         xs = self.scale(x)
-        folds = self._folds(y, g)
+        folds = grouped_folds(y, g, self.cv_folds, self.seed)
+        pid, py = _persons(g, y, k)
         self.fitted = []
         for fam in self.families:
-            cands = fam.cross_validate(xs, y, folds, k, self.seed) if folds else \
-                [Candidate(fam.name, fam.grid(xs.shape[1])[0], np.full((y.size, k), np.nan))]
-            self._keep(fam, cands, xs, y, "clip", fam.name,
-                       lambda c: _ba(y, c.oof))
+            cands = self._cross_validate(fam, xs, y, folds)
+            self._keep(fam, cands, xs, y, "clip", fam.name, lambda c: _ba(y, c.oof))
             if self.person_level:
-                pid, py = _persons(g, y, k)
                 self._keep(fam, cands, xs, y, "person", f"person_vote_{fam.name}",
-                           lambda c, pid=pid, py=py: _ba(py, _group_mean(c.oof, pid)))
+                           lambda c: _ba(py, _group_mean(c.oof, pid)))
         if self.person_level:
-            pid, py = _persons(g, y, k)
             pmeans = _group_mean(xs, pid)
             self.person_scale = _Scaler(pmeans)
             px = self.person_scale(pmeans)
             self.n_fit_people = py.size
-            pfolds = self._person_folds(folds, pid)
+            # the same people held out together as at clip level
+            pfolds = [(np.unique(pid[tr]), np.unique(pid[va])) for tr, va in folds]
             for fam in self.families:
-                cands = fam.cross_validate(px, py, pfolds, k, self.seed) if pfolds else \
-                    [Candidate(fam.name, fam.grid(px.shape[1])[0], np.full((py.size, k), np.nan))]
-                self._keep(fam, cands, px, py, "person", f"person_mean_{fam.name}",
-                           lambda c, py=py: _ba(py, c.oof))
+                self._keep(fam, self._cross_validate(fam, px, py, pfolds), px, py, "person",
+                           f"person_mean_{fam.name}", lambda c: _ba(py, c.oof))
         return self
+
+    def _cross_validate(self, fam, x, y, folds) -> list[Candidate]:
+        if folds:
+            return fam.cross_validate(x, y, folds, self.num_classes, self.seed)
+        # nothing to hold out: the grid's first point, untuned (its CV score is NaN)
+        return [Candidate(fam.name, fam.grid(x.shape[1])[0],
+                          np.full((y.size, self.num_classes), np.nan))]
 
     def _keep(self, fam, cands, x, y, level, attacker, cv_score):
         scores = [cv_score(c) for c in cands]
@@ -315,18 +317,6 @@ class AttackSuite:
         else:
             predict = fam.fit(x, y, cand.params, self.num_classes, self.seed)
         self.fitted.append(_Fitted(attacker, level, cand, predict, float(scores[best])))
-
-    def _folds(self, y, g) -> list[tuple[np.ndarray, np.ndarray]]:
-        return grouped_folds(y, g, self.cv_folds, self.seed)
-
-    @staticmethod
-    def _person_folds(folds, pid):
-        # the same people held out together as at clip level
-        out = []
-        for tr, va in folds:
-            p_tr, p_va = np.unique(pid[tr]), np.unique(pid[va])
-            out.append((p_tr, p_va))
-        return out
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self, eval_x: Any, eval_y: Any, eval_groups: Any, *, bootstrap: int = 1000

@@ -98,7 +98,7 @@ def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, f
     """Final flat metrics: test metrics, fairness, the test-time attacker suite (every
     attacker and the selected leakage), the end-of-fit leakage on val, and the name of
     each selected attacker."""
-    from fair_lightning.callbacks import rows_to_metrics, selected_attackers
+    from fair_lightning.callbacks import audit_time_key, rows_to_metrics, selected_attackers
 
     metrics = dict(trainer.callback_metrics)
     for d in test_results or []:
@@ -114,7 +114,6 @@ def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, f
                                 k.startswith(keep)})
                 names.update(selected_attackers(rows, prefix))
         if "probe" in results:
-            metrics["time/audit_test_s"] = cb.timings.get("probe", float("nan"))
-            metrics["time/audit_fit_end_s"] = cb.timings.get("fit_probe", float("nan"))
+            metrics.update({audit_time_key(p): t for p, t in cb.timings.items()})
             metrics["probe/suites_reused"] = cb.audit.reused
     return {**flat_metrics(metrics, SUMMARY_PREFIXES), **dict(sorted(names.items()))}

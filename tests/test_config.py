@@ -80,3 +80,15 @@ def test_a_saved_config_from_before_a_key_existed_takes_todays_default(tmp_path)
     save_config(OmegaConf.create(cfg), path)
     assert load_config_file(path).adversary.dependence_measure == \
         load_config("baseline", []).adversary.dependence_measure
+
+
+def test_list_vocabularies_match_the_model_and_the_attackers():
+    from fair_lightning.attackers import FAMILIES
+    from fair_lightning.config import LIST_CHOICES
+    from fair_lightning.models import REPRESENTATIONS
+
+    assert set(LIST_CHOICES["probe.layers"]) == set(REPRESENTATIONS)
+    assert set(LIST_CHOICES["probe.attackers"]) == set(FAMILIES)
+    for bad in ("[forest]", "[]", "[linear,linear]"):
+        with pytest.raises(ConfigError, match="probe.attackers"):
+            load_config("baseline", [("probe.attackers", bad)])

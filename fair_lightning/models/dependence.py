@@ -18,18 +18,15 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / x.std(0, unbiased=False).clamp(min=1e-8)
 
 
-def gaussian_gram(x: torch.Tensor, scales=(1.0,)) -> torch.Tensor:
-    """Gaussian kernel matrix of standardised rows, bandwidth by the median heuristic; with
-    several `scales`, the mean of the kernels at bandwidths scale x median. One bandwidth
-    sees one scale of structure: a large one sees the smooth (near-polynomial) dependence
-    a kernel attacker with a small gamma reads, the median one more local structure."""
+def gaussian_gram(x: torch.Tensor) -> torch.Tensor:
+    """Gaussian kernel matrix of standardised rows, bandwidth by the median heuristic."""
     z = _standardize(x)
     sq = (z * z).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp(min=0.0)
     n = x.shape[0]
     off = d2[~torch.eye(n, dtype=torch.bool, device=x.device)]
     bandwidth = off.detach().median().clamp(min=1e-8)  # a constant: no gradient through it
-    return torch.stack([torch.exp(-d2 / (s * bandwidth)) for s in scales]).mean(0)
+    return torch.exp(-d2 / bandwidth)
 
 
 def unbiased_hsic(k: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -73,7 +70,7 @@ def nocco(k: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
     return (rk * rg.T).sum() - rk.trace() * rg.trace() / (n - 1)
 
 
-def linear_gram(x: torch.Tensor, scales=(1.0,)) -> torch.Tensor:
+def linear_gram(x: torch.Tensor) -> torch.Tensor:
     z = _standardize(x)
     return z @ z.T
 
@@ -82,12 +79,12 @@ GRAMS = {"gaussian": gaussian_gram, "linear": linear_gram}
 
 
 def kernel_dependence(x: torch.Tensor, y: torch.Tensor, x_kernel: str = "gaussian",
-                      scales=(1.0,), measure: str = "cka", eps: float = 0.01) -> torch.Tensor:
-    """CKA between rows of x [N, dx] and y [N, dy] (Gaussian kernel on y; `x_kernel` on x;
-    Gaussian kernels at `scales` x the median bandwidth); needs N >= 4. A linear kernel on x
+                      measure: str = "cka", eps: float = 0.01) -> torch.Tensor:
+    """Dependence between rows of x [N, dx] and y [N, dy] (Gaussian kernel on y; `x_kernel`
+    on x); needs N >= 4. A linear kernel on x
     measures how far any linear read-out of x depends on y, which is what a linear probe
     exploits. `measure`: `cka` (normalised HSIC) or `nocco` (see :func:`nocco`)."""
     if x.shape[0] != y.shape[0] or x.shape[0] < 4:
         raise ValueError(f"need two batches of the same size >= 4, got {x.shape[0]} and {y.shape[0]}")
-    k, g = GRAMS[x_kernel](x, scales), gaussian_gram(y, scales)
+    k, g = GRAMS[x_kernel](x), gaussian_gram(y)
     return cka(k, g) if measure == "cka" else nocco(k, g, eps)

@@ -109,16 +109,13 @@ class DependenceObjective(Objective):
     """
 
     def __init__(self, h_dim: int, queue_size: int = 0, h_kernel: str = "gaussian",
-                 scales=(1.0,), per_person: str = "first", measure: str = "cka",
-                 eps: float = 0.01):
+                 measure: str = "cka", eps: float = 0.01):
         super().__init__()
-        self.measure = measure
-        self.eps = eps
         self.h_dim = h_dim
         self.queue_size = queue_size
         self.h_kernel = h_kernel
-        self.scales = tuple(scales)
-        self.per_person = per_person
+        self.measure = measure
+        self.eps = eps
         self.queue: torch.Tensor | None = None  # recent [h | target | identity] rows
         self._eval_rows: list[torch.Tensor] = []
 
@@ -126,8 +123,6 @@ class DependenceObjective(Objective):
     def from_config(cls, model, adversary) -> DependenceObjective:
         # checkpoints from before a key existed load with its old behaviour
         return cls(model.fused_dim, adversary.dependence_queue, adversary.hsic_h_kernel,
-                   adversary.get("hsic_bandwidths", (1.0,)),
-                   adversary.get("dependence_per_person", "first"),
                    adversary.get("dependence_measure", "cka"), adversary.get("nocco_eps", 0.01))
 
     def term(self, adversary, h, batch, obs):
@@ -143,27 +138,16 @@ class DependenceObjective(Objective):
             new = rows.detach()
             if self.queue is not None:
                 rows = torch.cat([rows, self.queue])
-        rows = self._one_row_per_person(rows)
+        rows = rows[occurrence_index(rows[:, -1].long()) == 0]
         term = self._rows_dependence(rows) * (rows.shape[0] / n)
         if self.training and self.queue_size > 0:
             self.queue = (new if self.queue is None
                           else torch.cat([new, self.queue])[: self.queue_size])
         return term
 
-    def _one_row_per_person(self, rows: torch.Tensor) -> torch.Tensor:
-        """`first`: each person's first row (batch rows come before queued ones); `mean`: the
-        mean of each person's rows, the representation a person-level attacker pools."""
-        ids = rows[:, -1].long()
-        if self.per_person == "first":
-            return rows[occurrence_index(ids) == 0]
-        _, inv = torch.unique(ids, return_inverse=True)
-        sums = torch.zeros(int(inv.max()) + 1, rows.shape[1], device=rows.device,
-                           dtype=rows.dtype).index_add(0, inv, rows)
-        return sums / torch.bincount(inv).to(rows.dtype)[:, None]
-
     def _rows_dependence(self, rows: torch.Tensor) -> torch.Tensor:
         return kernel_dependence(rows[:, : self.h_dim], rows[:, self.h_dim:-1], self.h_kernel,
-                                 self.scales, self.measure, self.eps)
+                                 self.measure, self.eps)
 
     def eval_update(self, adversary, h, batch, obs):
         target = adversary.dependence_target(obs)[: h.shape[0]]

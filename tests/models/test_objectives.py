@@ -138,7 +138,7 @@ def test_dependence_queue_adds_recent_rows(monkeypatch):
     obj = DependenceObjective(h_dim=8, queue_size=12).train()
     rows = []
 
-    def fake(x, y, kernel, scales, measure, eps):
+    def fake(x, y, kernel, measure, eps):
         rows.append((x.shape[0], y.shape[0]))
         return torch.tensor(0.5)
 
@@ -160,7 +160,7 @@ def test_dependence_keeps_one_row_per_person_over_batch_and_queue(monkeypatch):
     obj = DependenceObjective(h_dim=8, queue_size=20).train()
     seen = []
     monkeypatch.setattr(objectives, "kernel_dependence",
-                        lambda x, y, kernel, scales, measure, eps: seen.append((x, y)) or torch.tensor(0.0))
+                        lambda x, y, kernel, measure, eps: seen.append((x, y)) or torch.tensor(0.0))
     first = torch.randn(4, 8)
     obj.dependence(first, torch.randn(4, 3), torch.tensor([0, 1, 1, 2]))
     assert len(seen[-1][0]) == 3 and torch.equal(seen[-1][0], first[[0, 1, 3]])
@@ -189,22 +189,3 @@ def test_dependence_on_a_split_averages_slices_of_kth_clips():
     assert obj.eval_compute() == {}
     assert ConfusionObjective().eval_compute() == {}
 
-
-def test_dependence_mean_per_person_pools_each_persons_rows(monkeypatch):
-    """`per_person="mean"`: one row per person, the mean of its batch and queued rows (what a
-    person-level attacker pools), and the batch rows keep their gradient."""
-    obj = DependenceObjective(h_dim=2, queue_size=10, per_person="mean").train()
-    seen = []
-    monkeypatch.setattr(objectives, "kernel_dependence",
-                        lambda x, y, *a: seen.append((x, y)) or (x.sum() * 0 + 1.0))
-    h1, y1 = torch.tensor([[1.0, 0.0], [3.0, 2.0]]), torch.tensor([[1.0], [5.0]])
-    obj.dependence(h1, y1, torch.tensor([7, 8]))
-    h2 = torch.tensor([[5.0, 4.0]], requires_grad=True)
-    obj.dependence(h2, torch.tensor([[3.0]]), torch.tensor([7]))
-    x, y = seen[-1]
-    rows = {float(t): (hh.tolist(), float(yy)) for hh, yy, t in
-            zip(x, y, torch.unique(torch.tensor([7, 8])), strict=True)}
-    assert rows[7.0] == ([3.0, 2.0], 2.0)  # person 7: mean of (5, 4) now and (1, 0) queued
-    assert rows[8.0] == ([3.0, 2.0], 5.0)
-    x.sum().backward()
-    assert h2.grad is not None and torch.equal(h2.grad, torch.full((1, 2), 0.5))
