@@ -37,10 +37,12 @@ class InterviewDataModule(L.LightningDataModule):
     # -- building -----------------------------------------------------------------------
     def prepare_data(self) -> None:  # local rank 0 only
         if self.shard_root is None:
-            build_shards(self.cfg)
+            self.shard_root = build_shards(self.cfg)
 
     def _root(self) -> Path:
-        return self.shard_root if self.shard_root is not None else shard_root(self.cfg)
+        if self.shard_root is None:  # another rank built them; a raw source scans once here
+            self.shard_root = shard_root(self.cfg)
+        return self.shard_root
 
     def split_dir(self, split: str) -> Path:
         return self._root() / split

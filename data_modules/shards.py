@@ -44,9 +44,13 @@ def _identity(record):
     return record
 
 
-def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | None = None,
-                 chunk_size: int = 8) -> Path:
-    """Write `records` as litdata shards at `out_dir` (atomically). Returns `out_dir`.
+def write_shards(items: Sequence, out_dir: Path, *, shuffle_seed: int | None = None,
+                 chunk_size: int = 8, fn=None) -> Path:
+    """Write records as litdata shards at `out_dir` (atomically). Returns `out_dir`.
+
+    `items` are the records themselves, or with `fn` what `fn` turns into a record (e.g.
+    a clip to load from disk), so a large corpus streams through the writer one clip at a
+    time instead of being held in memory.
 
     Chunks hold `chunk_size` records: litdata hands whole chunks to DDP ranks and workers,
     so small chunks keep every rank busy even on a small split (a rank left with no chunk
@@ -55,17 +59,18 @@ def write_shards(records: Sequence[dict], out_dir: Path, *, shuffle_seed: int | 
     from litdata import optimize
 
     out_dir = Path(out_dir)
-    if not records:
+    if not items:
         raise ValueError(f"{out_dir}: no records to write")
-    for r in records:
-        check_record(r, str(out_dir))
-    items = list(records)
+    if fn is None:
+        for r in items:
+            check_record(r, str(out_dir))
+    items = list(items)
     if shuffle_seed is not None:
         # litdata streams chunks in order within a worker; shuffle once here so chunks mix
         order = np.random.default_rng(shuffle_seed).permutation(len(items))
         items = [items[i] for i in order]
     with atomic_dir(out_dir) as tmp:
-        optimize(fn=_identity, inputs=items, output_dir=str(tmp), chunk_size=chunk_size,
+        optimize(fn=fn or _identity, inputs=items, output_dir=str(tmp), chunk_size=chunk_size,
                  num_workers=1, verbose=False, start_method="fork")
     return out_dir
 

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # data.source -> "module:Class"
 SOURCES: dict[str, str] = {
     "synthetic": "data_modules.sources.synthetic:SyntheticSource",
+    "chalearn": "data_modules.sources.chalearn:ChalearnSource",
+    "manifest": "data_modules.sources.manifest:ManifestSource",
 }
 
 
@@ -56,6 +58,24 @@ class Source:
         """What meta.json records about the source's settings."""
         return {}
 
+    def write(self, tmp: Path) -> dict:
+        """Write one shard directory per split under `tmp`; returns counts for meta.json.
+        This default holds the records in memory; raw sources stream them."""
+        splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        for split, record in self.records():
+            if split not in splits:
+                raise ValueError(f"source {self.name!r} gave split {split!r}; expected {SPLITS}")
+            check_record(record, f"source {self.name!r}")
+            splits[split].append(record)
+        empty = [s for s in SPLITS if not splits[s]]
+        if empty:
+            raise ValueError(f"source {self.name!r} gave no clip for split(s) {empty}")
+        for split in SPLITS:
+            write_shards(splits[split], tmp / split,
+                         shuffle_seed=self.shuffle_seed() if split == "train" else None)
+        return {"clips": {s: len(splits[s]) for s in SPLITS},
+                "identities": {s: len({r["identity"] for r in splits[s]}) for s in SPLITS}}
+
 
 def get_source(data_cfg: DictConfig) -> Source:
     name = data_cfg.source
@@ -77,22 +97,9 @@ def build_shards(data_cfg: DictConfig) -> Path:
     if (root / "meta.json").is_file():
         return root
     log.info("building %s shards into %s", source.name, root)
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for split, record in source.records():
-        if split not in splits:
-            raise ValueError(f"source {source.name!r} gave split {split!r}; expected {SPLITS}")
-        check_record(record, f"source {source.name!r}")
-        splits[split].append(record)
-    empty = [s for s in SPLITS if not splits[s]]
-    if empty:
-        raise ValueError(f"source {source.name!r} gave no clip for split(s) {empty}")
     with atomic_dir(root) as tmp:
-        for split in SPLITS:
-            write_shards(splits[split], tmp / split,
-                         shuffle_seed=source.shuffle_seed() if split == "train" else None)
-        meta = {"source": source.name, "key": source.cache_key(), **source.describe(),
-                "clips": {s: len(splits[s]) for s in SPLITS},
-                "identities": {s: len({r["identity"] for r in splits[s]}) for s in SPLITS}}
+        counts = source.write(tmp)
+        meta = {"source": source.name, "key": source.cache_key(), **source.describe(), **counts}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return root
 

@@ -66,7 +66,6 @@ import json
 import logging
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
 from statistics import NormalDist
@@ -74,10 +73,12 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from data_modules.features import torch_threads
 from data_modules.features.audio import AUDIO_DIM, audio_features
 from data_modules.features.text import TEXT_DIM, embed_sentences, load_text_model
 from data_modules.schema import SPLITS
 from data_modules.sources import Source, to_plain
+from data_modules.splits import exact_counts, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -190,40 +191,10 @@ def _read_params(cfg) -> _Params:
 
 
 # --------------------------------------------------------------------------- population
-def _exact_counts(n: int, shares) -> np.ndarray:
-    """Largest-remainder rounding of n * shares, summing exactly to n."""
-    raw = np.asarray(shares, dtype=float) * n
-    counts = np.floor(raw).astype(int)
-    order = np.argsort(-(raw - counts), kind="stable")
-    counts[order[: n - counts.sum()]] += 1
-    return counts
-
-
-def _stratified_split(gender, ethnicity, fractions, rng) -> np.ndarray:
-    """Split index (0/1/2) per identity: exact sizes, each (g, e) stratum spread evenly."""
-    n = len(gender)
-    target = _exact_counts(n, fractions)
-    # An evenly interleaved label sequence with exactly `target` of each split ...
-    seq = np.empty(n, dtype=int)
-    taken = np.zeros(3, dtype=int)
-    for r in range(n):
-        deficit = (r + 1) * target / n - taken
-        deficit[taken >= target] = -np.inf
-        s = int(np.argmax(deficit))
-        seq[r] = s
-        taken[s] += 1
-    # ... laid over identities shuffled, then grouped by stratum, so strata share splits.
-    order = rng.permutation(n)
-    order = order[np.argsort(gender[order] * 3 + ethnicity[order], kind="stable")]
-    split = np.empty(n, dtype=int)
-    split[order] = seq
-    return split
-
-
 def _population(p: _Params, rng: np.random.Generator) -> dict[str, np.ndarray]:
     n = p.num_identities
     gender = rng.permutation(np.arange(n) % 2)
-    ethnicity = rng.permutation(np.repeat(np.arange(3), _exact_counts(n, ETHNICITY_SHARES)))
+    ethnicity = rng.permutation(np.repeat(np.arange(3), exact_counts(n, ETHNICITY_SHARES)))
     sg = np.where(gender == 1, 1.0, -1.0)
     z = lambda: rng.standard_normal(n)  # noqa: E731
     # Merit: stratified N(0, 1) quantiles within every (gender, ethnicity) stratum, so the
@@ -529,18 +500,6 @@ def _transcript(p: _Params, bank, gender: int, merit: float, rng) -> list[str]:
 
 
 # --------------------------------------------------------------------------- main
-@contextmanager
-def _torch_threads(n: int):
-    """Our tensors are small: extra intra-op threads only add sync cost, and on a busy
-    2-core machine they made feature extraction ~20x and encoding ~2x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def generate_synthetic(cfg, text_model: str) -> dict[str, list[dict]]:
     """Generate the benchmark: {"train"|"val"|"test": [record, ...]}, one record per clip.
 
@@ -553,7 +512,7 @@ def generate_synthetic(cfg, text_model: str) -> dict[str, list[dict]]:
     rng_pop, rng_split, rng_face, rng_audio, rng_text, rng_label = (
         np.random.default_rng(s) for s in streams)
     pop = _population(p, rng_pop)
-    split = _stratified_split(pop["gender"], pop["ethnicity"], p.split_fractions, rng_split)
+    split = stratified_split(pop["gender"], pop["ethnicity"], p.split_fractions, rng_split)
 
     n_id, k = p.num_identities, p.clips_per_identity
     owner = np.repeat(np.arange(n_id), k)
@@ -568,7 +527,7 @@ def generate_synthetic(cfg, text_model: str) -> dict[str, list[dict]]:
     t_faces = time.perf_counter()
 
     audio = []
-    with _torch_threads(1):
+    with torch_threads(1):
         for c, who in enumerate(owner):
             wav = _synth_voice(p, pop, int(who), float(merit[c]), rng_audio)
             feats = audio_features(torch.from_numpy(wav), SAMPLE_RATE)
@@ -581,7 +540,7 @@ def generate_synthetic(cfg, text_model: str) -> dict[str, list[dict]]:
     flat = [s for tr in transcripts for s in tr]
     unique = sorted(set(flat))  # sorted: the encoded set (and batches) depend only on content
     model = load_text_model(text_model)
-    with _torch_threads(1):  # robust to a busy machine; a few hundred short sentences only
+    with torch_threads(1):  # robust to a busy machine; a few hundred short sentences only
         table = embed_sentences(model, unique).astype(np.float16)
     if table.shape[1] != TEXT_DIM:
         log.warning("text model gives %d-dim embeddings, not %d", table.shape[1], TEXT_DIM)
