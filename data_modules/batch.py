@@ -43,6 +43,7 @@ class Batch:
     identity: torch.Tensor  # [B] long: index of the person in this batch's source split
     clip_id: list[str]
     _sensitive: Sensitive | None = None
+    face_embedding: torch.Tensor | None = None  # [B, K, E] float: precomputed descriptors
 
     @property
     def sensitive(self) -> Sensitive:

@@ -56,7 +56,11 @@ def collate_records(records: Sequence[dict]) -> Batch:
             gender=torch.tensor([int(r["gender"]) for r in records], dtype=torch.long),
             ethnicity=torch.tensor([int(r["ethnicity"]) for r in records], dtype=torch.long),
         )
+    emb = None
+    if all("face_embedding" in r for r in records):
+        emb = torch.as_tensor(np.stack([r["face_embedding"] for r in records])).float()
     return Batch(
+        face_embedding=emb,
         text=text, text_mask=text_mask,
         audio=audio, audio_mask=audio_mask,
         video=video.float().div_(255.0), video_mask=video_mask,

@@ -41,6 +41,11 @@ FIELDS = (
     Field("ethnicity", "int", "0/1/2, or -1 unknown; read as gender"),
 )
 RECORD_KEYS = tuple(f.name for f in FIELDS)
+# present only where a source computed them (raw sources with data.preprocess.face_embedding)
+OPTIONAL_FIELDS = (
+    Field("face_embedding", "array", "[K, E] pretrained face descriptors of the K `faces` "
+          "frames (dlib's ResNet, E = 128)", "float16", 2),
+)
 
 
 def check_record(record: dict, where: str = "record") -> None:
@@ -50,7 +55,7 @@ def check_record(record: dict, where: str = "record") -> None:
     missing = [k for k in RECORD_KEYS if k not in record]
     if missing:
         raise ValueError(f"{where}: record {clip!r} lacks keys {missing}")
-    for f in FIELDS:
+    for f in FIELDS + tuple(o for o in OPTIONAL_FIELDS if o.name in record):
         v = record[f.name]
         bad = None
         if f.kind == "str" and (not isinstance(v, str) or not v):

@@ -88,6 +88,16 @@ def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.
     return merged
 
 
+def identity_disjoint(fit: dict, ev: dict) -> tuple[dict, int]:
+    """`ev` without the clips of people who are also in `fit` (ChaLearn's official splits
+    share people), and how many people that removed."""
+    shared = np.isin(ev["identity"], fit["identity"])
+    if not shared.any():
+        return ev, 0
+    people = int(np.unique(ev["identity"][shared]).size)
+    return {k: v[~shared] for k, v in ev.items()}, people
+
+
 def fingerprint(*arrays: np.ndarray) -> str:
     """A digest of numeric arrays' bytes: equal digests mean the same representations."""
     h = hashlib.blake2b(digest_size=16)
@@ -191,6 +201,7 @@ class SensitiveAttributeProbe(L.Callback):
         self.audit = AttackAudit(cfg, seed)
         self.results: dict[str, list[dict]] = {}  # prefix -> rows
         self.timings: dict[str, float] = {}
+        self.shared_dropped: dict[str, int] = {}  # prefix -> eval people also in fit_split
         self.plot_path: Path | None = None
 
     def _audit(self, trainer: L.Trainer, module, eval_split: str, prefix: str) -> None:
@@ -202,12 +213,19 @@ class SensitiveAttributeProbe(L.Callback):
         if trainer.is_global_zero:
             from fair_lightning.models import REPRESENTATIONS
 
+            ev, dropped = identity_disjoint(fit, ev)
+            if dropped:
+                log.warning("%s audit: %d people of %s are also in %s (official splits); their "
+                            "clips are left out so attackers meet only unseen people", prefix,
+                            dropped, eval_split, self.cfg.fit_split)
             layers = [name for name in REPRESENTATIONS
                       if name in fit and name in self.cfg.layers]
             rows = self.audit.run(fit, ev, layers)
             self.results[prefix] = rows
             self.timings[prefix] = time.time() - t0
             metrics = rows_to_metrics(rows, prefix)
+            self.shared_dropped[prefix] = dropped
+            metrics[f"{prefix}/shared_people_dropped"] = float(dropped)
             metrics[audit_time_key(prefix)] = self.timings[prefix]
             _log_to_loggers(trainer, metrics)
             self._log_table_and_plot(trainer, rows, prefix)

@@ -60,6 +60,35 @@ class SyntheticConfig:
 
 
 @dataclass
+class PreprocessConfig:
+    workers: int = MISSING
+    detector: str = MISSING
+    video_frames: int = MISSING
+    num_faces: int = MISSING
+    image_size: int = MISSING
+    face_margin: float = MISSING
+    max_audio_seconds: float = MISSING
+    max_sentences: int = MISSING
+    face_embedding: str = MISSING
+
+
+@dataclass
+class ChalearnConfig:
+    root: str | None = None
+    target: str = MISSING
+    splits: str = MISSING
+    split_fractions: list[float] = MISSING
+    split_seed: int = MISSING
+
+
+@dataclass
+class ManifestConfig:
+    path: str | None = None
+    split_fractions: list[float] = MISSING
+    split_seed: int = MISSING
+
+
+@dataclass
 class DataConfig:
     source: str = MISSING
     cache_dir: str = MISSING
@@ -67,6 +96,9 @@ class DataConfig:
     batch_size: int = MISSING
     num_workers: int = MISSING
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    chalearn: ChalearnConfig = field(default_factory=ChalearnConfig)
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
 
 
 @dataclass
@@ -185,8 +217,13 @@ class ExperimentConfig:
 # Closed vocabularies, checked after the type check.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": tuple(SOURCES),
+    "data.preprocess.detector": ("haar", "dlib"),
+    "data.preprocess.face_embedding": ("none", "dlib"),
+    "data.chalearn.target": ("interview", "extraversion", "neuroticism", "agreeableness",
+                             "conscientiousness", "openness"),
+    "data.chalearn.splits": ("identity", "official"),
     "model.audio_encoder": ("gru", "conv"),
-    "model.face_encoder": ("cnn", "frozen", "identity"),
+    "model.face_encoder": ("cnn", "frozen", "identity", "pretrained"),
     "adversary.method": ("none", "indirect", "label"),
     "adversary.objective": ("confusion", "minimax", "grl", "hsic"),
     "adversary.positive_faces": ("own_clip", "other_clip"),
@@ -334,11 +371,18 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"key '{key}' must be one of {allowed}, got {value!r}")
-    fr = cfg.data.synthetic.split_fractions
-    if len(fr) != 3 or abs(sum(fr) - 1.0) > 1e-6 or min(fr) <= 0:
-        raise ConfigError(
-            "key 'data.synthetic.split_fractions' must be three positive numbers summing to 1"
-        )
+    for block in ("synthetic", "chalearn", "manifest"):
+        fr = cfg.data[block].split_fractions
+        if len(fr) != 3 or abs(sum(fr) - 1.0) > 1e-6 or min(fr) <= 0:
+            raise ConfigError(f"key 'data.{block}.split_fractions' must be three positive "
+                              "numbers summing to 1")
+    pre = cfg.data.preprocess
+    for key in ("video_frames", "num_faces", "image_size", "max_sentences"):
+        if pre[key] < 1:
+            raise ConfigError(f"key 'data.preprocess.{key}' must be >= 1")
+    if pre.workers < 0 or pre.face_margin < 0 or pre.max_audio_seconds <= 0:
+        raise ConfigError("keys 'data.preprocess.workers' and 'face_margin' must be >= 0, "
+                          "'max_audio_seconds' > 0")
     for key, allowed in LIST_CHOICES.items():
         _check_subset(cfg, key, allowed)
     if cfg.adversary.nocco_eps <= 0:  # the centred Gram matrix is singular: eps must lift it
@@ -349,6 +393,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("key 'adversary.k_disc' must be >= 1")
     if cfg.fairness.threshold is not None and cfg.fairness.top_q is not None:
         raise ConfigError("set only one of 'fairness.threshold' and 'fairness.top_q'")
+    if cfg.model.face_encoder == "pretrained" and (
+            cfg.data.source == "synthetic" or cfg.data.preprocess.face_embedding == "none"):
+        raise ConfigError("model.face_encoder=pretrained reads face descriptors computed at "
+                          "preprocessing: it needs a raw source (chalearn, manifest) and "
+                          "data.preprocess.face_embedding=dlib")
+    if cfg.model.face_encoder == "pretrained" and cfg.adversary.positive_faces == "other_clip":
+        raise ConfigError("model.face_encoder=pretrained works with adversary.positive_faces="
+                          "own_clip only (the face bank holds frames, not descriptors)")
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")

@@ -86,6 +86,22 @@ def _attacker_order(name: str) -> tuple[int, str]:
     return (name.startswith("person_") + name.startswith("person_mean_"), name)
 
 
+def _data_lines(s: dict) -> list[str]:
+    if "data/clips/train" not in s:  # runs made before these keys existed
+        return []
+    split = "/".join(str(s.get(f"data/clips/{x}")) for x in ("train", "val", "test"))
+    people = "/".join(str(s.get(f"data/people/{x}")) for x in ("train", "val", "test"))
+    lines = [f"- clips train/val/test: {split} (people {people}); skipped at preprocessing: "
+             f"{s.get('data/skipped_clips', 0)}"]
+    if s.get("data/shared_people"):
+        lines.append(f"- **warning**: {s['data/shared_people']} people appear in more than one "
+                     "split (ChaLearn's official splits), so test scores are partly on people "
+                     "seen in training; the attackers left out "
+                     f"{s.get('probe/shared_people_dropped', 0)} test people also in their fit "
+                     "split")
+    return lines
+
+
 def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
     """report.md for one run, plus a scores-by-group plot from the fairness callback."""
     from fair_lightning.plots import plot_scores_by_group
@@ -114,6 +130,7 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
         f"batches {s.get('train/batches')}, optimizer steps {s.get('train/optimizer_steps')}",
         f"- wall time: data {_fmt(s.get('time/data_s'), 1)} s, fit {_fmt(s.get('time/fit_s'), 1)} s, "
         f"total {_fmt(s.get('time/total_s'), 1)} s",
+        *_data_lines(s),
         "",
         "## Task (test split)",
         "",

@@ -22,6 +22,21 @@ def set_offline_env() -> None:
         os.environ.setdefault(k, v)
 
 
+def start_cli(argv: list[str] | None, help_text: str) -> list[str] | None:
+    """An entry point's arguments, or None once the help is printed; log lines are plain
+    messages (litdata's chatter only on errors)."""
+    import logging
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(help_text)
+        return None
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("litdata").setLevel(logging.ERROR)
+    return argv
+
+
 def global_rank() -> int:
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if var in os.environ:

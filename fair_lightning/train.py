@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from fair_lightning.runtime import set_offline_env
+from fair_lightning.runtime import set_offline_env, start_cli
 
 set_offline_env()
 
@@ -123,6 +123,19 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
     return stats
 
 
+def data_summary(dm) -> dict[str, int]:
+    """`data/...` keys from the shards' meta.json: clips and people per split, people
+    shared across splits (ChaLearn's official splits), clips skipped at preprocessing."""
+    import json
+
+    meta = json.loads((dm.split_dir("train").parent / "meta.json").read_text())
+    out = {f"data/clips/{s}": n for s, n in meta["clips"].items()}
+    out.update({f"data/people/{s}": n for s, n in meta["identities"].items()})
+    out["data/shared_people"] = int(meta.get("shared_identities", 0))
+    out["data/skipped_clips"] = int(sum(meta.get("skipped", {}).values()))
+    return out
+
+
 def run(cfg) -> Path:
     import lightning as L
 
@@ -159,7 +172,8 @@ def run(cfg) -> Path:
                         "time/total_s": round(time.time() - t0, 2),
                         "train/epochs": trainer.current_epoch,
                         "train/batches": batches,
-                        "train/optimizer_steps": trainer.global_step, **pretrain_stats})
+                        "train/optimizer_steps": trainer.global_step, **pretrain_stats,
+                        **data_summary(dm)})
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir, cfg, summary, callbacks)
         for lg in trainer.loggers:
@@ -170,12 +184,9 @@ def run(cfg) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(HELP)
+    argv = start_cli(argv, HELP)
+    if argv is None:
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("litdata").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     # fairness metrics are synced by torchmetrics before rank 0 logs them
@@ -184,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
     # the frozen face encoder stays in eval mode on purpose (its BatchNorm statistics)
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+    from data_modules.errors import CorpusError
     from data_modules.shards import ShardError
 
     try:
         cfg = config_from_argv(argv)
         run_dir = run(cfg)
-    except (ConfigError, ShardError, FileNotFoundError) as e:
+    except (ConfigError, ShardError, CorpusError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from fair_lightning.runtime import global_rank

@@ -60,6 +60,20 @@ class FaceEncoder(nn.Module):
         return self.cnn(faces.flatten(0, 1)).view(b, k, -1).mean(1)
 
 
+class PrecomputedFaceEncoder(nn.Module):
+    """`face_encoder: pretrained`: descriptors computed at preprocessing (dlib's ResNet) ->
+    the mean over a clip's K frames, unit length. Nothing to train."""
+
+    dim = 128  # dlib's descriptor size
+    frozen = True
+
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
+        if descriptors.shape[-1] != self.dim:
+            raise ValueError(f"face descriptors have {descriptors.shape[-1]} dims, expected "
+                             f"{self.dim}")
+        return nn.functional.normalize(descriptors.float().mean(1), dim=-1)
+
+
 def standardize(h_dim: int) -> nn.Module:
     """Per-feature batch standardisation of h, as the probes do (StandardScaler).
 
@@ -318,7 +332,12 @@ class FaceMatchAdversary(Adversary):
                  face_encoder: str = "cnn", checkpoint: str | None = None,
                  negatives_per_positive: int = 8, positive_faces: str = "own_clip"):
         super().__init__()
-        if face_encoder == "frozen":
+        self.face_input = "faces"  # the Batch field the face encoder reads
+        if face_encoder == "pretrained":
+            self.face_encoder = PrecomputedFaceEncoder()
+            self.face_input = "face_embedding"
+            face_dim = PrecomputedFaceEncoder.dim
+        elif face_encoder == "frozen":
             self.face_encoder = FaceEncoder.from_checkpoint(checkpoint, face_dim)
         elif face_encoder == "identity":
             self.face_encoder = FaceEncoder(face_dim).freeze()
@@ -340,7 +359,10 @@ class FaceMatchAdversary(Adversary):
         """(h_idx, f_idx, target) and the face frames they index [B + n, K, 3, H, W]."""
         h_idx, f_idx, target = sample_pairs(batch.identity, self.negatives_per_positive,
                                             own_positives=self.own_positives)
-        frames = batch.faces
+        frames = getattr(batch, self.face_input)
+        if frames is None:
+            raise ValueError("model.face_encoder=pretrained: the data holds no face descriptors "
+                             "(preprocess with data.preprocess.face_embedding=dlib)")
         if not self.own_positives:
             rows, banked = self.face_banks[stage].lookup(batch.identity, batch.clip_id)
             if rows.numel():

@@ -10,6 +10,7 @@ import pytest
 
 from data_modules.batch import SensitiveAccessError
 from data_modules.collate import collate_records, strip_sensitive
+from data_modules.rawmedia import make_chalearn_corpus, make_manifest_corpus
 from data_modules.schema import FIELDS, SENSITIVE, SPLITS, check_record
 from data_modules.shards import open_streaming
 from data_modules.sources import SOURCES, build_shards, get_source, shard_root
@@ -21,7 +22,18 @@ def _synthetic(tmp_path):
             "data.synthetic.audio_seconds": "[1.0,1.5]", "data.synthetic.image_size": "16"}
 
 
-TINY = {"synthetic": _synthetic}
+def _chalearn(tmp_path):
+    root = tmp_path / "chalearn"
+    make_chalearn_corpus(root, people=6, clips_per_person=2, seed=0)
+    return {"data.chalearn.root": str(root), "data.preprocess.workers": "1"}
+
+
+def _manifest(tmp_path):
+    path = make_manifest_corpus(tmp_path / "manifest", people=6, clips_per_person=2, seed=0)
+    return {"data.manifest.path": str(path), "data.preprocess.workers": "1"}
+
+
+TINY = {"synthetic": _synthetic, "chalearn": _chalearn, "manifest": _manifest}
 
 
 def test_every_source_has_a_contract_config():

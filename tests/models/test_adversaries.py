@@ -128,3 +128,34 @@ def test_adversaries_build_from_config():
     assert face.negatives_per_positive == cfg.adversary.negatives_per_positive
     lab = LabelAdversary.from_config(cfg.model, cfg.adversary)
     assert lab.classifier.body[1].in_features == cfg.model.fused_dim
+
+
+def test_pretrained_face_encoder_reads_the_precomputed_descriptors(records):
+    """`face_encoder: pretrained`: the face side is the mean of the clip's stored descriptors,
+    unit length; nothing of it trains, and a batch without descriptors is a clear error."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with_emb = [{**r, "face_embedding": rng.normal(size=(2, 128)).astype(np.float16)}
+                for r in records]
+    batch = collate_records([strip_sensitive(r) for r in with_emb])
+    adv = _face(face_encoder="pretrained")
+    assert not list(adv.face_encoder.parameters())
+    obs = adv.observe(batch, "train")
+    want = torch.nn.functional.normalize(batch.face_embedding.mean(1), dim=-1)
+    assert torch.allclose(obs.faces[: len(batch)], want)
+    assert adv(torch.randn(len(batch), 8), obs.detach()).loss.isfinite()
+    with pytest.raises(ValueError, match="face_embedding=dlib"):
+        adv.observe(collate_records([strip_sensitive(r) for r in records]), "train")
+
+
+def test_pretrained_face_encoder_needs_descriptors_in_the_data():
+    from fair_lightning.config import ConfigError
+
+    with pytest.raises(ConfigError, match="raw source.*face_embedding=dlib"):
+        load_config("adversarial", [("model.face_encoder", "pretrained")])
+    cfg = load_config("adversarial", [("model.face_encoder", "pretrained"),
+                                      ("data.source", "manifest"),
+                                      ("data.preprocess.face_embedding", "dlib")])
+    adv = FaceMatchAdversary.from_config(cfg.model, cfg.adversary)
+    assert adv.discriminator is not None and adv.face_input == "face_embedding"
