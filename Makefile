@@ -15,10 +15,12 @@ EXPS     ?= baseline face_discriminator adversarial label_adversary
 # trajectory; one thread gives the same numbers on any machine (the README's tables)
 SEED_THREADS ?= 1
 
-.PHONY: install train audit compare seeds test test-all lint clean help
+.PHONY: install train preprocess bench audit compare seeds test test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
+	@echo "make preprocess ARGS='data.source=chalearn data.chalearn.root=DIR'  raw clips -> cached shards"
+	@echo "make bench [BENCH=preprocess] [ARGS=...]            benchmarks -> runs/bench/*.json"
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
@@ -37,6 +39,14 @@ install: $(VENV)/.installed
 
 train: install
 	$(BIN)/python -m fair_lightning.train experiment=$(EXP) $(ARGS)
+
+preprocess: install
+	$(BIN)/python -m fair_lightning.preprocess $(ARGS)
+
+# benchmarks that write JSON under runs/bench (BENCH=preprocess)
+BENCH ?= preprocess
+bench: install
+	$(BIN)/python -m fair_lightning.bench $(BENCH) $(ARGS)
 
 audit: install
 	@test -n "$(CKPT)" || { echo "usage: make audit CKPT=path/to/checkpoint.ckpt [ARGS='...']"; exit 2; }
