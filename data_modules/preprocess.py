@@ -37,7 +37,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # bump when a clip's arrays change for the same settings
 SAMPLE_RATE = 16000
 
 # skip reason -> what it means (the README and the report print these)
@@ -449,7 +449,7 @@ class Report:
                  f"- sampled frames without a detected face (box borrowed from the nearest "
                  f"frame): {self.frames_without_face}",
                  f"- workers: {self.workers}; wall time: {self.wall_seconds:.1f} s (clip-parallel "
-                 f"part {self.media_wall_seconds:.1f} s); peak memory of a worker: "
+                 f"part {self.media_wall_seconds:.1f} s); peak memory of a process doing clips: "
                  f"{self.worker_peak_rss_mb:.0f} MB", ""]
         if self.skipped:
             lines += ["| skip reason | clips | meaning | examples |", "|---|---:|---|---|"]

@@ -181,7 +181,7 @@ class ChalearnSource(RawSource):
             elif clip not in texts:
                 skipped.append(Skipped(clip, "no_transcript", "not in the transcription pickle"))
             elif not texts[clip].strip():
-                skipped.append(Skipped(clip, "empty_transcript"))
+                skipped.append(Skipped(clip, "empty_transcript", "blank in the transcription pickle"))
             else:
                 g, e = attributes.get(clip, (UNKNOWN, UNKNOWN))
                 entries.append(ClipEntry(
