@@ -92,6 +92,13 @@ class RawSource(Source):
                       sorted(self.split_settings().items()), clips,
                       sorted((s.clip_id, s.reason) for s in skipped))[:16]
 
+    def shuffle_seed(self) -> int:
+        # from the clips' names, not the cache key: that holds file times, and a copy of the
+        # same corpus must train the same way
+        entries, _ = self.scanned()
+        return int(digest(sorted(e.clip_id for e in entries), self.split_settings()["seed"])[:8],
+                   16)
+
     def describe(self) -> dict:
         return {"corpus": str(self.corpus()), "preprocess": to_plain(self.cfg.preprocess),
                 "split": self.split_settings(), "text_model": self.cfg.text_model}

@@ -299,3 +299,20 @@ def test_dlib_detector_and_descriptors_end_up_in_the_records(tmp_path):
     between = np.mean([np.linalg.norm(a[0] - b[0]) for i, a in enumerate(embs)
                        for b in embs[i + 1:]])
     assert within < between, (within, between)
+
+
+def test_a_copied_corpus_gives_the_same_shards(chalearn_truth, tmp_path):
+    """File times enter the cache key (a changed clip is redone) but not the data: a copy of
+    the corpus, with new times, trains on the same shards in the same order."""
+    first, _ = _corpus_copy(chalearn_truth, tmp_path / "a")
+    second, _ = _corpus_copy(chalearn_truth, tmp_path / "b")
+    for clip in second.rglob("*.mp4"):
+        os.utime(clip, (1e9, 1e9))
+    a = build_shards(chalearn_cfg(first, tmp_path / "cache"))
+    b = build_shards(chalearn_cfg(second, tmp_path / "cache"))
+    assert a != b
+    for split in SPLITS:
+        da = open_streaming(a / split, shuffle=False, seed=0)
+        db = open_streaming(b / split, shuffle=False, seed=0)
+        assert [da[i]["clip_id"] for i in range(len(da))] == \
+            [db[i]["clip_id"] for i in range(len(db))]
