@@ -89,6 +89,9 @@ def check_shard_dir(path: Path) -> int:
         total = sum(int(c["chunk_size"]) for c in chunks)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ShardError(f"corrupt shard index {index}: {e}") from None
+    if not chunks or total == 0:
+        raise ShardError(f"shard directory holds no clips: {path} (delete {path.parent} to "
+                         "rebuild it)")
     for c in chunks:
         f = path / c["filename"]
         if not f.is_file():

@@ -14,7 +14,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from fair_lightning.runtime import set_offline_env
+from fair_lightning.runtime import set_offline_env, start_cli
 
 set_offline_env()
 
@@ -28,10 +28,39 @@ from fair_lightning.config import (  # noqa: E402
 HELP = __doc__
 
 
+def load_checkpoint(ckpt: Path):
+    """The module, rebuilt from the checkpoint's own hyperparameters; a file that is not
+    one of our checkpoints is a ConfigError naming it."""
+    from fair_lightning.module import FairScorerModule
+
+    try:
+        return FairScorerModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    except Exception as e:  # torch, pickle and key errors alike: the file is not usable
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{ckpt}: not a fair_lightning checkpoint ({type(e).__name__}: "
+                          f"{first})") from None
+
+
+def check_config_matches(module, cfg, ckpt: Path) -> None:
+    """The report describes the config; refuse one that disagrees with the model it audits."""
+    from omegaconf import OmegaConf
+
+    differ = []
+    for group in ("model", "adversary", "optim"):
+        saved = module.hparams.get(group) or {}
+        for key, value in saved.items():
+            now = OmegaConf.select(cfg, f"{group}.{key}")
+            now = OmegaConf.to_container(now) if OmegaConf.is_config(now) else now
+            if now is not None and now != value:
+                differ.append(f"{group}.{key}={value!r} (config: {now!r})")
+    if differ:
+        raise ConfigError(f"{ckpt} was trained with {', '.join(differ)}; audit it with the "
+                          "run's own config or override those keys to match")
+
+
 def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     import lightning as L
 
-    from fair_lightning.module import FairScorerModule
     from fair_lightning.report import write_run_report
     from fair_lightning.tracking import collect_summary, make_loggers, write_json_atomic
     from fair_lightning.train import analysis_callbacks, build_datamodule
@@ -43,9 +72,10 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     out = Path(cfg.output_dir) if any(k == "output_dir" for k, _ in overrides) else (
         cfg_path.parent / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    module = load_checkpoint(ckpt)
+    check_config_matches(module, cfg, ckpt)
+    out.mkdir(parents=True, exist_ok=True)  # only once the checkpoint and config agree
     save_config(cfg, out / "config.yaml")
-    module = FairScorerModule.load_from_checkpoint(str(ckpt), map_location="cpu")
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
@@ -64,10 +94,10 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(HELP)
+    argv = start_cli(argv, HELP)
+    if argv is None:
         return 0
+    from data_modules.errors import CorpusError
     from data_modules.shards import ShardError
 
     try:
@@ -76,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if not ckpts:
             raise ConfigError("missing ckpt=<path to a .ckpt file>")
         out = audit(Path(ckpts[0]), [(k, v) for k, v in pairs if k != "ckpt"])
-    except (ConfigError, ShardError, FileNotFoundError) as e:
+    except (ConfigError, ShardError, CorpusError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"audit dir: {out}")

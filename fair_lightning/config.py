@@ -8,12 +8,13 @@ comment each); the schema only fixes the structure and types.
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from data_modules.sources import SOURCES
@@ -357,16 +358,113 @@ def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:
             raise ConfigError(
                 f"override: unknown key '{key}' (closest valid key: '{_closest(key, schema)}')"
             )
-        cfg = _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), "override")
+        if _is_group(schema, key):
+            raise ConfigError(f"override '{key}={value}': '{key}' is a group of keys; set one "
+                              f"of them, e.g. '{_first_leaf(schema, key)}=...'")
+        try:
+            parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+        except Exception as e:  # the grammar's errors: unbalanced brackets, bad quoting
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"override '{key}={value}' cannot be parsed: {msg}") from None
+        cfg = _merge(cfg, parsed, f"override '{key}={value}'")
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _is_group(schema: DictConfig, key: str) -> bool:
+    return isinstance(OmegaConf.select(schema, key), DictConfig)
+
+
+def _first_leaf(schema: DictConfig, key: str) -> str:
+    node = OmegaConf.select(schema, key)
+    while isinstance(node, DictConfig):
+        first = next(iter(node.keys()))
+        key, node = f"{key}.{first}", node._get_node(first)
+    return key
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _at_least(n):
+    return lambda v: v >= n
+
+
+# key -> (check, what it must be); ranges that types cannot say. Each bound has a reason:
+# a batch needs a clip, a split needs people, a fraction of batches must be a fraction
+RANGES: dict[str, tuple] = {
+    "data.batch_size": (_at_least(1), ">= 1"),
+    "data.num_workers": (_at_least(0), ">= 0"),
+    "data.synthetic.clips_per_identity": (_at_least(1), ">= 1"),
+    "data.synthetic.video_frames": (_at_least(1), ">= 1"),
+    "data.synthetic.num_faces": (_at_least(1), ">= 1"),
+    "data.synthetic.image_size": (_at_least(8), ">= 8 (the face renderer's smallest size)"),
+    "data.synthetic.label_noise": (_at_least(0), ">= 0"),
+    "model.hidden_dim": (_at_least(1), ">= 1"),
+    "model.fused_dim": (_at_least(1), ">= 1"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.video_channels": (_at_least(1), ">= 1"),
+    "model.face_dim": (_at_least(1), ">= 1"),
+    "model.face_pretrain_epochs": (_at_least(1), ">= 1"),
+    "model.face_pretrain_lr": (_positive, "> 0"),
+    "adversary.weight": (_at_least(0), ">= 0"),
+    "adversary.warmup_epochs": (_at_least(0), ">= 0"),
+    "adversary.lr": (_positive, "> 0"),
+    "adversary.negatives_per_positive": (_at_least(1), ">= 1"),
+    "adversary.dependence_queue": (_at_least(0), ">= 0"),
+    "adversary.hidden_dim": (_at_least(1), ">= 1"),
+    "adversary.heads": (_at_least(1), ">= 1"),
+    "optim.lr": (_positive, "> 0"),
+    "optim.weight_decay": (_at_least(0), ">= 0"),
+    "optim.grad_clip": (_at_least(0), ">= 0"),
+    "trainer.max_epochs": (_at_least(1), ">= 1 (to test a saved model, use make audit)"),
+    "trainer.devices": (_at_least(1), ">= 1"),
+    "trainer.num_nodes": (_at_least(1), ">= 1"),
+    "trainer.log_every_n_steps": (_at_least(1), ">= 1"),
+    "trainer.limit_train_batches": (_positive, "> 0 (a fraction <= 1.0 or a count)"),
+    "trainer.limit_val_batches": (_positive, "> 0 (val/loss chooses the best checkpoint)"),
+    "trainer.limit_test_batches": (_positive, "> 0"),
+    "trainer.checkpoint_every_n_batches": (_at_least(0), ">= 0"),
+    "probe.bootstrap": (_at_least(0), ">= 0"),
+    "probe.every_n_epochs": (_at_least(0), ">= 0"),
+    "probe.max_clips": (_at_least(0), ">= 0"),
+}
+
+
+def _non_finite(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, DictConfig):
+            out += _non_finite(v, key + ".")
+        elif isinstance(v, float) and not math.isfinite(v):
+            out.append(key)
+        elif isinstance(v, (list, ListConfig)):
+            out += [key for x in v if isinstance(x, float) and not math.isfinite(x)][:1]
+    return out
 
 
 def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing value for key(s): {', '.join(missing)}")
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError(f"key '{bad[0]}' must be a finite number, got "
+                          f"{OmegaConf.select(cfg, bad[0])!r}")
+    for key, (ok, what) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"key '{key}' must be {what}, got {value!r}")
+    t = cfg.fairness
+    if t.top_q is not None and not 0 < t.top_q < 1:
+        raise ConfigError(f"key 'fairness.top_q' must be in (0, 1), got {t.top_q!r}")
+    if t.threshold is not None and not 0 <= t.threshold <= 1:
+        raise ConfigError(f"key 'fairness.threshold' must be in [0, 1], got {t.threshold!r}")
+    _check_probe_splits(cfg.probe)
+    _check_synthetic_sizes(cfg.data.synthetic)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -404,6 +502,27 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")
+
+
+def _check_probe_splits(probe: DictConfig) -> None:
+    """Attackers must meet people they were not fitted on, in every audit of the run."""
+    if probe.fit_split == probe.eval_split:
+        raise ConfigError(f"probe.fit_split and probe.eval_split are both {probe.fit_split!r}: "
+                          "attackers must be scored on people they were not fitted on")
+    if probe.fit_split == "val":
+        raise ConfigError("probe.fit_split=val: the end-of-fit audit scores attackers on val, "
+                          "so they would meet the people they were fitted on; use train")
+
+
+def _check_synthetic_sizes(syn: DictConfig) -> None:
+    from data_modules.splits import exact_counts
+
+    people = exact_counts(max(syn.num_identities, 0), syn.split_fractions)
+    if syn.num_identities < 1 or people.min() < 2:
+        raise ConfigError(
+            f"key 'data.synthetic.num_identities'={syn.num_identities} gives "
+            f"{'/'.join(map(str, people))} people for train/val/test; every split needs at "
+            "least 2 (probes and fairness metrics compare people)")
 
 
 def _check_subset(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:

@@ -32,7 +32,9 @@ def resolve_wandb_mode(mode: str) -> str:
             return env
         return "online" if has_wandb_credentials() else "offline"
     if mode == "online" and not has_wandb_credentials():
-        raise RuntimeError(
+        from fair_lightning.config import ConfigError
+
+        raise ConfigError(
             "logger.wandb.mode=online but no W&B credentials were found (WANDB_API_KEY or "
             "~/.netrc); run `wandb login` or use logger.wandb.mode=auto/offline")
     return mode

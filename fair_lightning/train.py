@@ -22,8 +22,9 @@ from fair_lightning.config import ConfigError, available_experiments, config_fro
 
 HELP = f"""usage: python -m fair_lightning.train experiment=NAME [key=value ...]
 
-Trains the multimodal scorer of experiment NAME, tests the best checkpoint, probes its
-representations for gender/ethnicity and writes a run directory.
+Trains the multimodal scorer of experiment NAME, tests the checkpoint named by
+trainer.test_checkpoint (the last one by default), probes its representations for
+gender/ethnicity and writes a run directory (a new one: an existing run's is refused).
 
   experiment=NAME     one of: {', '.join(available_experiments())} (default: baseline)
   key=value           any dotted key of experiments/base.yaml, e.g.
@@ -47,8 +48,9 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     ckpt_dir = run_dir / "checkpoints"
     # Lightning's save_last only refreshes last.ckpt when a top-k file is saved, so "last"
     # is its own callback: monitor=None keeps the latest epoch
+    # fixed names, never best-v1.ckpt: a run directory holds one run
     cbs = [ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
-                           auto_insert_metric_name=False),
+                           auto_insert_metric_name=False, enable_version_counter=False),
            ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False)]
     if t.checkpoint_every_n_batches > 0:
@@ -123,6 +125,56 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
     return stats
 
 
+def preflight(cfg, run_dir: Path) -> None:
+    """What can fail before any work, checked before any work: the run directory, the
+    accelerator, W&B credentials. Raises ConfigError; nothing is created."""
+    import os
+
+    import torch
+
+    from fair_lightning.tracking import resolve_wandb_mode
+
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise ConfigError(f"output_dir {run_dir} is a file, not a directory")
+        if any(run_dir.iterdir()):
+            raise ConfigError(f"output_dir {run_dir} already holds a run; one directory holds "
+                              "one run: choose another output_dir (or leave it unset for a "
+                              "new timestamped one), or delete it to start over")
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {run_dir}: {parent} is not writable")
+    t = cfg.trainer
+    if t.accelerator in ("gpu", "cuda"):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < t.devices:
+            raise ConfigError(f"trainer.accelerator={t.accelerator} with trainer.devices="
+                              f"{t.devices}, but {have} GPU(s) are visible; use "
+                              "trainer.accelerator=cpu (or auto)")
+    resolve_wandb_mode(cfg.logger.wandb.mode)
+
+
+def check_data(cfg, dm) -> None:
+    """Split sizes against the process count: litdata hands whole chunks to DDP ranks, and a
+    rank without a chunk has an empty loader (the run would stop after set-up)."""
+    import json
+
+    from data_modules.schema import SPLITS
+
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    for split in SPLITS:
+        index = json.loads((dm.split_dir(split) / "index.json").read_text())
+        chunks = len(index["chunks"])
+        if chunks < world:
+            clips = sum(int(c["chunk_size"]) for c in index["chunks"])
+            raise ConfigError(
+                f"the {split} split has {chunks} shard chunk(s) ({clips} clips, up to 8 a "
+                f"chunk), and each of the {world} processes needs at least one: lower "
+                "trainer.devices, or use more data (e.g. data.synthetic.num_identities)")
+
+
 def data_summary(dm) -> dict[str, int]:
     """`data/...` keys from the shards' meta.json: clips and people per split, people
     shared across splits (ChaLearn's official splits), clips skipped at preprocessing."""
@@ -146,13 +198,16 @@ def run(cfg) -> Path:
     run_dir = resolve_run_dir(cfg.output_dir, cfg.experiment)
     rank0 = global_rank() == 0
     if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        preflight(cfg, run_dir)
     t0 = time.time()
     dm = build_datamodule(cfg)
     ensure_data(dm)
     dm.setup("fit")
+    check_data(cfg, dm)
     data_s = time.time() - t0
+    if rank0:  # only once everything that can be checked has passed
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     # after the data: generating it (first run) draws from the global RNGs, reading it
     # does not, and both runs must train alike
     L.seed_everything(cfg.seed, workers=True, verbose=False)

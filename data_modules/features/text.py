@@ -44,6 +44,9 @@ def load_text_model(name_or_path: str):
         model = _CACHE.get(str(path))
         if model is None:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a weight-loading bar per run clutters logs
 
             model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
             model.eval()
