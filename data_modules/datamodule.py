@@ -4,6 +4,7 @@ batches. It never looks at which source made them."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +12,7 @@ from omegaconf import DictConfig
 
 from data_modules.collate import collate_records, strip_sensitive
 from data_modules.schema import SPLITS
-from data_modules.shards import ShardError, check_shard_dir, open_streaming
+from data_modules.shards import ShardError, check_shard_dir, open_streaming, verify_checksums
 from data_modules.sources import build_shards, shard_root
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class InterviewDataModule(L.LightningDataModule):
         self.label_free = label_free
         self.shard_root = Path(shard_root) if shard_root else None
         self.datasets: dict[str, object] = {}
+        self.verified = False
+        self.verify_seconds = 0.0
 
     # -- building -----------------------------------------------------------------------
     def prepare_data(self) -> None:  # local rank 0 only
@@ -50,6 +53,16 @@ class InterviewDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             check_shard_dir(self.split_dir(split))
+        if not self.verified:  # once per process: hashing is cheap next to training, not free
+            t = time.perf_counter()
+            chunks = size = 0
+            for split in SPLITS:
+                n, b = verify_checksums(self.split_dir(split))
+                chunks, size = chunks + n, size + b
+            self.verify_seconds = time.perf_counter() - t
+            self.verified = True
+            log.info("data: %d chunks (%.0f MB) match their checksums (%.2f s)", chunks,
+                     size / 1e6, self.verify_seconds)
 
     def feature_dims(self) -> dict[str, int]:
         """Feature sizes of this source (read from the first training record)."""

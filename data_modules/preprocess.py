@@ -26,7 +26,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from data_modules.files import atomic_write, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +108,6 @@ class Settings:
 
 def digest(*parts) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:12]
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename: a reader sees the whole file or none of it."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------- decoding
@@ -337,8 +327,11 @@ class Store:
         return self.text_dir / f"{entry.clip_id}.{digest(entry.transcript)}.npy"
 
     def make_dirs(self) -> None:
+        """Create the folders, and drop the temporaries of killed runs (never a live one's)."""
         for d in (self.media_dir, self.skip_dir, self.text_dir):
             d.mkdir(parents=True, exist_ok=True)
+            for tmp in {p.name.rsplit(".tmp-", 1)[0][1:] for p in d.glob(".*.tmp-*")}:
+                remove_stale(d / tmp)
 
 
 def _peak_rss_mb() -> float:
@@ -373,6 +366,9 @@ def _init_worker() -> None:
     import cv2
     import torch
 
+    from data_modules.files import die_with_parent
+
+    die_with_parent()  # a killed preprocess must not leave workers decoding on
     torch.set_num_threads(1)  # the pool is the parallelism; threads would only contend
     cv2.setNumThreads(1)
 

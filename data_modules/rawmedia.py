@@ -40,6 +40,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data_modules.files import atomic_write
+
 F0_POOLED = math.sqrt(120.0 * 210.0)  # ~158.7 Hz, geometric middle of male / female f0
 F0_HALF_GAP = 0.5 * math.log(210.0 / 120.0)  # ~0.28 in log-Hz
 AUDIO_RATE = 44100  # like the original clips; consumers resample to 16 kHz
@@ -526,9 +528,7 @@ def _py2_pickle(obj) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _youtube_ids(rng: np.random.Generator, n: int) -> list[str]:

@@ -2,46 +2,65 @@
 
 A shard directory is whole or absent: it is written to a temporary sibling and renamed into
 place only when complete, so an interrupted build never leaves a half-written cache.
+
+Shards hold data, never code. Every field is stored as numbers or text (litdata's numpy,
+int, float and str formats), never pickle, and a directory whose index names another
+format is refused before anything is read. Each chunk's SHA-256 is written next to it
+(`checksums.json`) and checked when a run first opens the cache, so a changed or corrupt
+chunk is an error that names it instead of different numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
-import uuid
 from collections.abc import Sequence
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from data_modules.files import atomic_dir, forked_children_die_with_parent
 from data_modules.schema import check_record
+
+# bump when the on-disk layout changes: sources put it in their cache keys, so old caches
+# are rebuilt instead of refused
+SHARD_FORMAT = 2
+# litdata formats that decode to numbers or text only (no pickle, no file paths)
+DATA_FORMATS = {"str", "int", "float", "numpy"}
+CHECKSUMS = "checksums.json"
 
 
 class ShardError(RuntimeError):
     """A shard directory is missing or unreadable; the message names the path."""
 
 
-@contextmanager
-def atomic_dir(final: Path):
-    """Yield a temporary sibling of `final`; on success it replaces `final`, on failure it
-    is removed. Readers see the whole directory or none of it."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if final.exists():  # a stale result, e.g. from an older run
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def _data_only(item, load=None) -> dict:
+    """The record to store: numpy and Python scalars become plain int/float, which litdata
+    stores as numbers (a numpy scalar would go to its pickle format)."""
+    record = load(item) if load is not None else item
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"field {k!r} of {record.get('clip_id')!r}: booleans are not stored")
+        if isinstance(v, (float, np.floating)):
+            v = float(v)
+        elif isinstance(v, (int, np.integer)):
+            v = int(v)
+        out[k] = v
+    return out
 
 
-def _identity(record):
-    # module-level so litdata's worker processes can pickle it
-    return record
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _formats(index: dict) -> set[str]:
+    return set(index.get("config", {}).get("data_format") or [])
 
 
 def write_shards(items: Sequence, out_dir: Path, *, shuffle_seed: int | None = None,
@@ -69,9 +88,17 @@ def write_shards(items: Sequence, out_dir: Path, *, shuffle_seed: int | None = N
         # litdata streams chunks in order within a worker; shuffle once here so chunks mix
         order = np.random.default_rng(shuffle_seed).permutation(len(items))
         items = [items[i] for i in order]
+    forked_children_die_with_parent()  # litdata's writer process must not outlive a kill
     with atomic_dir(out_dir) as tmp:
-        optimize(fn=fn or _identity, inputs=items, output_dir=str(tmp), chunk_size=chunk_size,
-                 num_workers=1, verbose=False, start_method="fork")
+        optimize(fn=partial(_data_only, load=fn), inputs=items, output_dir=str(tmp),
+                 chunk_size=chunk_size, num_workers=1, verbose=False, start_method="fork")
+        index = json.loads((tmp / "index.json").read_text())
+        if not _formats(index) <= DATA_FORMATS:  # a field type we do not store safely
+            raise ValueError(f"{out_dir}: a field would be stored as "
+                             f"{sorted(_formats(index) - DATA_FORMATS)}; only numbers, numpy "
+                             "arrays and strings are stored")
+        sums = {c["filename"]: _sha256(tmp / c["filename"]) for c in index["chunks"]}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
     return out_dir
 
 
@@ -89,6 +116,10 @@ def check_shard_dir(path: Path) -> int:
         total = sum(int(c["chunk_size"]) for c in chunks)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ShardError(f"corrupt shard index {index}: {e}") from None
+    bad = _formats(meta) - DATA_FORMATS
+    if bad:
+        raise ShardError(f"{index} stores fields as {sorted(bad)}, which can run code when "
+                         f"read; refusing it (delete {path.parent} to rebuild the cache)")
     if not chunks or total == 0:
         raise ShardError(f"shard directory holds no clips: {path} (delete {path.parent} to "
                          "rebuild it)")
@@ -101,6 +132,30 @@ def check_shard_dir(path: Path) -> int:
                 f"shard chunk truncated: {f} ({f.stat().st_size} bytes, index says {c['chunk_bytes']})"
             )
     return total
+
+
+def verify_checksums(path: Path) -> tuple[int, int]:
+    """Check every chunk of a shard directory against checksums.json; returns (chunks,
+    bytes). Raises ShardError naming the chunk and the way to rebuild."""
+    path = Path(path)
+    rebuild = f"delete {path.parent} and rerun to rebuild it"
+    sums_file = path / CHECKSUMS
+    if not sums_file.is_file():
+        raise ShardError(f"{path} has no {CHECKSUMS} (a cache from an older version, or not "
+                         f"written by this project); {rebuild}")
+    try:
+        sums = json.loads(sums_file.read_text())
+        chunks = json.loads((path / "index.json").read_text())["chunks"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ShardError(f"corrupt {sums_file} or index: {e}; {rebuild}") from None
+    size = 0
+    for c in chunks:
+        f = path / c["filename"]
+        if sums.get(c["filename"]) != _sha256(f):
+            raise ShardError(f"shard chunk {f} does not match its checksum (corrupt or "
+                             f"changed); {rebuild}")
+        size += f.stat().st_size
+    return len(chunks), size
 
 
 def open_streaming(path: Path, *, shuffle: bool, seed: int, transform=None,

@@ -93,6 +93,7 @@ class ManifestConfig:
 class DataConfig:
     source: str = MISSING
     cache_dir: str = MISSING
+    derived_cache_dir: str = MISSING
     text_model: str = MISSING
     batch_size: int = MISSING
     num_workers: int = MISSING

@@ -145,8 +145,8 @@ def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.
 
 def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
                           seed: int) -> tuple[dict, dict[str, float]]:
-    """State dict of an identity-pretrained FaceEncoder, cached next to the data (it is a
-    pure function of the data, the settings and the seed; DDP ranks then share one)."""
+    """State dict of an identity-pretrained FaceEncoder, cached in `cache_dir` (it is a pure
+    function of the data, the settings and the seed; DDP ranks then share one)."""
     settings = {"data": data_key, "face_dim": model_cfg.face_dim, "seed": seed,
                 "objective": "cross_clip_nt_xent", "temperature": TEMPERATURE,
                 "holdout_people": HOLDOUT_PEOPLE, "batch_size": BATCH_SIZE,
@@ -166,5 +166,6 @@ def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
                                   lr=model_cfg.face_pretrain_lr,
                                   seed=seed)
     state = encoder.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: torch.save({"state_dict": state, "stats": stats}, f))
     return state, stats

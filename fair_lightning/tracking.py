@@ -6,7 +6,6 @@ import json
 import math
 import netrc
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -63,15 +62,13 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
 def write_atomic(path: Path, write) -> None:
     """Call `write(binary_file)` on a temporary sibling, then rename it to `path`: readers
     never see half a file, and a failed write leaves nothing behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    from data_modules.files import atomic_write
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(Path(path), to_file)
 
 
 def write_json_atomic(path: Path, obj) -> None:

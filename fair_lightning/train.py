@@ -115,10 +115,11 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
         return {}
     from fair_lightning.face_pretrain import identity_face_encoder
 
-    root = dm.split_dir("train").parent
+    data = dm.split_dir("train").parent.name  # the source and its key
     try:
         state, stats = identity_face_encoder(cfg.model, dm.eval_dataloader("train", sensitive=False),
-                                             root, data_key=root.name, seed=cfg.seed)
+                                             Path(cfg.data.derived_cache_dir) / data,
+                                             data_key=data, seed=cfg.seed)
     except ValueError as e:  # e.g. one clip per person: nothing to tell people apart across
         raise ConfigError(f"model.face_encoder=identity: {e}") from None
     module.adversary.face_encoder.load_state_dict(state)

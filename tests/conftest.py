@@ -43,6 +43,7 @@ def tiny_overrides(tmp_path, **extra) -> list[tuple[str, str]]:
     base = {
         "output_dir": str(tmp_path / "run"),
         "data.cache_dir": str(tmp_path / "cache"),
+        "data.derived_cache_dir": str(tmp_path / "derived"),
         "data.batch_size": "8",
         "data.synthetic.num_identities": "30",
         "data.synthetic.clips_per_identity": "2",

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from data_modules.files import atomic_dir
 from data_modules.schema import SPLITS, check_record
-from data_modules.shards import atomic_dir, write_shards
+from data_modules.shards import write_shards
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from data_modules.preprocess import (
     preprocess,
 )
 from data_modules.schema import SPLITS, UNKNOWN, check_record
+from data_modules.shards import SHARD_FORMAT
 from data_modules.sources import Source, to_plain
 from data_modules.splits import stratified_split
 
@@ -88,7 +89,7 @@ class RawSource(Source):
         store = self.store()
         clips = sorted((e.clip_id, e.identity, store.input_digest(e), e.label, e.gender,
                         e.ethnicity, e.official_split, digest(e.transcript)) for e in entries)
-        return digest(self.name, self.settings().key(), store.text_dir.name,
+        return digest(self.name, SHARD_FORMAT, self.settings().key(), store.text_dir.name,
                       sorted(self.split_settings().items()), clips,
                       sorted((s.clip_id, s.reason) for s in skipped))[:16]
 

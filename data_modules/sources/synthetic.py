@@ -77,6 +77,7 @@ from data_modules.features import torch_threads
 from data_modules.features.audio import AUDIO_DIM, audio_features
 from data_modules.features.text import TEXT_DIM, embed_sentences, load_text_model
 from data_modules.schema import SPLITS
+from data_modules.shards import SHARD_FORMAT
 from data_modules.sources import Source, to_plain
 from data_modules.splits import exact_counts, stratified_split
 
@@ -586,7 +587,8 @@ class SyntheticSource(Source):
 
     def cache_key(self) -> str:
         blob = json.dumps({"cfg": to_plain(self.cfg.synthetic), "text_model": self.cfg.text_model,
-                           "version": SYNTHETIC_VERSION}, sort_keys=True)
+                           "version": SYNTHETIC_VERSION, "shards": SHARD_FORMAT},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def shuffle_seed(self) -> int:

@@ -259,9 +259,10 @@ def test_a_killed_preprocess_resumes_without_redoing_a_clip(tmp_path):
     assert media, "preprocessing never finished a clip"
     done = {p.name for p in (tmp_path / "cache").glob("preprocessed/*/media/*.npz")}
     assert 3 <= len(done) < 18
-    assert not list((tmp_path / "cache").glob("preprocessed/*/media/.*"))  # no half file kept
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    # no half-written clip is kept: a killed worker's temporary is removed by the rerun
+    assert not list((tmp_path / "cache").glob("preprocessed/*/*/.*"))
     report = json.loads(next((tmp_path / "cache").glob("preprocessed/*/report.json")).read_text())
     assert report["reused"] == len(done) and report["processed_now"] == 18 - len(done)
     # the finished clips were not rewritten, and the shards equal an uninterrupted run's

@@ -1,0 +1,109 @@
+"""Files and folders that appear whole or not at all, and processes that do not outlive
+their parent.
+
+Temporary names carry the writer's pid (`.<name>.tmp-<pid>-<random>`), so the next writer
+in the same folder removes what a killed one left behind, and never what a live one is
+still writing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing.util
+import os
+import shutil
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale(final: Path) -> int:
+    """Remove temporaries of `final` whose writer is dead; returns how many."""
+    final = Path(final)
+    removed = 0
+    if not final.parent.is_dir():
+        return 0
+    for p in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp_path)` then rename: a reader sees the whole file or none of it."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary sibling of `final`; on success it replaces `final`, on failure it
+    is removed. Readers see the whole directory or none of it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final)
+    tmp = _tmp_name(final)
+    try:
+        yield tmp
+        if final.exists():  # a stale result, e.g. from an older run
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def die_with_parent() -> None:
+    """Have Linux SIGKILL this process when its parent dies (a killed run must not leave
+    workers behind). A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+class _ForkHook:
+    """Held for the process's life: multiprocessing keeps after-fork hooks weakly."""
+
+
+_FORK_HOOK = _ForkHook()
+_registered = False
+
+
+def forked_children_die_with_parent() -> None:
+    """Every process forked by `multiprocessing` from now on dies with its parent (litdata's
+    shard writers are such children)."""
+    global _registered
+    if not _registered:
+        multiprocessing.util.register_after_fork(_FORK_HOOK, lambda _: die_with_parent())
+        _registered = True
