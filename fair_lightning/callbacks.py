@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -273,9 +274,11 @@ class OutputFairnessCallback(L.Callback):
     gender (0/1, point-biserial), clips with unknown gender left out.
     """
 
-    def __init__(self, threshold: float | None = None, top_q: float | None = None):
+    def __init__(self, threshold: float | None = None, top_q: float | None = None,
+                 min_group_size: int = 1):
         self.threshold = threshold
         self.top_q = top_q
+        self.min_group_size = min_group_size
         self.metrics: dict[str, dict[str, OutputFairness]] = {}
         self.test_scores: dict[str, np.ndarray] = {}
 
@@ -283,14 +286,15 @@ class OutputFairnessCallback(L.Callback):
         per = self.metrics.setdefault(stage, {})
         if attr not in per:
             per[attr] = OutputFairness(num_groups=ATTRIBUTES[attr], threshold=self.threshold,
-                                       top_q=self.top_q).to(device)
+                                       top_q=self.top_q,
+                                       min_group_size=self.min_group_size).to(device)
         return per[attr]
 
     def _update(self, stage, outputs, batch, device):
         s = batch.sensitive
         for attr in ATTRIBUTES:
             self._metric(stage, attr, device).update(
-                outputs["score"].detach(), batch.label, getattr(s, attr))
+                outputs["score"].detach(), batch.label, getattr(s, attr), batch.identity)
 
     def _compute(self, stage, prefix, pl_module):
         out = {}
@@ -305,6 +309,9 @@ class OutputFairnessCallback(L.Callback):
                         np.corrcoef(scores[known], groups[known])[0, 1])
             if stage == "test":
                 scores, groups = _rows(m)
+                for g in range(ATTRIBUTES[attr]):  # a suppressed group is not plotted either
+                    if math.isnan(values[f"n/{g}"]):
+                        groups = np.where(groups == g, -1, groups)
                 self.test_scores["score"] = scores
                 self.test_scores[attr] = groups
             m.reset()

@@ -191,6 +191,7 @@ class ProbeConfig:
     person_level: bool = MISSING
     cv_folds: int = MISSING
     max_clips: int = MISSING
+    min_people: int = MISSING
 
 
 @dataclass
@@ -198,6 +199,7 @@ class FairnessConfig:
     enabled: bool = MISSING
     threshold: float | None = None
     top_q: float | None = None
+    min_group_size: int = MISSING
 
 
 @dataclass
@@ -431,6 +433,8 @@ RANGES: dict[str, tuple] = {
     "probe.bootstrap": (_at_least(0), ">= 0"),
     "probe.every_n_epochs": (_at_least(0), ">= 0"),
     "probe.max_clips": (_at_least(0), ">= 0"),
+    "probe.min_people": (_at_least(0), ">= 0"),
+    "fairness.min_group_size": (_at_least(1), ">= 1"),
 }
 
 

@@ -83,6 +83,8 @@ def output_fairness(
     threshold: float | None = None,
     top_q: float | None = None,
     num_groups: int | None = None,
+    people: Any = None,
+    min_group_size: int = 1,
 ) -> dict[str, float]:
     r"""Per-group error, selection and opportunity of a continuous score, with their gaps.
 
@@ -127,6 +129,11 @@ def output_fairness(
 
     All gaps and ratios are NaN when fewer than two groups take part (nothing to compare).
 
+    **Small groups.** A group with fewer than ``min_group_size`` people (rows, when
+    ``people`` is not given) but at least one is suppressed: every ``<key>/<g>``, ``n/<g>``
+    included, is NaN and the group is left out of the gaps, so no figure describes a handful
+    of individuals. ``groups_suppressed`` counts them.
+
     Args:
         scores: model scores :math:`s`, shape ``[n]``.
         labels: ground-truth scores :math:`y`, shape ``[n]``.
@@ -136,9 +143,12 @@ def output_fairness(
         num_groups: if given, groups must lie in ``[-1, num_groups)`` and keys are emitted
             for every group ``0..num_groups-1`` (an empty group has ``n/<g> = 0``, NaN
             elsewhere, and is left out of the gaps), so logged keys stay stable.
+        people: the person of each row (any hashable ids), for counting group sizes.
+        min_group_size: smallest group reported (see "Small groups").
 
     Returns:
-        A flat ``dict[str, float]`` with the keys above plus ``n_unknown``.
+        A flat ``dict[str, float]`` with the keys above plus ``n_unknown`` and
+        ``groups_suppressed``.
     """
     if (threshold is None) == (top_q is None):
         raise ValueError("give exactly one of threshold= or top_q=")
@@ -169,13 +179,19 @@ def output_fairness(
 
     known = a != UNKNOWN
     ids = range(num_groups) if num_groups is not None else np.unique(a[known]).tolist()
+    who = None if people is None else np.asarray(people)
     out: dict[str, float] = {}
     mae, mean_score, sel, tpr = [], [], [], []
-    excluded = 0
+    excluded = suppressed = 0
     for g in ids:
         m = a == g
         n_g = int(m.sum())
+        size = n_g if who is None else int(np.unique(who[m]).size)
         out[f"n/{g}"] = float(n_g)
+        if 0 < size < min_group_size:
+            out[f"n/{g}"] = math.nan
+            n_g = 0
+            suppressed += 1
         if n_g == 0:
             for key in ("mae", "mean_score", "selection_rate", "tpr"):
                 out[f"{key}/{g}"] = math.nan
@@ -203,6 +219,7 @@ def output_fairness(
     out["eo_ratio"] = _ratio(tpr)
     out["eo_groups_excluded"] = float(excluded)
     out["n_unknown"] = float((~known).sum())
+    out["groups_suppressed"] = float(suppressed)
     return out
 
 
@@ -235,6 +252,7 @@ class OutputFairness(Metric):
         num_groups: int,
         threshold: float | None = None,
         top_q: float | None = None,
+        min_group_size: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -247,12 +265,16 @@ class OutputFairness(Metric):
         self.num_groups = num_groups
         self.threshold = threshold
         self.top_q = top_q
+        self.min_group_size = min_group_size
+        self.add_state("people", default=[], dist_reduce_fx="cat")
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
 
-    def update(self, scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> None:
-        """Add a batch of rows; ``groups`` holds ``-1`` for unknown."""
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
+               people: torch.Tensor | None = None) -> None:
+        """Add a batch of rows; ``groups`` holds ``-1`` for unknown; ``people`` (integer
+        ids) makes ``min_group_size`` count people instead of rows."""
         scores, labels, groups = scores.reshape(-1), labels.reshape(-1), groups.reshape(-1)
         if not (scores.numel() == labels.numel() == groups.numel()):
             raise ValueError(
@@ -264,6 +286,8 @@ class OutputFairness(Metric):
         self.scores.append(scores.detach().float())
         self.labels.append(labels.detach().float())
         self.groups.append(groups.detach().long())
+        if people is not None:
+            self.people.append(people.detach().reshape(-1).long())
 
     def compute(self) -> dict[str, float]:
         """:func:`output_fairness` on every row seen since the last reset."""
@@ -274,4 +298,6 @@ class OutputFairness(Metric):
             threshold=self.threshold,
             top_q=self.top_q,
             num_groups=self.num_groups,
+            people=dim_zero_cat(self.people).cpu().numpy() if self.people else None,
+            min_group_size=self.min_group_size,
         )

@@ -146,6 +146,12 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
         lines.append(f"| 1 − MAE (ChaLearn mean accuracy) | {_fmt(1 - s['test/mae'])} |")
     if any(k.startswith("leak/") for k in s):
         lines += leakage_section(s, cfg.probe.attackers)
+        people = [v for k, v in s.items() if k.startswith("leak/") and k.endswith("/person/n_eval")]
+        if people and min(people) < cfg.probe.min_people:
+            lines += ["", f"**Warning**: leakage was measured on {int(min(people))} people "
+                      f"(fewer than probe.min_people = {cfg.probe.min_people}); one person moves "
+                      f"balanced accuracy by about {100 / min(people):.0f} points, and the "
+                      "intervals are wide."]
     if any(k.startswith("fair/") for k in s):
         lines += ["", "## Output fairness (test split)", "",
                   "Gaps are max − min over groups. DP: demographic-parity difference of the invite "
@@ -157,6 +163,13 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
                          f"{_fmt(s.get(f'fair/{a}/eo_diff'))} | {_fmt(s.get(f'fair/{a}/mae_gap'))} | "
                          f"{_fmt(s.get(f'fair/{a}/mean_score_gap'))} | "
                          f"{_fmt(s.get(f'fair/{a}/score_corr')) if a == 'gender' else '–'} |")
+        hidden = {a: int(s.get(f"fair/{a}/groups_suppressed") or 0) for a in ATTRS}
+        if any(hidden.values()):
+            lines += ["", "Suppressed: " + ", ".join(f"{n} {a} group(s)" for a, n in
+                                                      hidden.items() if n)
+                      + f" with fewer than fairness.min_group_size = "
+                      f"{cfg.fairness.min_group_size} people (their figures would describe "
+                      "individuals; they are left out of the gaps and the plot)."]
     if "adv/test_d_acc" in s:
         lines += ["", "## Face discriminator (test split)", "",
                   f"accuracy {_fmt(s['adv/test_d_acc'])}, AUC {_fmt(s.get('adv/test_d_auc'))} "
@@ -233,11 +246,49 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return out
 
 
+# keys that say where or how fast, not what: runs that differ only in these saw the same data
+_DATA_KEYS_IGNORED = ("data.batch_size", "data.num_workers", "data.cache_dir",
+                      "data.derived_cache_dir", "data.preprocess.workers")
+# keys that differ between the runs of any comparison by design
+_RUN_KEYS_IGNORED = ("seed", "output_dir", "experiment", "description")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(run_dirs: list[Path]) -> tuple[list[str], list[str]]:
+    """(data keys, other keys) whose values differ between the runs' config.yaml files."""
+    from omegaconf import OmegaConf
+
+    flats = [_flat(OmegaConf.to_container(OmegaConf.load(Path(d) / "config.yaml")))
+             for d in run_dirs if (Path(d) / "config.yaml").is_file()]
+    keys = sorted({k for f in flats for k in f})
+    differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+    data = [k for k in differ if k.startswith("data.") and k not in _DATA_KEYS_IGNORED]
+    other = [k for k in differ if not k.startswith("data.") and k not in _RUN_KEYS_IGNORED]
+    return data, other
+
+
 def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_merit",
-            leakage: str = "leak/fused/gender/clip/bal_acc") -> dict[str, Path]:
+            leakage: str = "leak/fused/gender/clip/bal_acc", *,
+            allow_mixed_data: bool = False) -> dict[str, Path]:
     from fair_lightning.plots import plot_tradeoff
 
-    runs = [load_run(Path(d)) for d in run_dirs]
+    unique = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))
+    if len(unique) < len(run_dirs):
+        print(f"warning: {len(run_dirs) - len(unique)} run director(ies) given more than once; "
+              "each run counts once", file=sys.stderr)
+    data_keys, other_keys = config_differences(unique)
+    if data_keys and not allow_mixed_data:
+        raise ValueError(f"the runs were made on different data ({', '.join(data_keys)} "
+                         "differ); their numbers are not comparable. Pass --allow-mixed-data "
+                         "to compare them anyway")
+    runs = [load_run(d) for d in unique]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "comparison.csv", "w", newline="") as f:
@@ -259,6 +310,10 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
              "the fused representation h, with a 95% bootstrap interval over people. Chance: "
              "gender 0.5, ethnicity 0.333. Fairness gaps are max − min over groups on the test "
              "split.", "",
+             *([f"**Warning**: the runs were made on different data ({', '.join(data_keys)}).",
+                ""] if data_keys else []),
+             *([f"Settings that differ between the runs (besides seed and experiment): "
+                f"{', '.join(other_keys)}.", ""] if other_keys else []),
              "## Runs", "",
              "| run | " + " | ".join(short[c] for c in COMPARE_COLUMNS) + " |",
              "|---|" + "---|" * len(COMPARE_COLUMNS)]
@@ -296,9 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="test/pearson_merit", help="task metric on the y axis")
     p.add_argument("--leakage", default="leak/fused/gender/clip/bal_acc",
                    help="leakage metric on the x axis")
+    p.add_argument("--allow-mixed-data", action="store_true",
+                   help="compare runs made on different data (refused otherwise)")
     args = p.parse_args(argv)
     try:
-        paths = compare(args.runs, args.out, args.metric, args.leakage)
+        paths = compare(args.runs, args.out, args.metric, args.leakage,
+                        allow_mixed_data=args.allow_mixed_data)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

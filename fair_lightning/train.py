@@ -105,7 +105,8 @@ def analysis_callbacks(cfg, datamodule) -> list:
         cbs.append(SensitiveAttributeProbe(cfg.probe, datamodule, seed=cfg.seed))
     if cfg.fairness.enabled:
         cbs.append(OutputFairnessCallback(threshold=cfg.fairness.threshold,
-                                          top_q=cfg.fairness.top_q))
+                                          top_q=cfg.fairness.top_q,
+                                          min_group_size=cfg.fairness.min_group_size))
     return cbs
 
 

@@ -2,6 +2,8 @@
 standalone audit on a checkpoint, and the comparison report."""
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,28 @@ def test_compare_writes_table_csv_and_plot(runs, tmp_path):
     assert (out / "tradeoff.png").stat().st_size > 1000
 
 
+def test_compare_counts_a_run_once_and_refuses_mixed_data(runs, tmp_path, capsys):
+    base = str(runs["baseline"])
+    assert report_main([base, base, str(runs["adversarial"]), "--out", str(tmp_path / "a")]) == 0
+    assert "given more than once" in capsys.readouterr().err
+    rows = (tmp_path / "a" / "comparison.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + two runs, not three
+    md = (tmp_path / "a" / "comparison.md").read_text()
+    assert "differ between the runs" in md and "adversary.method" in md
+    # the same run with another dataset's config: refused, then allowed with a warning
+    other = tmp_path / "other"
+    shutil.copytree(runs["baseline"], other)
+    cfg = (other / "config.yaml").read_text().replace("seed: 1234", "seed: 99", 1)
+    assert cfg != (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(cfg)
+    assert report_main([base, str(other), "--out", str(tmp_path / "b")]) == 2
+    assert "different data (data.synthetic.seed differ)" in capsys.readouterr().err
+    assert report_main([base, str(other), "--out", str(tmp_path / "c"),
+                        "--allow-mixed-data"]) == 0
+    assert "**Warning**: the runs were made on different data" in (
+        tmp_path / "c" / "comparison.md").read_text()
+
+
 def test_aggregate_gives_mean_std_and_the_worst_run():
     from fair_lightning.report import aggregate
 
@@ -129,3 +153,17 @@ def test_logs_carry_no_per_candidate_attributes(runs):
     assert ".000" not in csv.splitlines()[0]  # clip ids look like id0001.000
     for f in Path(runs["adversarial"], "wandb").rglob("*"):
         assert f.suffix not in (".jpg",) and "faces" not in f.name
+
+
+def test_tiny_splits_publish_no_individual_and_the_report_warns(tmp_path):
+    """10 people: 2 in the test split. Each gender group there is one person, so its
+    figures are suppressed, and the leakage table carries a warning on its size."""
+    ov = tiny_overrides(tmp_path, **{"data.synthetic.num_identities": "10"})
+    run_dir = run(load_config("baseline", ov))
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["fair/gender/groups_suppressed"] == 2
+    assert all(math.isnan(s[f"fair/gender/{k}/{g}"]) for k in ("n", "mean_score", "mae")
+               for g in (0, 1))
+    report = (run_dir / "report.md").read_text()
+    assert "Suppressed: 2 gender group(s)" in report
+    assert "leakage was measured on 2 people" in report

@@ -214,3 +214,23 @@ def test_metric_rejects_bad_input():
     metric = OutputFairness(num_groups=2, threshold=0.5)
     with pytest.raises(ValueError, match="groups must lie"):
         metric.update(torch.tensor([0.1]), torch.tensor([0.1]), torch.tensor([2]))
+
+
+def test_groups_of_too_few_people_are_suppressed():
+    """The reported leak: a one-person test group published that person's gender and mean
+    score. Groups under min_group_size people are NaN and left out of the gaps."""
+    scores = [0.9, 0.8, 0.2, 0.3, 0.5, 0.6]
+    labels = [1.0, 1.0, 0.0, 0.0, 0.5, 0.5]
+    groups = [0, 0, 1, 1, 1, 1]
+    people = [7, 7, 1, 2, 3, 3]  # group 0 is one person with two clips
+    out = output_fairness(scores, labels, groups, threshold=0.5, num_groups=2,
+                          people=people, min_group_size=2)
+    assert math.isnan(out["n/0"]) and math.isnan(out["mean_score/0"])
+    assert math.isnan(out["mae/0"]) and math.isnan(out["selection_rate/0"])
+    assert out["n/1"] == 4 and out["groups_suppressed"] == 1
+    assert math.isnan(out["dp_diff"])  # one group left: nothing to compare
+    kept = output_fairness(scores, labels, groups, threshold=0.5, num_groups=2, people=people)
+    assert kept["n/0"] == 2 and kept["groups_suppressed"] == 0 and kept["dp_diff"] > 0
+    by_rows = output_fairness(scores, labels, groups, threshold=0.5, num_groups=2,
+                              min_group_size=3)  # without people: rows count
+    assert math.isnan(by_rows["n/0"]) and by_rows["n/1"] == 4
