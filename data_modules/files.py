@@ -65,17 +65,22 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 @contextmanager
 def atomic_dir(final: Path):
-    """Yield a temporary sibling of `final`; on success it replaces `final`, on failure it
-    is removed. Readers see the whole directory or none of it."""
+    """Yield a temporary sibling of `final`; on success it becomes `final`, on failure it
+    is removed. Readers see the whole directory or none of it, and a folder that another
+    writer completed meanwhile is never replaced under its readers."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final)
     tmp = _tmp_name(final)
     try:
         yield tmp
-        if final.exists():  # a stale result, e.g. from an older run
-            shutil.rmtree(final)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            # another writer finished the same folder first (e.g. two seeds building one
+            # cache): theirs is whole, and readers may already use it, so keep it
+            if not (final.is_dir() and any(final.iterdir())):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

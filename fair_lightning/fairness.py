@@ -289,6 +289,12 @@ class OutputFairness(Metric):
         if people is not None:
             self.people.append(people.detach().reshape(-1).long())
 
+    def _people(self):
+        # a list of batches before a DDP sync, one tensor after it
+        p = self.people
+        empty = len(p) == 0 if isinstance(p, list) else p.numel() == 0
+        return None if empty else dim_zero_cat(p).cpu().numpy()
+
     def compute(self) -> dict[str, float]:
         """:func:`output_fairness` on every row seen since the last reset."""
         return output_fairness(
@@ -298,6 +304,6 @@ class OutputFairness(Metric):
             threshold=self.threshold,
             top_q=self.top_q,
             num_groups=self.num_groups,
-            people=dim_zero_cat(self.people).cpu().numpy() if self.people else None,
+            people=self._people(),
             min_group_size=self.min_group_size,
         )

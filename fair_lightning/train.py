@@ -158,23 +158,43 @@ def preflight(cfg, run_dir: Path) -> None:
     resolve_wandb_mode(cfg.logger.wandb.mode)
 
 
-def check_data(cfg, dm) -> None:
-    """Split sizes against the process count: litdata hands whole chunks to DDP ranks, and a
-    rank without a chunk has an empty loader (the run would stop after set-up)."""
-    import json
+def rank_lengths(split_dir: Path, world: int, batch_size: int, num_workers: int,
+                 train: bool) -> list[int]:
+    """Clips each of `world` DDP ranks would get from a split, by litdata's own assignment
+    (it hands ranks whole chunks, grouped by batch)."""
+    from litdata import StreamingDataset
+    from litdata.utilities.env import _DistributedEnv
 
+    out = []
+    for rank in range(world):
+        ds = StreamingDataset(str(split_dir), shuffle=train, drop_last=None if train else False)
+        ds.distributed_env = _DistributedEnv(world, rank, 1)
+        out.append(ds.get_len(num_workers, batch_size))
+    return out
+
+
+def check_data(cfg, dm) -> None:
+    """Split sizes against the process count and batch size: a DDP rank that litdata gives
+    no batch has an empty loader, and the run would stop after set-up (with its other
+    processes left running)."""
     from data_modules.schema import SPLITS
 
     world = cfg.trainer.devices * cfg.trainer.num_nodes
+    if world == 1:
+        return
+    bs, workers = cfg.data.batch_size, cfg.data.num_workers
     for split in SPLITS:
-        index = json.loads((dm.split_dir(split) / "index.json").read_text())
-        chunks = len(index["chunks"])
-        if chunks < world:
-            clips = sum(int(c["chunk_size"]) for c in index["chunks"])
-            raise ConfigError(
-                f"the {split} split has {chunks} shard chunk(s) ({clips} clips, up to 8 a "
-                f"chunk), and each of the {world} processes needs at least one: lower "
-                "trainer.devices, or use more data (e.g. data.synthetic.num_identities)")
+        lengths = rank_lengths(dm.split_dir(split), world, bs, workers, split == "train")
+        if min(lengths) > 0:
+            continue
+        ok = next((b for b in range(bs - 1, 0, -1)
+                   if min(rank_lengths(dm.split_dir(split), world, b, workers,
+                                       split == "train")) > 0), None)
+        fix = (f"data.batch_size <= {ok}" if ok else "fewer trainer.devices")
+        raise ConfigError(
+            f"the {split} split ({sum(lengths)} clips) gives {lengths.count(0)} of the {world} "
+            f"processes no batch at data.batch_size={bs} (litdata hands each process whole "
+            f"chunks of 8 clips); use {fix}, or more data")
 
 
 def data_summary(dm) -> dict[str, int]:

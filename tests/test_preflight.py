@@ -76,12 +76,21 @@ def test_an_unusable_output_dir_fails_before_any_work(tmp_path, capsys, monkeypa
                    "is not writable", tmp_path / "ro" / "run")
 
 
-def test_too_few_chunks_for_ddp_is_caught_before_launch(tmp_path, capsys):
-    # 10 people x 1 clip: val and test hold 2 clips, one chunk, for 2 processes
-    args = _args(tmp_path, **{"data.synthetic.num_identities": "10",
-                              "data.synthetic.clips_per_identity": "1",
-                              "trainer.devices": "2", "trainer.strategy": "ddp"})
-    _fails_cleanly(capsys, args, "each of the 2 processes needs at least one", tmp_path / "run")
+def test_ddp_on_small_data_is_caught_before_launch(tmp_path, capsys):
+    """The reported case: 2 processes, 40 people, batches of 32. litdata gave one rank no
+    val batch, the run stopped after set-up and left the other process running."""
+    args = _args(tmp_path, **{"data.synthetic.num_identities": "40",
+                              "data.synthetic.clips_per_identity": "4",
+                              "data.batch_size": "32", "trainer.devices": "2",
+                              "trainer.strategy": "ddp"})
+    _fails_cleanly(capsys, args, "gives 1 of the 2 processes no batch at data.batch_size=32",
+                   tmp_path / "run")
+    from data_modules.sources import build_shards
+    from fair_lightning.train import rank_lengths
+
+    cfg = load_config("baseline", [tuple(a.split("=", 1)) for a in args[1:]])
+    val = build_shards(cfg.data) / "val"
+    assert min(rank_lengths(val, 2, 16, 0, train=False)) > 0  # the suggested size works
 
 
 def test_a_run_directory_holds_one_run(tmp_path, capsys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def build_shards(data_cfg: DictConfig) -> Path:
     root = Path(data_cfg.cache_dir) / f"{source.name}-{source.cache_key()}"
     if (root / "meta.json").is_file():
         return root
+    if root.exists():  # complete caches are renamed into place with their meta.json
+        log.warning("removing an incomplete cache %s", root)
+        shutil.rmtree(root)
     log.info("building %s shards into %s", source.name, root)
     with atomic_dir(root) as tmp:
         counts = source.write(tmp)

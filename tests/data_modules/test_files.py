@@ -93,3 +93,15 @@ def test_a_kill_during_shard_writing_leaves_no_worker_and_the_next_build_cleans_
     with again(out) as tmp:
         tmp.mkdir()
     assert not list(tmp_path.glob(".split.tmp-*"))
+
+
+def test_a_folder_completed_meanwhile_is_kept_for_its_readers(tmp_path):
+    final = tmp_path / "cache"
+    with atomic_dir(final) as mine:
+        mine.mkdir()
+        (mine / "x").write_text("mine")
+        with atomic_dir(final) as theirs:  # a second writer, finishing first
+            theirs.mkdir()
+            (theirs / "x").write_text("theirs")
+    assert (final / "x").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
