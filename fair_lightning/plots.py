@@ -81,7 +81,11 @@ def plot_scores_by_group(scores: np.ndarray, groups: dict[str, np.ndarray], path
             ax.axvline(threshold, color="black", linestyle=":", label="invite threshold")
         ax.set_xlabel("predicted hireability")
         ax.set_title(f"test scores by {attr}")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:  # every group was unknown or too small to show (fairness.min_group_size)
+            ax.text(0.5, 0.5, "no group large enough to show", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
