@@ -15,12 +15,14 @@ EXPS     ?= baseline face_discriminator adversarial label_adversary
 # trajectory; one thread gives the same numbers on any machine (the README's tables)
 SEED_THREADS ?= 1
 
-.PHONY: install train preprocess bench audit compare seeds test test-all lint clean help
+.PHONY: install train preprocess bench sweep pareto audit compare seeds test test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
 	@echo "make preprocess ARGS='data.source=chalearn data.chalearn.root=DIR'  raw clips -> cached shards"
 	@echo "make bench [BENCH=preprocess] [ARGS=...]            benchmarks -> runs/bench/*.json"
+	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
+	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
@@ -47,6 +49,17 @@ preprocess: install
 BENCH ?= preprocess
 bench: install
 	$(BIN)/python -m fair_lightning.bench $(BENCH) $(ARGS)
+
+# a W&B sweep file: on the server with a login, else offline through W&B's engine
+SWEEP ?=
+COUNT ?=
+sweep: install
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=experiments/sweeps/<file>.yaml [COUNT=n] [ARGS='k=v ...']"; exit 2; }
+	$(BIN)/python -m fair_lightning.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT)) $(if $(ARGS),--args "$(ARGS)")
+
+pareto: install
+	@test -n "$(SWEEP_DIR)" || { echo "usage: make pareto SWEEP_DIR=runs/sweeps/<name>"; exit 2; }
+	$(BIN)/python -m fair_lightning.report --sweep $(SWEEP_DIR)
 
 audit: install
 	@test -n "$(CKPT)" || { echo "usage: make audit CKPT=path/to/checkpoint.ckpt [ARGS='...']"; exit 2; }

@@ -203,6 +203,12 @@ class FairnessConfig:
 
 
 @dataclass
+class SelectionConfig:
+    task_metric: str = MISSING
+    leak_penalty: float = MISSING
+
+
+@dataclass
 class ExperimentConfig:
     experiment: str = MISSING
     description: str = ""
@@ -216,6 +222,7 @@ class ExperimentConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     fairness: FairnessConfig = field(default_factory=FairnessConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
 
 # Closed vocabularies, checked after the type check.
@@ -240,6 +247,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "probe.fit_split": ("train", "val", "test"),
     "probe.eval_split": ("train", "val", "test"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+    "selection.task_metric": ("val/pearson", "val/r2"),
 }
 
 
@@ -435,6 +443,7 @@ RANGES: dict[str, tuple] = {
     "probe.max_clips": (_at_least(0), ">= 0"),
     "probe.min_people": (_at_least(0), ">= 0"),
     "fairness.min_group_size": (_at_least(1), ">= 1"),
+    "selection.leak_penalty": (_at_least(0), ">= 0"),
 }
 
 

@@ -342,11 +342,92 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
             "plot": out_dir / "tradeoff.png"}
 
 
+def worst_leak(summary: dict, prefix: str = "leak") -> float:
+    """The largest balanced accuracy above chance on h over attributes and levels."""
+    gaps = [summary[f"{prefix}/fused/{a}/{lv}/bal_acc"] - summary[f"{prefix}/fused/{a}/{lv}/chance"]
+            for a in ATTRS for lv in ("clip", "person")
+            if f"{prefix}/fused/{a}/{lv}/bal_acc" in summary]
+    return max(gaps) if gaps else math.nan
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (leak, task) points no other point beats on both (lower leak, higher
+    task), ties included."""
+    front = []
+    for i, (li, ti) in enumerate(points):
+        if not any((lj <= li and tj >= ti) and (lj < li or tj > ti)
+                   for j, (lj, tj) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
+    """A sweep's trials: the test front of task against leakage, every trial with its
+    hyperparameters, and the trial `select/score` (validation only) picked, with its test
+    numbers."""
+    from fair_lightning.plots import plot_pareto
+
+    sweep_dir = Path(sweep_dir)
+    out_dir = Path(out_dir or sweep_dir / "pareto")
+    trials = []
+    for t in sorted(sweep_dir.glob("trial-*/trial.json")):
+        info = json.loads(t.read_text())
+        summary = t.parent / "summary.json"
+        if info.get("state") == "finished" and summary.is_file():
+            trials.append((info, json.loads(summary.read_text())))
+    if not trials:
+        raise FileNotFoundError(f"{sweep_dir}: no finished trial (trial-*/summary.json)")
+    metric = ("test/pearson_merit" if all("test/pearson_merit" in s and
+                                          not math.isnan(s["test/pearson_merit"])
+                                          for _, s in trials) else "test/pearson")
+    points = [{"name": i["name"], "task": s.get(metric, math.nan), "leak": worst_leak(s),
+               "select": s.get("select/score", math.nan),
+               "params": {k: v["value"] for k, v in i["config"].items()}, "summary": s}
+              for i, s in trials]
+    front = pareto_front([(p["leak"], p["task"]) for p in points])
+    scored = [i for i, p in enumerate(points) if not math.isnan(p["select"])]
+    selected = max(scored, key=lambda i: points[i]["select"]) if scored else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_pareto(points, front, selected, metric, out_dir / "pareto.png")
+    keys = sorted({k for p in points for k in p["params"]})
+    lines = [f"# Sweep {sweep_dir.name}: task against leakage", "",
+             f"{len(points)} finished trial(s). Task: `{metric}` on test. Leakage: the worst "
+             "balanced accuracy above chance on h (gender, ethnicity; clip and person level; "
+             "the attacker suite's selected attacker) on test. The front holds the trials no "
+             "other trial beats on both. Selection uses `select/score`, computed on validation "
+             "data only.", ""]
+    if selected is not None:
+        p = points[selected]
+        lines += [f"**Selected on validation**: {p['name']} "
+                  f"({', '.join(f'{k}={v}' for k, v in p['params'].items())}): select/score "
+                  f"{p['select']:.3f}; on test {metric} {p['task']:.3f}, worst leakage above "
+                  f"chance {p['leak']:.3f}"
+                  + (" (on the front)." if selected in front else " (not on the front)."), ""]
+    lines += ["| trial | " + " | ".join(keys) + f" | {metric} | worst leak | select/score | "
+              "front |", "|---|" + "---|" * (len(keys) + 4)]
+    for i, p in sorted(enumerate(points), key=lambda ip: ip[1]["leak"]):
+        lines.append(f"| {p['name']} | " + " | ".join(str(p["params"].get(k, "")) for k in keys)
+                     + f" | {_fmt(p['task'])} | {_fmt(p['leak'])} | {_fmt(p['select'])} | "
+                     + ("yes" if i in front else "") + " |")
+    lines += ["", "![pareto](pareto.png)", ""]
+    (out_dir / "pareto.md").write_text("\n".join(lines))
+    with open(out_dir / "pareto.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", *keys, metric, "worst_leak", "select_score", "front", "selected"])
+        for i, p in enumerate(points):
+            w.writerow([p["name"], *[p["params"].get(k, "") for k in keys], p["task"],
+                        p["leak"], p["select"], i in front, i == selected])
+    return {"markdown": out_dir / "pareto.md", "csv": out_dir / "pareto.csv", "plot": plot}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fair_lightning.report",
                                 description="Compare finished runs: table (markdown, CSV) and a "
                                             "task-metric-against-leakage plot.")
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (each with summary.json)")
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (each with summary.json), "
+                   "or with --sweep one sweep directory (runs/sweeps/<name>)")
+    p.add_argument("--sweep", action="store_true",
+                   help="a sweep's Pareto report: front, every trial, the selected one")
     p.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output directory")
     p.add_argument("--metric", default="test/pearson_merit", help="task metric on the y axis")
     p.add_argument("--leakage", default="leak/fused/gender/clip/bal_acc",
@@ -354,6 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-mixed-data", action="store_true",
                    help="compare runs made on different data (refused otherwise)")
     args = p.parse_args(argv)
+    if args.sweep:
+        try:
+            paths = pareto_report(args.runs[0], None if args.out == Path("runs/comparison")
+                                  else args.out)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for k, v in paths.items():
+            print(f"{k}: {v}")
+        return 0
     try:
         paths = compare(args.runs, args.out, args.metric, args.leakage,
                         allow_mixed_data=args.allow_mixed_data)

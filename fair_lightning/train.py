@@ -197,6 +197,25 @@ def check_data(cfg, dm) -> None:
             f"chunks of 8 clips); use {fix}, or more data")
 
 
+def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
+    """`select/score`: what sweeps and `make compare` select on, from validation data only
+    (the last val epoch and the end-of-fit audit on val), never from test.
+
+    score = task - leak_penalty * max(0, worst leakage above chance on h), the worst over
+    gender and ethnicity at clip and person level. NaN when the audit is off."""
+    import math
+
+    from data_modules.schema import SENSITIVE
+
+    task = val.get(cfg.selection.task_metric, math.nan)
+    excess = [summary[f"fit_leak/fused/{a}/{lv}/bal_acc"] - summary[f"fit_leak/fused/{a}/{lv}/chance"]
+              for a in SENSITIVE for lv in ("clip", "person")
+              if f"fit_leak/fused/{a}/{lv}/bal_acc" in summary]
+    worst = max(0.0, max(excess)) if excess else math.nan
+    return {"select/val_task": task, "select/val_leak_excess": worst,
+            "select/score": task - cfg.selection.leak_penalty * worst}
+
+
 def data_summary(dm) -> dict[str, int]:
     """`data/...` keys from the shards' meta.json: clips and people per split, people
     shared across splits (ChaLearn's official splits), clips skipped at preprocessing."""
@@ -240,6 +259,7 @@ def run(cfg) -> Path:
     t1 = time.time()
     trainer.fit(module, datamodule=dm)
     fit_s = time.time() - t1
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     batches = module.trained_batches  # before testing loads a checkpoint's count
     ckpt = str(run_dir / "checkpoints" / f"{cfg.trainer.test_checkpoint}.ckpt")
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
@@ -251,6 +271,7 @@ def run(cfg) -> Path:
                         "train/batches": batches,
                         "train/optimizer_steps": trainer.global_step, **pretrain_stats,
                         **data_summary(dm)})
+        summary.update(selection_metrics(cfg, val, summary))
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir, cfg, summary, callbacks)
         for lg in trainer.loggers:

@@ -1,0 +1,229 @@
+"""Run a W&B sweep file: on the W&B server with a login, else offline through W&B's own
+sweep engine (the `sweeps` package: grid, random, bayes), with the same YAML.
+
+    python -m fair_lightning.sweep experiments/sweeps/adversarial_grid.yaml [--count N]
+        [--name NAME] [--args "key=value ..."] [--offline]
+
+Offline, every trial is a subprocess running the YAML's `command` (with `${args_no_hyphens}`
+and friends filled in as W&B's agent does) in `runs/sweeps/<name>/trial-NNN/`, its W&B run
+grouped under the sweep's name (offline, so `wandb sync` uploads it later). The engine sees
+every earlier trial with its state and `metric` value, honours `run_cap` and the goal, and a
+rerun continues the sweep. Several agents may run at once: they pick trials under a file
+lock. `--args` adds keys to every trial (e.g. a data source or a smaller benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+TRIAL = "trial.json"
+
+
+def load_sweep(path: Path) -> dict:
+    import warnings
+
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the sweep file: {e}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sweeps import schema_violations_from_proposed_config
+
+        # run_cap is the server's field (the local engine's schema lacks it); honoured here
+        bad = schema_violations_from_proposed_config(
+            {k: v for k, v in cfg.items() if k != "run_cap"})
+    if bad:
+        raise ValueError(f"{path}: not a valid W&B sweep: {'; '.join(map(str, bad))}")
+    if "command" not in cfg:
+        raise ValueError(f"{path}: the sweep needs a 'command' (see experiments/sweeps/)")
+    return cfg
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value  # numpy scalars from the engine
+
+
+def trial_args(params: dict) -> list[str]:
+    """`key=value` per parameter, as W&B's ${args_no_hyphens} (lists in YAML flow form)."""
+    out = []
+    for key, spec in sorted(params.items()):
+        value = _plain(spec["value"] if isinstance(spec, dict) and "value" in spec else spec)
+        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        out.append(f"{key}={text}")
+    return out
+
+
+def expand_command(command: list[str], args: list[str], program: str | None) -> list[str]:
+    """W&B's macros: ${env}, ${interpreter}, ${program}, ${args}, ${args_no_hyphens}."""
+    out = []
+    for part in command:
+        if part == "${env}":
+            continue  # the environment is inherited
+        if part == "${interpreter}":
+            out.append(sys.executable)
+        elif part == "${program}":
+            out.append(program or "")
+        elif part == "${args_no_hyphens}":
+            out.extend(args)
+        elif part == "${args}":
+            out.extend(f"--{a}" for a in args)
+        else:
+            out.append(part)
+    return out
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock on the sweep folder: agents pick trials one at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_trials(root: Path, metric: str) -> list[dict]:
+    """Every trial with its state; a 'running' trial whose agent died counts as crashed."""
+    trials = []
+    for f in sorted(root.glob(f"trial-*/{TRIAL}")):
+        t = json.loads(f.read_text())
+        if t["state"] == "running" and not _alive(t.get("pid", -1)):
+            t["state"] = "crashed"
+        summary = f.parent / "summary.json"
+        if t["state"] == "finished" and summary.is_file():
+            t["metric"] = json.loads(summary.read_text()).get(metric)
+        trials.append(t)
+    return trials
+
+
+def _engine_runs(trials: list[dict], metric: str):
+    from sweeps import RunState, SweepRun
+
+    states = {"finished": RunState.finished, "running": RunState.running,
+              "failed": RunState.failed, "crashed": RunState.crashed}
+    return [SweepRun(name=t["name"], config=t["config"], state=states[t["state"]],
+                     summaryMetrics={metric: t["metric"]} if t.get("metric") is not None
+                     else {}) for t in trials]
+
+
+def next_trial(cfg: dict, root: Path) -> dict | None:
+    """Under the lock: ask the engine for the next configuration and claim a trial folder."""
+    import warnings
+
+    metric = cfg["metric"]["name"]
+    with locked(root / ".lock"):
+        trials = read_trials(root, metric)
+        if cfg.get("run_cap") and len(trials) >= int(cfg["run_cap"]):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from sweeps import next_run
+
+            engine_cfg = {k: v for k, v in cfg.items() if k != "run_cap"}
+            proposal = next_run(engine_cfg, _engine_runs(trials, metric), validate=True)
+        if proposal is None:
+            return None
+        n = 1 + max((int(t["name"].split("-")[1]) for t in trials), default=0)
+        trial = {"name": f"trial-{n:03d}", "state": "running", "pid": os.getpid(),
+                 "config": {k: {"value": _plain(v["value"])} for k, v in proposal.config.items()},
+                 "started": time.time()}
+        folder = root / trial["name"]
+        folder.mkdir()
+        (folder / TRIAL).write_text(json.dumps(trial, indent=1))
+        return trial
+
+
+def run_offline(sweep_file: Path, cfg: dict, *, name: str, count: int | None,
+                extra: list[str], runs_root: Path) -> list[dict]:
+    root = runs_root / name
+    done = []
+    while count is None or len(done) < count:
+        trial = next_trial(cfg, root)
+        if trial is None:
+            break
+        folder = root / trial["name"]
+        args = trial_args(trial["config"]) + extra + [
+            f"output_dir={folder / 'run'}", f"logger.wandb.group={name}"]
+        cmd = expand_command(cfg["command"], args, cfg.get("program"))
+        print(f"[{name}] {trial['name']}: {' '.join(trial_args(trial['config']))}", flush=True)
+        with open(folder / "log.txt", "w") as log:
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        run_dir = folder / "run"
+        if rc == 0 and (run_dir / "summary.json").is_file():
+            (folder / "summary.json").write_text((run_dir / "summary.json").read_text())
+        trial.update(state="finished" if rc == 0 else "failed", exitcode=rc,
+                     ended=time.time())
+        (folder / TRIAL).write_text(json.dumps(trial, indent=1))
+        done.append(trial)
+        print(f"[{name}] {trial['name']}: {trial['state']} (log {folder / 'log.txt'})",
+              flush=True)
+    return done
+
+
+def run_online(sweep_file: Path, cfg: dict, count: int | None) -> int:
+    """With a W&B login: create the sweep on the server, then be one of its agents."""
+    out = subprocess.run(["wandb", "sweep", str(sweep_file)], capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    ids = [w for line in text.splitlines() if "wandb agent" in line
+           for w in line.split("wandb agent", 1)[1].split()[:1]]
+    if out.returncode or not ids:
+        print(f"error: wandb sweep failed:\n{text[-2000:]}", file=sys.stderr)
+        return 2
+    agent = ["wandb", "agent", ids[0]] + (["--count", str(count)] if count else [])
+    return subprocess.call(agent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fair_lightning.sweep",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", type=Path, help="a W&B sweep YAML (experiments/sweeps/)")
+    p.add_argument("--count", type=int, default=None, help="trials for this agent")
+    p.add_argument("--name", default=None, help="sweep name (default: the file's 'name')")
+    p.add_argument("--args", default="", help="extra key=value settings for every trial")
+    p.add_argument("--offline", action="store_true", help="never use the W&B server")
+    p.add_argument("--runs", type=Path, default=Path("runs/sweeps"), help="offline root")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_sweep(a.sweep)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from fair_lightning.tracking import has_wandb_credentials
+
+    if not a.offline and has_wandb_credentials() and os.environ.get("WANDB_MODE") != "offline":
+        return run_online(a.sweep, cfg, a.count)
+    name = a.name or cfg.get("name") or a.sweep.stem
+    done = run_offline(a.sweep, cfg, name=name, count=a.count, extra=shlex.split(a.args),
+                       runs_root=a.runs)
+    failed = [t["name"] for t in done if t["state"] != "finished"]
+    print(f"sweep dir: {a.runs / name} ({len(done)} trial(s) run now"
+          + (f", failed: {', '.join(failed)}" if failed else "") + ")")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
