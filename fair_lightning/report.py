@@ -435,19 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-mixed-data", action="store_true",
                    help="compare runs made on different data (refused otherwise)")
     args = p.parse_args(argv)
-    if args.sweep:
-        try:
+    try:
+        if args.sweep:
             paths = pareto_report(args.runs[0], None if args.out == Path("runs/comparison")
                                   else args.out)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        for k, v in paths.items():
-            print(f"{k}: {v}")
-        return 0
-    try:
-        paths = compare(args.runs, args.out, args.metric, args.leakage,
-                        allow_mixed_data=args.allow_mixed_data)
+        else:
+            paths = compare(args.runs, args.out, args.metric, args.leakage,
+                            allow_mixed_data=args.allow_mixed_data)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
