@@ -125,19 +125,19 @@ def plot_tradeoff(runs: list[dict], metric: str, leakage: str, path: Path) -> Pa
     return path
 
 
-def plot_pareto(points: list[dict], front: list[int], selected: int | None, metric: str,
+def plot_pareto(points: list[dict], front: list[int], selected: list[int], metric: str,
                 path: Path) -> Path:
     """Every trial (worst leakage above chance, task metric), the non-dominated front joined
-    by a line, and the trial that selection on validation picked."""
+    by a line, and the trials (seeds) of the configuration selection on validation picked."""
     fig, ax = plt.subplots(figsize=(6, 4.4))
     x = np.array([p["leak"] for p in points])
     y = np.array([p["task"] for p in points])
     ax.scatter(x, y, color="gray", alpha=0.7, label="trial")
     order = sorted(front, key=lambda i: x[i])
     ax.plot(x[order], y[order], "o-", color="tab:blue", label="front (test)")
-    if selected is not None:
-        ax.scatter([x[selected]], [y[selected]], marker="*", s=260, color="tab:orange",
-                   zorder=3, label="selected on validation")
+    if selected:
+        ax.scatter(x[selected], y[selected], marker="*", s=260, color="tab:orange",
+                   zorder=3, label="selected on validation (its seeds)")
     ax.set_xlabel("worst leakage above chance on h, test (lower is better)")
     ax.set_ylabel(f"{metric} (higher is better)")
     ax.set_title("sweep: task quality against leakage")

@@ -363,8 +363,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     """A sweep's trials: the test front of task against leakage, every trial with its
-    hyperparameters, and the trial `select/score` (validation only) picked, with its test
-    numbers."""
+    hyperparameters, and the configuration whose mean `select/score` over its seeds
+    (validation only) is best, with its test numbers."""
     from fair_lightning.plots import plot_pareto
 
     sweep_dir = Path(sweep_dir)
@@ -385,10 +385,17 @@ def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Pat
                "params": {k: v["value"] for k, v in i["config"].items()}, "summary": s}
               for i, s in trials]
     front = pareto_front([(p["leak"], p["task"]) for p in points])
-    scored = [i for i, p in enumerate(points) if not math.isnan(p["select"])]
-    selected = max(scored, key=lambda i: points[i]["select"]) if scored else None
+    # selection is of a configuration, not of a seed: mean select/score over its seeds
+    configs: dict[str, list[int]] = {}
+    for i, p in enumerate(points):
+        key = json.dumps({k: v for k, v in p["params"].items() if k != "seed"}, sort_keys=True)
+        configs.setdefault(key, []).append(i)
+    scored = {k: float(np.mean([points[i]["select"] for i in idx])) for k, idx in configs.items()
+              if not any(math.isnan(points[i]["select"]) for i in idx)}
+    best = max(scored, key=scored.get) if scored else None
+    chosen = configs[best] if best else []
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot = plot_pareto(points, front, selected, metric, out_dir / "pareto.png")
+    plot = plot_pareto(points, front, chosen, metric, out_dir / "pareto.png")
     keys = sorted({k for p in points for k in p["params"]})
     lines = [f"# Sweep {sweep_dir.name}: task against leakage", "",
              f"{len(points)} finished trial(s). Task: `{metric}` on test. Leakage: the worst "
@@ -396,19 +403,21 @@ def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Pat
              "the attacker suite's selected attacker) on test. The front holds the trials no "
              "other trial beats on both. Selection uses `select/score`, computed on validation "
              "data only.", ""]
-    if selected is not None:
-        p = points[selected]
-        lines += [f"**Selected on validation**: {p['name']} "
-                  f"({', '.join(f'{k}={v}' for k, v in p['params'].items())}): select/score "
-                  f"{p['select']:.3f}; on test {metric} {p['task']:.3f}, worst leakage above "
-                  f"chance {p['leak']:.3f}"
-                  + (" (on the front)." if selected in front else " (not on the front)."), ""]
+    if chosen:
+        mean = {k: float(np.mean([points[i][k] for i in chosen])) for k in ("task", "leak")}
+        worst = max(points[i]["leak"] for i in chosen)
+        lines += [f"**Selected on validation**: {best} (mean select/score {scored[best]:.3f} "
+                  f"over {len(chosen)} seed(s): {', '.join(points[i]['name'] for i in chosen)})."
+                  f" On test: {metric} {mean['task']:.3f}, worst leakage above chance "
+                  f"{mean['leak']:.3f} on average and {worst:.3f} for its worst seed; on the "
+                  f"front: {sum(i in front for i in chosen)} of its {len(chosen)} trial(s).", ""]
     lines += ["| trial | " + " | ".join(keys) + f" | {metric} | worst leak | select/score | "
-              "front |", "|---|" + "---|" * (len(keys) + 4)]
+              "front | selected |", "|---|" + "---|" * (len(keys) + 5)]
     for i, p in sorted(enumerate(points), key=lambda ip: ip[1]["leak"]):
         lines.append(f"| {p['name']} | " + " | ".join(str(p["params"].get(k, "")) for k in keys)
                      + f" | {_fmt(p['task'])} | {_fmt(p['leak'])} | {_fmt(p['select'])} | "
-                     + ("yes" if i in front else "") + " |")
+                     + ("yes" if i in front else "") + " | " + ("yes" if i in chosen else "")
+                     + " |")
     lines += ["", "![pareto](pareto.png)", ""]
     (out_dir / "pareto.md").write_text("\n".join(lines))
     with open(out_dir / "pareto.csv", "w", newline="") as f:
@@ -416,7 +425,7 @@ def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Pat
         w.writerow(["trial", *keys, metric, "worst_leak", "select_score", "front", "selected"])
         for i, p in enumerate(points):
             w.writerow([p["name"], *[p["params"].get(k, "") for k in keys], p["task"],
-                        p["leak"], p["select"], i in front, i == selected])
+                        p["leak"], p["select"], i in front, i in chosen])
     return {"markdown": out_dir / "pareto.md", "csv": out_dir / "pareto.csv", "plot": plot}
 
 

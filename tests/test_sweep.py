@@ -98,7 +98,7 @@ def test_an_offline_grid_runs_continues_and_shares_the_work(tmp_path, capsys):
     assert report_main([str(runs / "tiny"), "--sweep"]) == 0
     md = (runs / "tiny" / "pareto" / "pareto.md").read_text()
     assert "3 finished trial(s)" in md and "**Selected on validation**" in md
-    assert md.count("| trial-0") == 3 and "| optim.lr |" in md
+    assert md.count("| trial-0") == 3 and "| optim.lr |" in md and "over 1 seed(s)" in md
     assert (runs / "tiny" / "pareto" / "pareto.png").stat().st_size > 1000
 
 
