@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.files import atomic_write, remove_stale
+from data_modules.files import atomic_write, peak_rss_mb, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -334,20 +334,6 @@ class Store:
                 remove_stale(d / tmp)
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process image. VmHWM, not getrusage: a spawned worker's
-    ru_maxrss keeps the parent's size from the fork before its exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 def _media_job(entry: ClipEntry, s: Settings, out: str, skip: str
                ) -> tuple[str, str, dict, float]:
     """Worker: one clip to its npz, or to its skip file.
@@ -357,9 +343,9 @@ def _media_job(entry: ClipEntry, s: Settings, out: str, skip: str
     except SkipClip as e:
         info = json.dumps({"clip_id": entry.clip_id, "reason": e.reason, "detail": e.detail})
         atomic_write(Path(skip), lambda p: p.write_text(info))
-        return entry.clip_id, e.reason, {}, _peak_rss_mb()
+        return entry.clip_id, e.reason, {}, peak_rss_mb()
     atomic_write(Path(out), lambda p: np.savez(open(p, "wb"), **arrays))
-    return entry.clip_id, "done", times, _peak_rss_mb()
+    return entry.clip_id, "done", times, peak_rss_mb()
 
 
 def _init_worker() -> None:

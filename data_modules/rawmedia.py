@@ -395,8 +395,7 @@ def write_clip(path: str | os.PathLike, *, seconds: float = 2.0, fps: float = 10
                             envelope=np.clip(mouth, 0, 1), person=p)
     wave = _speech(p, clip_seed, duration, AUDIO_RATE) if audio else None
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    def encode(tmp: Path) -> None:  # the muxer must be told mp4: the temporary name is not .mp4
         with av.open(str(tmp), "w", format="mp4") as out:
             rate = Fraction(fps).limit_denominator(1001)
             vs = out.add_stream("libx264", rate=rate)
@@ -421,10 +420,8 @@ def write_clip(path: str | os.PathLike, *, seconds: float = 2.0, fps: float = 10
             out.mux(vs.encode(None))
             if wave is not None:
                 out.mux(aus.encode(None))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, encode)
 
 
 def _encode_audio(out, stream, wave: np.ndarray, start: int, stop: int) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,12 +35,9 @@ def _entries(clips: list[Path]):
                       ethnicity=-1) for i, p in enumerate(clips)]
 
 
-def _peak_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
-
-
 def _run_once(args) -> None:
     """In a fresh process: preprocess the clips into a new store, print JSON."""
+    from data_modules.files import peak_rss_mb
     from data_modules.preprocess import Settings, Store, preprocess
 
     clips = sorted(Path(args.clips_dir).glob("tp_*.mp4"))[: args.n]
@@ -53,7 +49,7 @@ def _run_once(args) -> None:
     print(json.dumps({"clips": len(clips), "usable": len(usable), "workers": args.workers,
                       "wall_s": report.wall_seconds, "media_wall_s": report.media_wall_seconds,
                       "stage_s": report.stage_seconds, "skipped": report.skipped,
-                      "peak_rss_main_mb": _peak_mb(resource.RUSAGE_SELF),
+                      "peak_rss_main_mb": peak_rss_mb(),
                       "peak_rss_worker_mb": report.worker_peak_rss_mb}))
 
 

@@ -25,6 +25,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from data_modules.files import atomic_write, pid_alive
+
 TRIAL = "trial.json"
 
 
@@ -96,14 +98,9 @@ def locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _save(path: Path, trial: dict) -> None:
+    text = json.dumps(trial, indent=1)
+    atomic_write(path, lambda p, t=text: p.write_text(t))
 
 
 def read_trials(root: Path, metric: str) -> list[dict]:
@@ -111,7 +108,7 @@ def read_trials(root: Path, metric: str) -> list[dict]:
     trials = []
     for f in sorted(root.glob(f"trial-*/{TRIAL}")):
         t = json.loads(f.read_text())
-        if t["state"] == "running" and not _alive(t.get("pid", -1)):
+        if t["state"] == "running" and not pid_alive(t.get("pid", -1)):
             t["state"] = "crashed"
         summary = f.parent / "summary.json"
         if t["state"] == "finished" and summary.is_file():
@@ -153,7 +150,7 @@ def next_trial(cfg: dict, root: Path) -> dict | None:
                  "started": time.time()}
         folder = root / trial["name"]
         folder.mkdir()
-        (folder / TRIAL).write_text(json.dumps(trial, indent=1))
+        _save(folder / TRIAL, trial)
         return trial
 
 
@@ -174,10 +171,11 @@ def run_offline(sweep_file: Path, cfg: dict, *, name: str, count: int | None,
             rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         run_dir = folder / "run"
         if rc == 0 and (run_dir / "summary.json").is_file():
-            (folder / "summary.json").write_text((run_dir / "summary.json").read_text())
+            text = (run_dir / "summary.json").read_text()
+            atomic_write(folder / "summary.json", lambda p, t=text: p.write_text(t))
         trial.update(state="finished" if rc == 0 else "failed", exitcode=rc,
                      ended=time.time())
-        (folder / TRIAL).write_text(json.dumps(trial, indent=1))
+        _save(folder / TRIAL, trial)  # other agents read it: never half a file
         done.append(trial)
         print(f"[{name}] {trial['name']}: {trial['state']} (log {folder / 'log.txt'})",
               flush=True)

@@ -205,13 +205,11 @@ def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
     gender and ethnicity at clip and person level. NaN when the audit is off."""
     import math
 
-    from data_modules.schema import SENSITIVE
+    from fair_lightning.report import worst_leak
 
     task = val.get(cfg.selection.task_metric, math.nan)
-    excess = [summary[f"fit_leak/fused/{a}/{lv}/bal_acc"] - summary[f"fit_leak/fused/{a}/{lv}/chance"]
-              for a in SENSITIVE for lv in ("clip", "person")
-              if f"fit_leak/fused/{a}/{lv}/bal_acc" in summary]
-    worst = max(0.0, max(excess)) if excess else math.nan
+    worst = worst_leak(summary, "fit_leak")
+    worst = worst if math.isnan(worst) else max(0.0, worst)
     return {"select/val_task": task, "select/val_leak_excess": worst,
             "select/score": task - cfg.selection.leak_penalty * worst}
 

@@ -124,3 +124,16 @@ def test_run_cap_is_honoured(tmp_path):
     assert main([str(sweep), "--offline", "--runs", str(tmp_path / "runs"), "--args",
                  _tiny_args(tmp_path)]) == 0
     assert len(list((tmp_path / "runs" / "tiny").glob("trial-*"))) == 1
+
+
+def test_select_score_is_nan_without_an_audit_and_ignores_leakage_below_chance():
+    from fair_lightning.config import load_config
+    from fair_lightning.train import selection_metrics
+
+    cfg = load_config("adversarial", [])
+    none = selection_metrics(cfg, {"val/pearson": 0.8}, {})
+    assert math.isnan(none["select/score"]) and none["select/val_task"] == 0.8
+    below = {f"fit_leak/fused/{a}/{lv}/{k}": v for a, c in (("gender", 0.5), ("ethnicity", 1 / 3))
+             for lv in ("clip", "person") for k, v in (("bal_acc", c - 0.05), ("chance", c))}
+    s = selection_metrics(cfg, {"val/pearson": 0.8}, below)
+    assert s["select/val_leak_excess"] == 0.0 and s["select/score"] == 0.8
