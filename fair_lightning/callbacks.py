@@ -20,18 +20,10 @@ import torch.distributed as dist
 from data_modules.schema import SENSITIVE
 from fair_lightning.fairness import OutputFairness
 from fair_lightning.probes import AttackerResult, AttackSuite
+from fair_lightning.runtime import gather_objects
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = SENSITIVE  # attribute -> number of groups
-
-
-def _gather_objects(obj):
-    """All ranks' objects (list); the single object in a list when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _rows(m: OutputFairness) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +72,7 @@ def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.
     finally:
         module.train(was_training)
     local = {k: np.concatenate(v) for k, v in chunks.items()}
-    parts = [p for p in _gather_objects(local) if p]
+    parts = [p for p in gather_objects(local) if p]
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     _, first = np.unique(merged["clip_id"], return_index=True)  # DDP may pad with repeats
     merged = {k: v[first] for k, v in merged.items()}
@@ -204,6 +196,7 @@ class SensitiveAttributeProbe(L.Callback):
         self.timings: dict[str, float] = {}
         self.shared_dropped: dict[str, int] = {}  # prefix -> eval people also in fit_split
         self.plot_path: Path | None = None
+        self.fit_audited = False
 
     def _audit(self, trainer: L.Trainer, module, eval_split: str, prefix: str) -> None:
         t0 = time.time()
@@ -261,6 +254,14 @@ class SensitiveAttributeProbe(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._audit(trainer, pl_module, "val", "fit_probe")
+        self.fit_audited = True  # on every rank (results live on rank 0 only)
+
+    def ensure_fit_audit(self, trainer, pl_module) -> None:
+        """The end-of-fit audit, when fit ran no training (a run resumed from its final
+        checkpoint: Lightning then skips the fit loop and its end)."""
+        if not self.fit_audited:
+            self._audit(trainer, pl_module, "val", "fit_probe")
+            self.fit_audited = True
 
     def on_test_end(self, trainer, pl_module):
         self._audit(trainer, pl_module, self.cfg.eval_split, "probe")

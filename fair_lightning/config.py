@@ -161,7 +161,7 @@ class TrainerConfig:
     limit_test_batches: float = MISSING
     checkpoint_every_n_batches: int = MISSING
     test_checkpoint: str = MISSING
-    enable_progress_bar: bool = MISSING
+    enable_progress_bar: Any = MISSING  # true | false | auto
 
 
 @dataclass
@@ -214,6 +214,7 @@ class ExperimentConfig:
     description: str = ""
     seed: int = MISSING
     output_dir: str | None = None
+    resume: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
@@ -472,6 +473,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ConfigError(f"key '{key}' must be {what}, got {value!r}")
+    if cfg.trainer.enable_progress_bar not in (True, False, "auto"):
+        raise ConfigError("key 'trainer.enable_progress_bar' must be true, false or auto, got "
+                          f"{cfg.trainer.enable_progress_bar!r}")
     t = cfg.fairness
     if t.top_q is not None and not 0 < t.top_q < 1:
         raise ConfigError(f"key 'fairness.top_q' must be in (0, 1), got {t.top_q!r}")

@@ -19,6 +19,7 @@ converts them. `trained_batches` counts batches, and checkpoints keep it.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -77,6 +78,8 @@ class FairScorerModule(L.LightningModule):
         # alternating steps need manual optimization; the task alone is Lightning's own loop
         self.automatic_optimization = self.adversary is None
         self._trained_batches = 0
+        self._pending_resume: dict | None = None  # set by on_load_checkpoint, used in fit
+        self.resumed_val_metrics: dict[str, float] = {}
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         stages = ("train", "val", "test")
         self.task_metrics = torch.nn.ModuleDict({
@@ -121,9 +124,86 @@ class FairScorerModule(L.LightningModule):
         return w * dann_weight(min(max(done / max(total - start, 1), 0.0), 1.0))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from fair_lightning.resume import RESUME_KEY
+        from fair_lightning.runtime import gather_objects
+
         checkpoint["trained_batches"] = self._trained_batches
+        # every rank saves (Lightning writes rank 0's dict): gather what differs by rank
+        checkpoint[RESUME_KEY] = {"ranks": gather_objects(self._resume_state()),
+                                  **self._log_position()}
+
+    def _resume_state(self) -> dict:
+        from fair_lightning.resume import metric_states, rng_state
+
+        state = {"rng": rng_state(),
+                 "train_metrics": metric_states(torch.nn.ModuleList(
+                     [self.task_metrics["train_"], self.d_auc["train_"], self.d_acc["train_"]]))}
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.memory_state()
+            state["objective"] = self.objective.memory_state()
+        # BatchNorm running statistics differ by DDP rank (each updates them on its own
+        # batch after DDP broadcasts rank 0's), and the checkpoint holds rank 0's only
+        state["buffers"] = {k: b.detach().clone() for k, b in self._model_buffers()}
+        return state
+
+    def _model_buffers(self):
+        return [(k, b) for k, b in self.named_buffers()
+                if k.startswith(("scorer.", "adversary."))]
+
+    def _log_position(self) -> dict:
+        """Rows of csv/metrics.csv written so far (after a flush): what a resume keeps; and
+        the last validation metrics."""
+        from fair_lightning.resume import CSV_ROWS_KEY, csv_rows_written
+
+        if not self.trainer.is_global_zero:
+            return {}
+        # the last validation, for a resume that has no epoch left to validate
+        out = {"val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                               if k.startswith("val/")}}
+        for lg in self.trainer.loggers:
+            if lg.__class__.__name__.endswith("CSVLogger"):
+                lg.save()
+                out[CSV_ROWS_KEY] = csv_rows_written(Path(lg.save_dir))
+        return out
+
+    def _apply_resume_state(self) -> None:
+        """Restore this rank's saved state, just before the first batch after a resume:
+        after Lightning's own restore and sanity check, where the run that saved it went
+        on from."""
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        from fair_lightning.resume import load_metric_states, set_rng_state
+
+        saved, self._pending_resume = self._pending_resume, None
+        ranks = saved["ranks"]
+        if len(ranks) != self.trainer.world_size:
+            raise RuntimeError(f"the checkpoint was written by {len(ranks)} processes, this run "
+                               f"has {self.trainer.world_size}: it cannot continue exactly")
+        state = ranks[self.global_rank]
+        set_rng_state(state["rng"])
+        load_metric_states(torch.nn.ModuleList(
+            [self.task_metrics["train_"], self.d_auc["train_"], self.d_acc["train_"]]),
+            move_data_to_device(state["train_metrics"], self.device))
+        with torch.no_grad():
+            for k, b in self._model_buffers():
+                b.copy_(state["buffers"][k])
+        if self.adversary is not None:
+            self.adversary.load_memory_state(state["adversary"])
+            self.objective.load_memory_state(move_data_to_device(state["objective"],
+                                                                 self.device))
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._pending_resume is not None:
+            self._apply_resume_state()
+
+    def on_test_start(self) -> None:
+        self._pending_resume = None  # testing a checkpoint restores its weights only
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from fair_lightning.resume import RESUME_KEY
+
+        self._pending_resume = checkpoint.get(RESUME_KEY)
+        self.resumed_val_metrics = (self._pending_resume or {}).get("val_metrics", {})
         # older checkpoints lack the counter, and hold the adversary's weights at the top
         self._trained_batches = checkpoint.get(
             "trained_batches", checkpoint.get("global_step", 0) // self.optimizer_steps_per_batch)

@@ -81,3 +81,15 @@ def ensure_data(datamodule, timeout_s: float = 3600) -> None:
             if time.time() > deadline:
                 raise
             time.sleep(2)
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order (collective: all ranks must call it); `[obj]`
+    when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

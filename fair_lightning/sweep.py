@@ -2,7 +2,11 @@
 sweep engine (the `sweeps` package: grid, random, bayes), with the same YAML.
 
     python -m fair_lightning.sweep experiments/sweeps/adversarial_grid.yaml [--count N]
-        [--name NAME] [--args "key=value ..."] [--offline]
+        [--name NAME] [--args "key=value ..."] [--offline] [--sweep-id ID | --create-only]
+
+Online, the sweep is created on the server (`--args` become fixed parameters of it) and
+this process is one `wandb agent`; `--create-only` prints the id for other agents, which
+join with `--sweep-id` (a job array: experiments/cluster/sweep.sbatch).
 
 Offline, every trial is a subprocess running the YAML's `command` (with `${args_no_hyphens}`
 and friends filled in as W&B's agent does) in `runs/sweeps/<name>/trial-NNN/`, its W&B run
@@ -182,16 +186,42 @@ def run_offline(sweep_file: Path, cfg: dict, *, name: str, count: int | None,
     return done
 
 
-def run_online(sweep_file: Path, cfg: dict, count: int | None) -> int:
-    """With a W&B login: create the sweep on the server, then be one of its agents."""
+def with_fixed_args(cfg: dict, extra: list[str]) -> dict:
+    """The sweep with `key=value` settings added as fixed parameters: the server's agent
+    builds each trial's command from the parameters alone."""
+    import yaml
+
+    params = dict(cfg.get("parameters", {}))
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--args: {item!r} is not key=value")
+        params[key] = {"value": yaml.safe_load(value)}
+    return {**cfg, "parameters": params}
+
+
+def create_online(sweep_file: Path, cfg: dict, extra: list[str], runs_root: Path,
+                  name: str) -> str | None:
+    """Create the sweep on the server; returns its `entity/project/id` (None on failure)."""
+    import yaml
+
+    if extra:  # the file as run, with the fixed settings, kept beside the offline runs
+        sweep_file = runs_root / name / "sweep.yaml"
+        sweep_file.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(with_fixed_args(cfg, extra), sort_keys=False)
+        atomic_write(sweep_file, lambda p: p.write_text(text))
     out = subprocess.run(["wandb", "sweep", str(sweep_file)], capture_output=True, text=True)
     text = out.stdout + out.stderr
     ids = [w for line in text.splitlines() if "wandb agent" in line
            for w in line.split("wandb agent", 1)[1].split()[:1]]
     if out.returncode or not ids:
         print(f"error: wandb sweep failed:\n{text[-2000:]}", file=sys.stderr)
-        return 2
-    agent = ["wandb", "agent", ids[0]] + (["--count", str(count)] if count else [])
+        return None
+    return ids[0]
+
+
+def run_agent(sweep_id: str, count: int | None) -> int:
+    agent = ["wandb", "agent", sweep_id] + (["--count", str(count)] if count else [])
     return subprocess.call(agent)
 
 
@@ -204,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--args", default="", help="extra key=value settings for every trial")
     p.add_argument("--offline", action="store_true", help="never use the W&B server")
     p.add_argument("--runs", type=Path, default=Path("runs/sweeps"), help="offline root")
+    p.add_argument("--sweep-id", default=None,
+                   help="online: join this existing sweep (entity/project/id) as an agent")
+    p.add_argument("--create-only", action="store_true",
+                   help="online: create the sweep, print its id and exit (agents join it "
+                        "with --sweep-id, e.g. one per task of a job array)")
     a = p.parse_args(argv)
     try:
         cfg = load_sweep(a.sweep)
@@ -212,10 +247,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from fair_lightning.tracking import has_wandb_credentials
 
-    if not a.offline and has_wandb_credentials() and os.environ.get("WANDB_MODE") != "offline":
-        return run_online(a.sweep, cfg, a.count)
     name = a.name or cfg.get("name") or a.sweep.stem
-    done = run_offline(a.sweep, cfg, name=name, count=a.count, extra=shlex.split(a.args),
+    extra = shlex.split(a.args)
+    online = (not a.offline and has_wandb_credentials()
+              and os.environ.get("WANDB_MODE") != "offline")
+    if (a.create_only or a.sweep_id) and not online:
+        print("error: --create-only and --sweep-id need a W&B login (offline sweeps need no "
+              "creation: agents share the sweep folder)", file=sys.stderr)
+        return 2
+    if online:
+        if a.sweep_id and extra:
+            print("error: --args cannot change a sweep that exists on the server; give them "
+                  "when creating it", file=sys.stderr)
+            return 2
+        try:
+            sweep_id = a.sweep_id or create_online(a.sweep, cfg, extra, a.runs, name)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if sweep_id is None:
+            return 2
+        if a.create_only:
+            print(f"sweep id: {sweep_id}")
+            return 0
+        return run_agent(sweep_id, a.count)
+    done = run_offline(a.sweep, cfg, name=name, count=a.count, extra=extra,
                        runs_root=a.runs)
     failed = [t["name"] for t in done if t["state"] != "finished"]
     print(f"sweep dir: {a.runs / name} ({len(done)} trial(s) run now"

@@ -39,8 +39,35 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+def _resumable_csv_logger(save_dir: str):
+    """Lightning's CSVLogger, except that an existing metrics.csv is continued (a resumed
+    run, cut back to its checkpoint by `resume.cut_csv`) instead of deleted."""
+    import csv as _csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class ContinuingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = next(_csv.reader(f), [])
+
+    class ContinuingCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = ContinuingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return ContinuingCSVLogger(save_dir=save_dir, name="csv", version="")
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None) -> list:
+    """W&B (unless disabled; `wandb_id` continues that run: a resumed run is the same W&B
+    run) and CSV."""
+    from lightning.pytorch.loggers import WandbLogger
 
     loggers = []
     mode = resolve_wandb_mode(cfg.logger.wandb.mode)
@@ -53,9 +80,10 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
             project=w.project, entity=w.entity, group=w.group, tags=list(w.tags),
             name=f"{cfg.experiment}-{run_dir.name}", save_dir=str(run_dir), mode=mode,
             config=OmegaConf.to_container(cfg, resolve=True), job_type="train",
+            id=wandb_id, resume="allow" if wandb_id else None,
         ))
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(_resumable_csv_logger(str(run_dir)))
     return loggers
 
 

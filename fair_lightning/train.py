@@ -41,7 +41,11 @@ log = logging.getLogger("fair_lightning")
 def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
     from lightning.pytorch.strategies import DDPStrategy
+
+    from fair_lightning.cluster import RequeueOnSignal
+    from fair_lightning.resume import REQUEUE_CKPT, AtomicCheckpointIO, EndResumedEpoch
 
     t = cfg.trainer
     per_batch = module.optimizer_steps_per_batch
@@ -59,12 +63,23 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
                                    every_n_train_steps=t.checkpoint_every_n_batches * per_batch,
                                    save_top_k=-1))
     cbs.extend(callbacks)
+    cbs.append(EndResumedEpoch())
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # our requeue handler instead of Lightning's, which checkpoints wherever the signal
+        # lands (inside a step, half of its optimizer updates done)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        cbs.append(RequeueOnSignal(ckpt_dir / REQUEUE_CKPT))
     strategy = t.strategy
     distributed = t.devices > 1 or t.num_nodes > 1
     if strategy in ("ddp", "auto") and distributed:
         # an adversary's several backward passes per batch each reach only some parameters:
         # DDP must look for the others (the task alone reaches them all)
-        strategy = DDPStrategy(find_unused_parameters=not module.automatic_optimization)
+        # buffers (BatchNorm statistics) stay each rank's own: DDP would copy rank 0's into
+        # the others at a process's first forward only, so a resumed run (whose first
+        # forward comes mid-run) would diverge from the run it continues
+        strategy = DDPStrategy(find_unused_parameters=not module.automatic_optimization,
+                               broadcast_buffers=False)
     return L.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=t.max_epochs,
@@ -74,11 +89,16 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=progress_bar_on(t.enable_progress_bar), plugins=plugins,
         enable_model_summary=False,
         logger=loggers if loggers is not None else False,
         callbacks=cbs,
     )
+
+
+def progress_bar_on(setting) -> bool:
+    """`auto`: a bar on a terminal, none in a log file (a cluster job's output)."""
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
 def build_module(cfg, dims: dict):
@@ -139,10 +159,11 @@ def preflight(cfg, run_dir: Path) -> None:
     if run_dir.exists():
         if not run_dir.is_dir():
             raise ConfigError(f"output_dir {run_dir} is a file, not a directory")
-        if any(run_dir.iterdir()):
+        if any(run_dir.iterdir()) and cfg.resume is None:
             raise ConfigError(f"output_dir {run_dir} already holds a run; one directory holds "
-                              "one run: choose another output_dir (or leave it unset for a "
-                              "new timestamped one), or delete it to start over")
+                              "one run: continue it with resume=auto, choose another "
+                              "output_dir (or leave it unset for a new timestamped one), or "
+                              "delete it to start over")
     parent = run_dir
     while not parent.exists():
         parent = parent.parent
@@ -156,6 +177,46 @@ def preflight(cfg, run_dir: Path) -> None:
                               f"{t.devices}, but {have} GPU(s) are visible; use "
                               "trainer.accelerator=cpu (or auto)")
     resolve_wandb_mode(cfg.logger.wandb.mode)
+
+
+def resume_point(cfg, run_dir: Path, rank0: bool) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to continue from (None: start at step 0).
+    Rank 0 checks that the resume continues the same run; the other ranks, which may start
+    while rank 0 writes, take the same latest checkpoint (nothing trains before they join)."""
+    from fair_lightning.resume import ResumeError, latest_checkpoint, plan, run_dir_of
+
+    if cfg.resume is None:
+        return run_dir, None
+    try:
+        if rank0:
+            run_dir, ckpt = plan(cfg, run_dir)
+        elif cfg.resume == "auto":
+            ckpt = latest_checkpoint(run_dir)
+        else:
+            ckpt = Path(cfg.resume)
+            run_dir = run_dir_of(ckpt)
+    except ResumeError as e:
+        raise ConfigError(str(e)) from None
+    if rank0:
+        log.info("resume=%s: %s", cfg.resume, f"continuing {run_dir} from {ckpt}" if ckpt
+                 else f"no checkpoint in {run_dir} yet: starting the run")
+    return run_dir, ckpt
+
+
+def start_record(run_dir: Path, ckpt: Path | None) -> str:
+    """Record this start in run.json; a resumed start first cuts the CSV log back to the
+    checkpoint (its later rows will be logged again). Returns the W&B run id."""
+    import torch
+
+    from fair_lightning.resume import CSV_ROWS_KEY, RESUME_KEY, cut_csv, record_start
+
+    if ckpt is not None:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        rows = saved.get(RESUME_KEY, {}).get(CSV_ROWS_KEY, 0)
+        dropped = cut_csv(run_dir, rows)
+        if dropped:
+            log.info("csv/metrics.csv: %d row(s) logged after the checkpoint removed", dropped)
+    return record_start(run_dir, ckpt)["wandb_id"]
 
 
 def rank_lengths(split_dir: Path, world: int, batch_size: int, num_workers: int,
@@ -231,11 +292,13 @@ def run(cfg) -> Path:
     import lightning as L
 
     from fair_lightning.report import write_run_report
+    from fair_lightning.resume import read_record
     from fair_lightning.runtime import ensure_data, global_rank, resolve_run_dir
     from fair_lightning.tracking import collect_summary, make_loggers, write_json_atomic
 
     run_dir = resolve_run_dir(cfg.output_dir, cfg.experiment)
     rank0 = global_rank() == 0
+    run_dir, ckpt = resume_point(cfg, run_dir, rank0)
     if rank0:
         preflight(cfg, run_dir)
     t0 = time.time()
@@ -244,30 +307,45 @@ def run(cfg) -> Path:
     dm.setup("fit")
     check_data(cfg, dm)
     data_s = time.time() - t0
+    wandb_id = None
     if rank0:  # only once everything that can be checked has passed
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        if not (run_dir / "config.yaml").is_file():  # a resumed run keeps its own
+            save_config(cfg, run_dir / "config.yaml")
+        wandb_id = start_record(run_dir, ckpt)
     # after the data: generating it (first run) draws from the global RNGs, reading it
     # does not, and both runs must train alike
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm.feature_dims())
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
     callbacks = analysis_callbacks(cfg, dm)
-    trainer = build_trainer(cfg, run_dir, module, callbacks, make_loggers(cfg, run_dir))
+    trainer = build_trainer(cfg, run_dir, module, callbacks,
+                            make_loggers(cfg, run_dir, wandb_id))
     t1 = time.time()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None,
+                weights_only=True)
     fit_s = time.time() - t1
+    for cb in callbacks:  # a run resumed after its last epoch skips fit, and its audit
+        if hasattr(cb, "ensure_fit_audit"):
+            cb.ensure_fit_audit(trainer, module)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    val = val or module.resumed_val_metrics  # resumed after the last epoch: no val ran
     batches = module.trained_batches  # before testing loads a checkpoint's count
     ckpt = str(run_dir / "checkpoints" / f"{cfg.trainer.test_checkpoint}.ckpt")
-    test_metrics = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    # test draws (D's pairs) from a fixed RNG state, not from wherever training left it, so
+    # a resumed run tests as the uninterrupted one does
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    test_metrics = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False,
+                                weights_only=True)
     if trainer.is_global_zero:
         summary = collect_summary(trainer, test_metrics, callbacks)
         summary.update({"time/data_s": round(data_s, 2), "time/fit_s": round(fit_s, 2),
                         "time/total_s": round(time.time() - t0, 2),
                         "train/epochs": trainer.current_epoch,
                         "train/batches": batches,
-                        "train/optimizer_steps": trainer.global_step, **pretrain_stats,
+                        "train/optimizer_steps": trainer.global_step,
+                        "train/resumes": len(read_record(run_dir).get("starts", [1])) - 1,
+                        **pretrain_stats,
                         **data_summary(dm)})
         summary.update(selection_metrics(cfg, val, summary))
         write_json_atomic(run_dir / "summary.json", summary)
@@ -291,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
     # the frozen face encoder stays in eval mode on purpose (its BatchNorm statistics)
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+    # periodic checkpoints are meant to hold the state after the batch's updates: the
+    # resume point the next batch continues from
+    warnings.filterwarnings("ignore", ".*ModelCheckpoint with manual optimization.*")
     from data_modules.errors import CorpusError
     from data_modules.shards import ShardError
+    from fair_lightning.cluster import Requeued
 
     try:
         cfg = config_from_argv(argv)
@@ -300,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ShardError, CorpusError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Requeued as e:
+        print(str(e), file=sys.stderr)
+        return 0
     from fair_lightning.runtime import global_rank
 
     if global_rank() == 0:

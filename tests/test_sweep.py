@@ -137,3 +137,24 @@ def test_select_score_is_nan_without_an_audit_and_ignores_leakage_below_chance()
              for lv in ("clip", "person") for k, v in (("bal_acc", c - 0.05), ("chance", c))}
     s = selection_metrics(cfg, {"val/pearson": 0.8}, below)
     assert s["select/val_leak_excess"] == 0.0 and s["select/score"] == 0.8
+
+
+def test_online_settings_become_fixed_parameters_and_need_a_login(tmp_path, capsys,
+                                                                   monkeypatch):
+    from fair_lightning.sweep import with_fixed_args
+
+    cfg = load_sweep(ROOT / "experiments" / "sweeps" / "adversarial_grid.yaml")
+    fixed = with_fixed_args(cfg, ["trainer.accelerator=gpu", "data.batch_size=64"])
+    assert fixed["parameters"]["trainer.accelerator"] == {"value": "gpu"}
+    assert fixed["parameters"]["data.batch_size"] == {"value": 64}
+    assert fixed["parameters"]["adversary.weight"] == cfg["parameters"]["adversary.weight"]
+    with pytest.raises(ValueError, match="not key=value"):
+        with_fixed_args(cfg, ["gpu"])
+    # joining a server's sweep without a login: refused, nothing run
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    sweep = str(ROOT / "experiments" / "sweeps" / "adversarial_grid.yaml")
+    assert main([sweep, "--sweep-id", "me/proj/abc", "--runs", str(tmp_path)]) == 2
+    assert "need a W&B login" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*/trial-*"))

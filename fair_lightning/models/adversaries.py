@@ -235,6 +235,14 @@ class FaceBank:
         return (torch.tensor(rows, dtype=torch.long, device=device),
                 frames_to_float(torch.stack(faces).to(device)))
 
+    def state(self) -> dict:
+        return {"clips": {who: dict(c) for who, c in self.clips.items()},
+                "rng": self.rng.get_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.clips = {who: dict(c) for who, c in state["clips"].items()}
+        self.rng.set_state(state["rng"])
+
     def add(self, identity: torch.Tensor, clip_id: list[str], faces: torch.Tensor) -> None:
         stored = frames_to_uint8(faces)
         for who, cid, f in zip(identity.tolist(), clip_id, stored, strict=True):
@@ -303,6 +311,14 @@ class Adversary(nn.Module):
 
     def remember(self, batch, stage: str) -> None:
         """Called once per batch, after its steps."""
+
+    def memory_state(self) -> dict:
+        """What the adversary keeps besides its parameters (banks, generators): a resumed
+        run needs it to continue exactly."""
+        return {}
+
+    def load_memory_state(self, state: dict) -> None:
+        """Restore `memory_state`."""
 
 
 @dataclass
@@ -396,6 +412,13 @@ class FaceMatchAdversary(Adversary):
     def remember(self, batch, stage: str) -> None:
         if not self.own_positives:
             self.face_banks[stage].add(batch.identity, batch.clip_id, batch.faces)
+
+    def memory_state(self) -> dict:
+        return {stage: bank.state() for stage, bank in self.face_banks.items()}
+
+    def load_memory_state(self, state: dict) -> None:
+        for stage, bank in self.face_banks.items():
+            bank.load_state(state[stage])
 
 
 @dataclass

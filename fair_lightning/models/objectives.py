@@ -46,6 +46,13 @@ class Objective(nn.Module):
         """Metrics over the val/test split, logged as `adv/<stage>_<name>`; resets."""
         return {}
 
+    def memory_state(self) -> dict:
+        """What the objective keeps between steps besides parameters (a queue)."""
+        return {}
+
+    def load_memory_state(self, state: dict) -> None:
+        """Restore `memory_state`."""
+
 
 class ConfusionObjective(Objective):
     def term(self, adversary, h, batch, obs):
@@ -144,6 +151,12 @@ class DependenceObjective(Objective):
             self.queue = (new if self.queue is None
                           else torch.cat([new, self.queue])[: self.queue_size])
         return term
+
+    def memory_state(self) -> dict:
+        return {"queue": self.queue}
+
+    def load_memory_state(self, state: dict) -> None:
+        self.queue = state["queue"]
 
     def _rows_dependence(self, rows: torch.Tensor) -> torch.Tensor:
         return kernel_dependence(rows[:, : self.h_dim], rows[:, self.h_dim:-1], self.h_kernel,
