@@ -18,8 +18,10 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from data_modules.files import atomic_dir
@@ -62,21 +64,64 @@ class Source:
 
     def write(self, tmp: Path) -> dict:
         """Write one shard directory per split under `tmp`; returns counts for meta.json.
-        This default holds the records in memory; raw sources stream them."""
-        splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        for split, record in self.records():
-            if split not in splits:
-                raise ValueError(f"source {self.name!r} gave split {split!r}; expected {SPLITS}")
-            check_record(record, f"source {self.name!r}")
-            splits[split].append(record)
-        empty = [s for s in SPLITS if not splits[s]]
-        if empty:
-            raise ValueError(f"source {self.name!r} gave no clip for split(s) {empty}")
-        for split in SPLITS:
-            write_shards(splits[split], tmp / split,
-                         shuffle_seed=self.shuffle_seed() if split == "train" else None)
-        return {"clips": {s: len(splits[s]) for s in SPLITS},
-                "identities": {s: len({r["identity"] for r in splits[s]}) for s in SPLITS}}
+
+        This default streams: each record's arrays go to a file in a scratch folder under
+        `tmp` as the source yields it, and the shard writer loads them back in the order it
+        needs (the train split is written shuffled), so memory does not grow with the
+        corpus. `tmp` is the build's atomic folder, so a killed build leaves no scratch."""
+        scratch = tmp / ".records"
+        scratch.mkdir(parents=True)
+        splits: dict[str, list[Spilled]] = {s: [] for s in SPLITS}
+        try:
+            for i, (split, record) in enumerate(self.records()):
+                if split not in splits:
+                    raise ValueError(f"source {self.name!r} gave split {split!r}; "
+                                     f"expected {SPLITS}")
+                check_record(record, f"source {self.name!r}")
+                splits[split].append(Spilled.save(record, scratch / f"{i}.npz"))
+            empty = [s for s in SPLITS if not splits[s]]
+            if empty:
+                raise ValueError(f"source {self.name!r} gave no clip for split(s) {empty}")
+            return write_splits(splits, tmp, fn=Spilled.load, shuffle_seed=self.shuffle_seed(),
+                                identity=lambda x: x.identity)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass(frozen=True, eq=False)  # its fields dict is not hashable
+class Spilled:
+    """A record waiting on disk: its arrays in an npz file (which restores them exactly),
+    its text and scalar fields here, and its field order (the shards store it)."""
+
+    path: str
+    keys: tuple[str, ...]
+    fields: dict
+
+    @property
+    def identity(self) -> str:
+        return self.fields["identity"]
+
+    @classmethod
+    def save(cls, record: dict, path: Path) -> Spilled:
+        arrays = {k: v for k, v in record.items() if isinstance(v, np.ndarray)}
+        np.savez(path, **arrays)  # no atomic rename: the scratch folder is never reused
+        return cls(str(path), tuple(record),
+                   {k: v for k, v in record.items() if k not in arrays})
+
+    def load(self) -> dict:
+        with np.load(self.path) as z:
+            return {k: self.fields[k] if k in self.fields else z[k] for k in self.keys}
+
+
+def write_splits(splits: dict[str, list], tmp: Path, *, fn, shuffle_seed: int,
+                 identity) -> dict:
+    """Shards of every split under `tmp`, each item turned into its record by `fn` as the
+    writer reaches it; the train split is shuffled once. Returns meta.json's counts."""
+    for split in SPLITS:
+        write_shards(splits[split], tmp / split, fn=fn,
+                     shuffle_seed=shuffle_seed if split == "train" else None)
+    return {"clips": {s: len(splits[s]) for s in SPLITS},
+            "identities": {s: len({identity(x) for x in splits[s]}) for s in SPLITS}}
 
 
 def get_source(data_cfg: DictConfig) -> Source:
@@ -113,4 +158,5 @@ def to_plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
-__all__ = ["SOURCES", "Source", "build_shards", "get_source", "shard_root"]
+__all__ = ["SOURCES", "Source", "Spilled", "build_shards", "get_source", "shard_root",
+           "write_splits"]

@@ -27,7 +27,7 @@ from data_modules.preprocess import (
 )
 from data_modules.schema import SPLITS, UNKNOWN, check_record
 from data_modules.shards import SHARD_FORMAT
-from data_modules.sources import Source, to_plain
+from data_modules.sources import Source, to_plain, write_splits
 from data_modules.splits import stratified_split
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,6 @@ class RawSource(Source):
         return out
 
     def write(self, tmp: Path) -> dict:
-        from data_modules.shards import write_shards
-
         entries, skipped = self.scanned()
         store = self.store()
         usable, report = preprocess(
@@ -148,13 +146,9 @@ class RawSource(Source):
             log.warning("%s: official splits share %d people across train/val/test; scores on "
                         "val/test are not on unseen people (probes stay identity-disjoint)",
                         self.name, shared)
-        load = partial(_record, store=store)
-        for split in SPLITS:
-            write_shards(splits[split], tmp / split, fn=load,
-                         shuffle_seed=self.shuffle_seed() if split == "train" else None)
-        return {"clips": {s: len(splits[s]) for s in SPLITS},
-                "identities": {s: len({e.identity for e in splits[s]}) for s in SPLITS},
-                "shared_identities": shared, "skipped": report.skipped,
+        counts = write_splits(splits, tmp, fn=partial(_record, store=store),
+                              shuffle_seed=self.shuffle_seed(), identity=lambda e: e.identity)
+        return {**counts, "shared_identities": shared, "skipped": report.skipped,
                 "preprocess_report": str(store.root / "report.json")}
 
     @staticmethod

