@@ -24,15 +24,19 @@ HELP = f"""usage: python -m fair_lightning.train experiment=NAME [key=value ...]
 
 Trains the multimodal scorer of experiment NAME, tests the checkpoint named by
 trainer.test_checkpoint (the last one by default), probes its representations for
-gender/ethnicity and writes a run directory (a new one: an existing run's is refused).
+gender/ethnicity and writes a run directory (a new one: an existing run's is refused,
+unless resume continues it).
 
   experiment=NAME     one of: {', '.join(available_experiments())} (default: baseline)
   key=value           any dotted key of experiments/base.yaml, e.g.
                         trainer.max_epochs=5 adversary.weight=2 data.batch_size=64
                         output_dir=runs/mine logger.wandb.mode=disabled
   --key=value         same, as passed by a W&B sweep agent
+  resume=auto         continue output_dir's run from its latest checkpoint (or start it)
+  resume=PATH.ckpt    continue that checkpoint's run, in its run directory
 
-Run dir: config.yaml, checkpoints/, csv/metrics.csv, summary.json, report.md, plots/, wandb/
+Run dir: config.yaml, run.json, checkpoints/, csv/metrics.csv, summary.json, report.md,
+plots/, wandb/. SLURM: experiments/cluster/train.sbatch (README "Running on a cluster").
 """
 
 log = logging.getLogger("fair_lightning")
