@@ -8,8 +8,8 @@ run directory that holds it. What shapes the rest of the trajectory is restored:
   loader's position inside the epoch (litdata's loader has a state);
 * by the module (`RESUME_KEY` in the checkpoint, one entry per DDP rank): the RNG states,
   the adversary's face banks, the dependence queue and the running training metrics;
-* here: the CSV log is cut back to the rows written before the checkpoint, and W&B resumes
-  the run id recorded in `run.json`.
+* here: the CSV log keeps the rows written before the checkpoint (and those after it that
+  the resumed run does not log again), and W&B resumes the run id recorded in `run.json`.
 
 Checkpoints are written to a temporary sibling and renamed (`AtomicCheckpointIO`), so a
 kill never leaves half a checkpoint for `resume=auto` to pick.
@@ -198,10 +198,11 @@ def plan(cfg, run_dir: Path) -> tuple[Path, Path | None]:
     return run_dir, ckpt
 
 
-def cut_csv(run_dir: Path, rows: int) -> int:
-    """Keep the header and the first `rows` rows of csv/metrics.csv (what was written
-    before the checkpoint); returns how many rows were dropped."""
-    path = run_dir / "csv" / "metrics.csv"
+def merge_resumed_csv(path: Path, rows_at_save: int, first_new_step: int) -> int:
+    """Before a resumed run's first rows are appended to metrics.csv: keep the rows written
+    before the checkpoint, and of those the killed run wrote after it, only the ones the
+    resumed run will not log again (steps before its first new row: the checkpoint's own
+    batch, an epoch's end). Returns how many rows were dropped."""
     if not path.is_file():
         return 0
     with open(path, newline="") as f:
@@ -209,13 +210,16 @@ def cut_csv(run_dir: Path, rows: int) -> int:
     if not table:
         return 0
     header, body = table[0], table[1:]
+    step = header.index("step") if "step" in header else None
+    kept = body[:rows_at_save] + [r for r in body[rows_at_save:]
+                                  if step is not None and int(float(r[step])) < first_new_step]
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([header, *body[:rows]])
+            csv.writer(f).writerows([header, *kept])
 
     atomic_write(path, write)
-    return max(len(body) - rows, 0)
+    return len(body) - len(kept)
 
 
 def csv_rows_written(run_dir: Path) -> int:

@@ -39,19 +39,30 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def _resumable_csv_logger(save_dir: str):
-    """Lightning's CSVLogger, except that an existing metrics.csv is continued (a resumed
-    run, cut back to its checkpoint by `resume.cut_csv`) instead of deleted."""
+def _resumable_csv_logger(save_dir: str, resume_rows: int | None):
+    """Lightning's CSVLogger, except that an existing metrics.csv is continued instead of
+    deleted: a resumed run (`resume_rows`: rows written before its checkpoint) first drops
+    the rows it is about to log again (`resume.merge_resumed_csv`)."""
     import csv as _csv
 
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    from fair_lightning.resume import merge_resumed_csv
 
     class ContinuingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
             if self._fs.isfile(self.metrics_file_path):
                 with open(self.metrics_file_path, newline="") as f:
                     self.metrics_keys = next(_csv.reader(f), [])
+
+        def save(self) -> None:
+            nonlocal resume_rows
+            if resume_rows is not None and self.metrics:
+                merge_resumed_csv(Path(self.metrics_file_path), resume_rows,
+                                  min(int(m["step"]) for m in self.metrics))
+                resume_rows = None
+            super().save()
 
     class ContinuingCSVLogger(CSVLogger):
         @property
@@ -64,9 +75,10 @@ def _resumable_csv_logger(save_dir: str):
     return ContinuingCSVLogger(save_dir=save_dir, name="csv", version="")
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None) -> list:
+def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None,
+                 csv_rows: int | None = None) -> list:
     """W&B (unless disabled; `wandb_id` continues that run: a resumed run is the same W&B
-    run) and CSV."""
+    run) and CSV (`csv_rows`: a resumed run's rows written before its checkpoint)."""
     from lightning.pytorch.loggers import WandbLogger
 
     loggers = []
@@ -83,7 +95,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None) ->
             id=wandb_id, resume="allow" if wandb_id else None,
         ))
     if cfg.logger.csv:
-        loggers.append(_resumable_csv_logger(str(run_dir)))
+        loggers.append(_resumable_csv_logger(str(run_dir), csv_rows))
     return loggers
 
 

@@ -207,20 +207,21 @@ def resume_point(cfg, run_dir: Path, rank0: bool) -> tuple[Path, Path | None]:
     return run_dir, ckpt
 
 
-def start_record(run_dir: Path, ckpt: Path | None) -> str:
-    """Record this start in run.json; a resumed start first cuts the CSV log back to the
-    checkpoint (its later rows will be logged again). Returns the W&B run id."""
+def start_record(run_dir: Path, ckpt: Path | None) -> tuple[str, int | None]:
+    """Record this start in run.json. Returns the W&B run id, and for a resumed start the
+    CSV rows written before its checkpoint."""
     import torch
 
-    from fair_lightning.resume import CSV_ROWS_KEY, RESUME_KEY, cut_csv, record_start
+    from fair_lightning.resume import CSV_ROWS_KEY, RESUME_KEY, record_start
 
+    rows = None
     if ckpt is not None:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        if RESUME_KEY not in saved:
+            log.warning("%s was written before exact resume existed: weights, optimizers and "
+                        "counters are restored, RNG states, banks and queues are not", ckpt)
         rows = saved.get(RESUME_KEY, {}).get(CSV_ROWS_KEY, 0)
-        dropped = cut_csv(run_dir, rows)
-        if dropped:
-            log.info("csv/metrics.csv: %d row(s) logged after the checkpoint removed", dropped)
-    return record_start(run_dir, ckpt)["wandb_id"]
+    return record_start(run_dir, ckpt)["wandb_id"], rows
 
 
 def rank_lengths(split_dir: Path, world: int, batch_size: int, num_workers: int,
@@ -311,12 +312,12 @@ def run(cfg) -> Path:
     dm.setup("fit")
     check_data(cfg, dm)
     data_s = time.time() - t0
-    wandb_id = None
+    wandb_id = csv_rows = None
     if rank0:  # only once everything that can be checked has passed
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").is_file():  # a resumed run keeps its own
             save_config(cfg, run_dir / "config.yaml")
-        wandb_id = start_record(run_dir, ckpt)
+        wandb_id, csv_rows = start_record(run_dir, ckpt)
     # after the data: generating it (first run) draws from the global RNGs, reading it
     # does not, and both runs must train alike
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -324,7 +325,7 @@ def run(cfg) -> Path:
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
     callbacks = analysis_callbacks(cfg, dm)
     trainer = build_trainer(cfg, run_dir, module, callbacks,
-                            make_loggers(cfg, run_dir, wandb_id))
+                            make_loggers(cfg, run_dir, wandb_id, csv_rows))
     t1 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None,
                 weights_only=True)

@@ -150,6 +150,7 @@ def test_resume_after_the_last_epoch_redoes_only_the_audit_and_test(tmp_path, ca
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert_same_run(full, resumed)
     assert not math.isnan(resumed["select/score"])  # the last validation came back too
+    assert _csv_rows(run_dir) == _csv_rows(uninterrupted[0])
 
 
 def _slurm_env(tmp_path, job: str, **extra) -> dict[str, str]:
@@ -308,15 +309,17 @@ def test_metric_states_round_trip(tmp_path):
         assert mb.update_count == ma.update_count
 
 
-def test_cut_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
-    from fair_lightning.resume import csv_rows_written, cut_csv
+def test_resumed_csv_keeps_what_will_not_be_logged_again(tmp_path):
+    from fair_lightning.resume import csv_rows_written, merge_resumed_csv
 
     path = tmp_path / "csv" / "metrics.csv"
     path.parent.mkdir()
-    path.write_text("a,step\n1,0\n2,1\n3,2\n")
-    assert csv_rows_written(tmp_path) == 3
-    assert cut_csv(tmp_path, 2) == 1
-    assert path.read_text().splitlines() == ["a,step", "1,0", "2,1"]
+    # saved after 2 rows; the killed run then wrote its own batch's row (step 1, a
+    # different kind) and two rows the resumed run logs again from step 2
+    path.write_text("a,step\n1,0\n2,1\n3,1\n4,2\n5,3\n")
+    assert csv_rows_written(tmp_path) == 5
+    assert merge_resumed_csv(path, 2, first_new_step=2) == 2
+    assert path.read_text().splitlines() == ["a,step", "1,0", "2,1", "3,1"]
 
 
 def test_progress_bar_follows_the_terminal(monkeypatch):
