@@ -373,3 +373,25 @@ def test_accepts_tensors_and_one_fit_identity():
     assert math.isnan(r.cv_bal_acc)  # untuned: nothing to cross-validate on
     assert res.leak["clip"].attacker == "linear"
     assert set(r.as_dict()) == set(AttackerResult.NUMERIC)
+
+
+def test_large_kernel_fits_use_nystroem_which_is_exact_with_every_row_a_landmark():
+    from fair_lightning.attackers import KernelRidgeFamily
+
+    rng = np.random.default_rng(0)
+    n = 400
+    x = rng.normal(size=(n, 8))
+    y = ((x[:, 0] * x[:, 1] + 0.3 * rng.normal(size=n)) > 0).astype(int)  # not linear
+    folds = [(np.setdiff1d(np.arange(n), np.arange(i, n, 4)), np.arange(i, n, 4))
+             for i in range(4)]
+    exact = KernelRidgeFamily().cross_validate(x, y, folds, 2)
+    approx = KernelRidgeFamily()
+    approx.max_exact_rows = 100  # n is above it: the Nystroem path
+    approx.landmarks = n
+    for a, b in zip(exact, approx.cross_validate(x, y, folds, 2), strict=True):
+        assert (a.oof.argmax(1) == b.oof.argmax(1)).mean() > 0.99, a.params
+    approx.landmarks = 50  # fewer landmarks: an approximation, still far above chance
+    best = max((c.oof.argmax(1) == y).mean() for c in approx.cross_validate(x, y, folds, 2))
+    assert best > 0.6
+    fitted = approx.fit(x, y, exact[0].params, 2)(x[:5])
+    assert fitted.shape == (5, 2) and np.isfinite(fitted).all()
