@@ -20,7 +20,7 @@ SEED_THREADS ?= 1
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
 	@echo "make preprocess ARGS='data.source=chalearn data.chalearn.root=DIR'  raw clips -> cached shards"
-	@echo "make bench [BENCH=preprocess] [ARGS=...]            benchmarks -> runs/bench/*.json"
+	@echo "make bench [BENCH=train|preprocess] [ARGS=...]      benchmarks -> runs/bench/bench.json, preprocess.json"
 	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
 	@echo "make test | make test-all                          fast suite | with slow tests"
@@ -45,8 +45,8 @@ train: install
 preprocess: install
 	$(BIN)/python -m fair_lightning.preprocess $(ARGS)
 
-# benchmarks that write JSON under runs/bench (BENCH=preprocess)
-BENCH ?= preprocess
+# benchmarks that write JSON under runs/bench: train (ratios, memory, growth) or preprocess
+BENCH ?= train
 bench: install
 	$(BIN)/python -m fair_lightning.bench $(BENCH) $(ARGS)
 

@@ -1,6 +1,11 @@
 """Benchmarks that write JSON: costs measured side by side, as ratios where possible.
 
+    python -m fair_lightning.bench [train] [--threads N] [--memory-scale 10] ...
     python -m fair_lightning.bench preprocess [--clips 8] [--scale 4] [--workers 1 2]
+
+`train` (the default): framework overhead, adversary cost, loader headroom, memory against
+data size, audit cost and growth; see `fair_lightning.bench_train`. Writes
+runs/bench/bench.json and bench.md.
 
 `preprocess`: raw-video preprocessing on generated interview-sized clips (15 s, 1280x720,
 25 fps, AAC audio). It reports clips/s and seconds per clip with 1 and 2 workers, the ratio
@@ -138,10 +143,39 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _train_bench(args) -> int:
+    from fair_lightning.bench_train import markdown, run
+    from fair_lightning.runtime import set_offline_env
+    from fair_lightning.tracking import write_json_atomic
+
+    set_offline_env()
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench.json", result)
+    md = markdown(result)
+    (out / "bench.md").write_text(md)
+    print(md)
+    print(f"written: {out / 'bench.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fair_lightning.bench",
                                      description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="what", required=True)
+    sub = parser.add_subparsers(dest="what")
+    t = sub.add_parser("train", help="training-side ratios and memory (the default)")
+    t.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); bench.json records it")
+    t.add_argument("--people", type=int, default=400, help="1x benchmark size (400)")
+    t.add_argument("--epochs", type=int, default=3, help="interleaved rounds per ratio (3)")
+    t.add_argument("--growth", type=int, nargs="+", default=[1, 2, 4],
+                   help="data multiples for the growth fit (1 2 4)")
+    t.add_argument("--memory-scale", type=int, default=10, help="memory at 1x and this (10)")
+    t.add_argument("--memory-batches", type=int, default=30,
+                   help="training batches of each memory run (30: one default epoch)")
+    t.add_argument("--cache", default=".cache/fair_lightning/data")
+    t.add_argument("--out", default="runs/bench")
     p = sub.add_parser("preprocess", help="raw-video preprocessing throughput and memory")
     p.add_argument("--clips", type=int, default=16, help="clips per throughput run (16)")
     p.add_argument("--scale", type=int, default=4,
@@ -153,10 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     once.add_argument("--clips-dir")
     once.add_argument("--n", type=int)
     once.add_argument("--workers", type=int)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        argv = ["train", *argv]
     args = parser.parse_args(argv)
     if args.what == "_run_once":
         _run_once(args)
         return 0
+    if args.what == "train":
+        return _train_bench(args)
     result = bench_preprocess(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -197,11 +197,26 @@ class SensitiveAttributeProbe(L.Callback):
         self.shared_dropped: dict[str, int] = {}  # prefix -> eval people also in fit_split
         self.plot_path: Path | None = None
         self.fit_audited = False
+        self._fit_reps: tuple[str, dict] | None = None  # (weights digest, representations)
+        self.fit_reps_reused: dict[str, bool] = {}  # prefix -> fit split not extracted again
+
+    def _fit_representations(self, module) -> tuple[dict, bool]:
+        """The fit split's representations: extracted once per set of weights. The test
+        audit of the final checkpoint reuses the end-of-fit audit's (the weights are the
+        same bytes); a tested `best` checkpoint has other weights and is extracted again."""
+        key = fingerprint(*(p.detach().cpu().numpy() for p in module.scorer.state_dict()
+                            .values()))
+        if self._fit_reps is not None and self._fit_reps[0] == key:
+            return self._fit_reps[1], True
+        fit = extract_representations(module, self.dm.eval_dataloader(self.cfg.fit_split),
+                                      self.cfg.max_clips)
+        self._fit_reps = (key, fit)
+        return fit, False
 
     def _audit(self, trainer: L.Trainer, module, eval_split: str, prefix: str) -> None:
         t0 = time.time()
-        fit = extract_representations(module, self.dm.eval_dataloader(self.cfg.fit_split),
-                                      self.cfg.max_clips)
+        fit, reused = self._fit_representations(module)
+        self.fit_reps_reused[prefix] = reused
         ev = extract_representations(module, self.dm.eval_dataloader(eval_split),
                                      self.cfg.max_clips)
         if trainer.is_global_zero:

@@ -167,3 +167,30 @@ def test_tiny_splits_publish_no_individual_and_the_report_warns(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "Suppressed: 2 gender group(s)" in report
     assert "leakage was measured on 2 people" in report
+
+
+def test_the_fit_split_is_extracted_again_only_when_the_weights_change(monkeypatch):
+    import torch
+
+    import fair_lightning.callbacks as cb
+    from fair_lightning.config import load_config
+
+    calls = []
+    monkeypatch.setattr(cb, "extract_representations",
+                        lambda module, loader, max_clips=0: calls.append(1) or {"n": len(calls)})
+
+    class DM:
+        def eval_dataloader(self, split):
+            return split
+
+    module = torch.nn.Module()
+    module.scorer = torch.nn.Linear(3, 2)
+    probe = cb.SensitiveAttributeProbe(load_config("adversarial", []).probe, DM())
+    first, reused = probe._fit_representations(module)
+    assert not reused and len(calls) == 1
+    again, reused = probe._fit_representations(module)
+    assert reused and again is first and len(calls) == 1  # same weights: same representations
+    with torch.no_grad():
+        module.scorer.weight.add_(1e-3)
+    _, reused = probe._fit_representations(module)
+    assert not reused and len(calls) == 2  # another checkpoint: extracted again

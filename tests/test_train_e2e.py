@@ -53,6 +53,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert math.isclose(s["leak/fused/ethnicity/clip/chance"], 1 / 3)
     # the suite fitted at the end of fit served the test audit: same weights, same h
     assert s["probe/suites_reused"] == 4 * 2
+    assert s["probe/fit_representations_reused"] == 1.0  # the training split extracted once
     assert isinstance(s["leak/fused/gender/person/attacker"], str)
     k = load_config("adversarial", []).adversary.k_disc
     assert s["train/optimizer_steps"] == (k + 1) * s["train/batches"]  # k D steps + main step
