@@ -89,15 +89,15 @@ def trainer_epochs(cfg, dm, module, epochs: int) -> list[float]:
     return times
 
 
-def plain_epochs(module, loader, epochs: int) -> list[float]:
+def plain_epochs(module, loader, epochs: int, parts: dict | None = None) -> list[float]:
     """Seconds of each epoch of the same computation without Lightning (`plain_epoch`), on
     one loader, timed like the Trainer's epochs."""
     opts = module.configure_optimizers()
     opts = opts[0] if isinstance(opts, tuple) else opts
-    return [plain_epoch(module, loader, opts) for _ in range(epochs)]
+    return [plain_epoch(module, loader, opts, parts) for _ in range(epochs)]
 
 
-def plain_epoch(module, loader, opts) -> float:
+def plain_epoch(module, loader, opts, parts: dict | None = None) -> float:
     """One epoch of the same computation without Lightning: the module's networks and
     optimizers, the same alternation (k_disc adversary steps on the detached h, then one
     main step with the adversary frozen), gradient clipping, no logging or metrics."""
@@ -114,12 +114,23 @@ def plain_epoch(module, loader, opts) -> float:
         opt.step()
 
     main_params = list(module.scorer.parameters())
+    parts = {} if parts is None else parts  # seconds by part of the step (adversarial)
+
+    def lap(name, since):
+        now = time.perf_counter()
+        parts[name] = parts.get(name, 0.0) + now - since
+        return now
+
     t = time.perf_counter()
+    mark = t
     for batch in loader:
+        mark = lap("loading", mark)
         out = module.scorer(batch)
         task = module.task_loss(out.score, batch.label)
+        mark = lap("scorer forward", mark)
         if module.adversary is None:
             step(opts[0], task, main_params)
+            mark = lap("main backward and step", mark)
             continue
         adv_params = module.adversary_parameters()
         lam = module.adv_cfg.weight
@@ -140,15 +151,18 @@ def plain_epoch(module, loader, opts) -> float:
             for _ in range(module.adv_cfg.k_disc):
                 obs = module.adversary.observe(batch, "train")
                 step(opts[1], module.adversary(h, obs).loss, adv_params)
+            mark = lap(f"adversary: {module.adv_cfg.k_disc} steps", mark)
             for p in main_params:
                 p.requires_grad_(True)
             for p in adv_params:
                 p.requires_grad_(False)
             term = module.objective.term(module.adversary, out.h, batch, obs.detach())
+            mark = lap("adversarial term", mark)
             step(opts[0], task + lam * term, main_params)
             for p in adv_params:
                 p.requires_grad_(True)
         module.adversary.remember(batch, "train")
+        mark = lap("main backward and step", mark)
     return time.perf_counter() - t
 
 
@@ -184,15 +198,17 @@ def bench_speed(cache: str, epochs: int, people: int) -> dict:
         cfg, dm, module = _prepare(exp, _overrides(cache, people))
         clips = data_summary(dm)["data/clips/train"]
         # interleaved, so that a busy moment of the machine hits both alike
-        trainer_s, plain_s = [], []
+        trainer_s, plain_s, parts = [], [], {}
         for _ in range(epochs):
-            plain_s.append(_median_rest(plain_epochs(module, dm.train_dataloader(), 2)))
+            plain_s.append(_median_rest(plain_epochs(module, dm.train_dataloader(), 2, parts)))
             trainer_s.append(_median_rest(trainer_epochs(cfg, dm, module, 2)))
         t, p = float(np.median(trainer_s)), float(np.median(plain_s))
         out["epoch_s"][exp] = t
         out["samples_per_s"][exp] = clips / t
         out["plain_samples_per_s"][exp] = clips / p
         out[f"overhead/{exp}"] = p / t
+        total = sum(parts.values())
+        out[f"step_share/{exp}"] = {k: v / total for k, v in parts.items()}
         print(f"  {exp}: Trainer {clips / t:.0f} clips/s, plain loop {clips / p:.0f} clips/s",
               flush=True)
         if exp == "adversarial":
@@ -264,22 +280,27 @@ def bench_memory(scale: int, batches: int, base: int) -> dict:
     return out
 
 
-def bench_audit(cache: str, people: int) -> dict:
-    """A default adversarial run: its audits against its training."""
-    with tempfile.TemporaryDirectory() as tmp:
-        from fair_lightning.train import main
+def bench_audit(cache: str, people: int, run_dir: Path) -> dict:
+    """A default adversarial run (kept in `run_dir`, replaced each time, to read its probe
+    table): its audits against its training."""
+    import shutil
 
-        if main([f"{k}={v}" for k, v in _overrides(cache, people)]
-                + ["experiment=adversarial", f"output_dir={tmp}/run"]):
-            raise RuntimeError("the default adversarial run failed")
-        s = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    from fair_lightning.train import main
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if main([f"{k}={v}" for k, v in _overrides(cache, people)]
+            + ["experiment=adversarial", f"output_dir={run_dir}"]):
+        raise RuntimeError("the default adversarial run failed")
+    s = json.loads((run_dir / "summary.json").read_text())
     audits = s["time/fit_probe_audit_s"] + s["time/probe_audit_s"]
     training = s["time/fit_s"] - s["time/fit_probe_audit_s"]  # fit includes its end audit
     return {"fit_end_s": s["time/fit_probe_audit_s"], "test_s": s["time/probe_audit_s"],
             "training_s": training, "epochs": s["train/epochs"],
             "fraction_of_training": audits / training,
             "per_epoch": audits / (training / s["train/epochs"]),
-            "suites_reused": s["probe/suites_reused"]}
+            "suites_reused": s["probe/suites_reused"],
+            "fit_representations_reused": s["probe/fit_representations_reused"],
+            "run_dir": str(run_dir)}
 
 
 def audit_once(cfg, dm, module) -> float:
@@ -314,7 +335,7 @@ def bench_growth(cache: str, mults: list[int], base: int) -> dict:
 
 
 def flat_ratios(r: dict) -> dict[str, float]:
-    flat = {k: v for k, v in r["speed"].items() if "/" in k}
+    flat = {k: v for k, v in r["speed"].items() if "/" in k and not isinstance(v, dict)}
     flat["memory/train_ratio"] = r["memory"]["train_ratio"]
     flat["memory/generation_ratio"] = r["memory"]["generation_ratio"]
     flat["audit/fraction_of_training"] = r["audit"]["fraction_of_training"]
@@ -343,6 +364,10 @@ def markdown(r: dict) -> str:
         plain = s["plain_samples_per_s"].get(exp)
         lines.append(f"| {exp} | {t:.2f} | {s['samples_per_s'].get(exp, float('nan')):.0f} | "
                      + (f"{plain:.0f} |" if plain else " |"))
+    for exp in ("baseline", "adversarial"):
+        shares = s.get(f"step_share/{exp}", {})
+        lines += ["", f"where a {exp} epoch goes (plain loop): " + ", ".join(
+            f"{k} {v:.0%}" for k, v in shares.items())]
     m = r["memory"]
     lines += ["", "| data | people | generation peak RSS (MB) | generation s | training peak "
               "RSS (MB) | training s |", "|---|---:|---:|---:|---:|---:|"]
@@ -374,7 +399,7 @@ def run(args) -> dict:
          "accelerator": "cpu", "people": args.people,
          "speed": bench_speed(args.cache, args.epochs, args.people)}
     print("audit: a default adversarial run ...", flush=True)
-    r["audit"] = bench_audit(args.cache, args.people)
+    r["audit"] = bench_audit(args.cache, args.people, Path(args.out) / "audit-run")
     print("growth ...", flush=True)
     r["growth"] = bench_growth(args.cache, args.growth, args.people)
     print(f"memory: 1x and {args.memory_scale}x ...", flush=True)
