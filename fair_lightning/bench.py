@@ -144,11 +144,20 @@ def _markdown(r: dict) -> str:
 
 
 def _train_bench(args) -> int:
+    import logging
+    import warnings
+
     from fair_lightning.bench_train import markdown, run
-    from fair_lightning.runtime import set_offline_env
+    from fair_lightning.runtime import quiet_warnings, set_offline_env
     from fair_lightning.tracking import write_json_atomic
 
     set_offline_env()
+    quiet_warnings()
+    # the benchmark's own Trainers run without validation and fit several times
+    warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

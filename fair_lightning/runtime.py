@@ -93,3 +93,20 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def quiet_warnings() -> None:
+    """Warnings that say nothing a user can act on in this framework's runs."""
+    import warnings
+
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # fairness metrics are synced by torchmetrics before rank 0 logs them
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
+    warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
+    warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
+    # the frozen face encoder stays in eval mode on purpose (its BatchNorm statistics)
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+    # periodic checkpoints are meant to hold the state after the batch's updates: the
+    # resume point the next batch continues from
+    warnings.filterwarnings("ignore", ".*ModelCheckpoint with manual optimization.*")

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
-from fair_lightning.runtime import set_offline_env, start_cli
+from fair_lightning.runtime import quiet_warnings, set_offline_env, start_cli
 
 set_offline_env()
 
@@ -366,17 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = start_cli(argv, HELP)
     if argv is None:
         return 0
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    # fairness metrics are synced by torchmetrics before rank 0 logs them
-    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
-    warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
-    warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
-    # the frozen face encoder stays in eval mode on purpose (its BatchNorm statistics)
-    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
-    # periodic checkpoints are meant to hold the state after the batch's updates: the
-    # resume point the next batch continues from
-    warnings.filterwarnings("ignore", ".*ModelCheckpoint with manual optimization.*")
+    quiet_warnings()
     from data_modules.errors import CorpusError
     from data_modules.shards import ShardError
     from fair_lightning.cluster import Requeued
