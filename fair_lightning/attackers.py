@@ -257,10 +257,11 @@ class KernelRidgeFamily(_KernelFamily):
                     for i in points:
                         oof[i][va] = _constant_scores(len(va), num_classes, int(present[0]))
                     continue
-                betas = _feature_ridge(phi[tr], y[tr], num_classes,
-                                       [grid[i]["alpha"] for i in points])
+                betas = _feature_ridge(phi, y[tr], num_classes,
+                                       [grid[i]["alpha"] for i in points], rows=tr)
                 for i, beta in zip(points, betas, strict=True):
                     oof[i][va] = phi[va] @ beta
+            del phi  # before the next bandwidth's features are made
         return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
 
     def _fit(self, x, y, params, num_classes, seed):
@@ -290,6 +291,9 @@ class KernelRidgeFamily(_KernelFamily):
         return out
 
 
+ROW_BLOCK = 2048  # rows per block of the Nystroem features and their Gram matrix
+
+
 class _Nystroem:
     """Feature maps phi with phi(x) . phi(z) ~ exp(-gamma |x - z|^2), through landmark rows
     drawn (seeded) from the fit rows."""
@@ -306,17 +310,28 @@ class _Nystroem:
             s, u = np.linalg.eigh(np.exp(-gamma * self.d2_mm))
             keep = s > s.max() * 1e-10  # directions the landmarks cannot resolve are dropped
             self._proj[gamma] = u[:, keep] / np.sqrt(s[keep])
-        return np.exp(-gamma * sq_distances(x, self.points)) @ self._proj[gamma]
+        proj = self._proj[gamma]
+        out = np.empty((len(x), proj.shape[1]))
+        for i in range(0, len(x), ROW_BLOCK):  # distance temporaries stay one block's size
+            out[i:i + ROW_BLOCK] = np.exp(-gamma * sq_distances(x[i:i + ROW_BLOCK],
+                                                                self.points)) @ proj
+        return out
 
 
-def _feature_ridge(phi: np.ndarray, y: np.ndarray, num_classes: int,
-                   alphas) -> list[np.ndarray]:
+def _feature_ridge(phi: np.ndarray, y: np.ndarray, num_classes: int, alphas,
+                   rows: np.ndarray | None = None) -> list[np.ndarray]:
     """Kernel ridge's weighted objective in feature space: beta = (F'WF + a I)^-1 F'W T,
     one Cholesky factorisation per alpha (a few times cheaper than one eigendecomposition
     for the three alphas of the grid)."""
+    rows = np.arange(len(phi)) if rows is None else rows  # `y` is per row of `rows`
     w = balanced_weights(y, num_classes)
     t = _pm_targets(y, num_classes)
-    gram, rhs = phi.T @ (w[:, None] * phi), phi.T @ (w[:, None] * t)
+    gram = np.zeros((phi.shape[1], phi.shape[1]))
+    rhs = np.zeros((phi.shape[1], num_classes))
+    for i in range(0, len(rows), ROW_BLOCK):  # no copy of the fold's phi, weighted or not
+        pb, wb = phi[rows[i:i + ROW_BLOCK]], w[i:i + ROW_BLOCK, None]
+        gram += pb.T @ (wb * pb)
+        rhs += pb.T @ (wb * t[i:i + ROW_BLOCK])
     eye = np.eye(len(gram))
     out = []
     for a in alphas:
