@@ -206,7 +206,10 @@ class SensitiveAttributeProbe(L.Callback):
         same bytes); a tested `best` checkpoint has other weights and is extracted again."""
         key = fingerprint(*(p.detach().cpu().numpy() for p in module.scorer.state_dict()
                             .values()))
-        if self._fit_reps is not None and self._fit_reps[0] == key:
+        same = self._fit_reps is not None and self._fit_reps[0] == key
+        # every rank extracts and gathers, or none does: under DDP a tested checkpoint gives
+        # the other ranks rank 0's BatchNorm statistics, so their weights may have changed
+        if all(gather_objects(same)):
             return self._fit_reps[1], True
         fit = extract_representations(module, self.dm.eval_dataloader(self.cfg.fit_split),
                                       self.cfg.max_clips)
