@@ -13,6 +13,21 @@ import numpy as np  # noqa: E402
 ATTR_NAMES = {"gender": ("women", "men"), "ethnicity": ("group 0", "group 1", "group 2")}
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title and legend of a task-against-leakage plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
 def plot_probe_results(rows: list[dict], path: Path, title: str = "") -> Path:
     """Leakage per layer, one panel per attribute: for each level (clip, person) a bar for
     the attacker that cross-validation selected, with its 95% interval, and a dot for every
@@ -59,10 +74,7 @@ def plot_probe_results(rows: list[dict], path: Path, title: str = "") -> Path:
         ax.legend(fontsize=7, loc="upper center", ncol=2)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_scores_by_group(scores: np.ndarray, groups: dict[str, np.ndarray], path: Path,
@@ -86,10 +98,7 @@ def plot_scores_by_group(scores: np.ndarray, groups: dict[str, np.ndarray], path
         else:  # every group was unknown or too small to show (fairness.min_group_size)
             ax.text(0.5, 0.5, "no group large enough to show", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_tradeoff(runs: list[dict], metric: str, leakage: str, path: Path) -> Path:
@@ -115,14 +124,9 @@ def plot_tradeoff(runs: list[dict], metric: str, leakage: str, path: Path) -> Pa
                    if leakage.replace("/bal_acc", "/chance") in r), None)
     if chance is not None:
         ax.axvline(chance, color="red", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
-    ax.set_xlabel(f"leakage: {leakage}  (lower is better)")
-    ax.set_ylabel(f"task: {metric}  (higher is better)")
-    ax.set_title("task metric against leakage, one point per run")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _label(ax, f"leakage: {leakage}  (lower is better)", f"task: {metric}  (higher is better)",
+           "task metric against leakage, one point per run")
+    return _save(fig, path)
 
 
 def plot_pareto(points: list[dict], front: list[int], selected: list[int], metric: str,
@@ -138,11 +142,6 @@ def plot_pareto(points: list[dict], front: list[int], selected: list[int], metri
     if selected:
         ax.scatter(x[selected], y[selected], marker="*", s=260, color="tab:orange",
                    zorder=3, label="selected on validation (its seeds)")
-    ax.set_xlabel("worst leakage above chance on h, test (lower is better)")
-    ax.set_ylabel(f"{metric} (higher is better)")
-    ax.set_title("sweep: task quality against leakage")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _label(ax, "worst leakage above chance on h, test (lower is better)",
+           f"{metric} (higher is better)", "sweep: task quality against leakage")
+    return _save(fig, path)
