@@ -4,7 +4,10 @@
 
 The run's own config.yaml (two levels above the checkpoint) is the starting point; any
 override applies on top, e.g. `data.synthetic.seed=7` to audit on other data, or
-`probe.fit_split=val`. Writes summary.json, report.md and plots/ to `output_dir`
+`probe.fit_split=val`. `erasure.*` keys that differ from the checkpoint's fit that erasure
+stage on the checkpoint's trained weights first (e.g. `erasure.enabled=true
+erasure.proxy=labels erasure.rank=5 erasure.head_dims=0` on a baseline run), and the
+refitted model is written as `erased.ckpt` in the audit dir. Writes summary.json, report.md and plots/ to `output_dir`
 (default: <run dir>/audit-<timestamp>). The last line printed is `audit dir: <path>`.
 """
 
@@ -58,6 +61,27 @@ def check_config_matches(module, cfg, ckpt: Path) -> None:
                           "run's own config or override those keys to match")
 
 
+def with_erasure(module, cfg):
+    """The checkpoint's model with `cfg.erasure` in place of its own (unfitted): the same
+    trained weights, another erasure stage to fit. The module itself when they agree."""
+    from omegaconf import OmegaConf
+
+    from fair_lightning.module import FairScorerModule
+
+    wanted = OmegaConf.to_container(cfg.erasure, resolve=True)
+    if module.hparams.get("erasure") == wanted:
+        return module, False
+    hp = dict(module.hparams)
+    hp["erasure"] = wanted
+    fresh = FairScorerModule(**hp)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("erased_head.")}
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("erased_head.") for k in missing):
+        raise ConfigError(f"cannot carry the trained weights over: missing {missing}, "
+                          f"unexpected {unexpected}")
+    return fresh, fresh.erased_head is not None
+
+
 def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     import lightning as L
 
@@ -74,11 +98,24 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     out = out.resolve()
     module = load_checkpoint(ckpt)
     check_config_matches(module, cfg, ckpt)
+    module, refit = with_erasure(module, cfg)
     out.mkdir(parents=True, exist_ok=True)  # only once the checkpoint and config agree
     save_config(cfg, out / "config.yaml")
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
+    erase = {}
+    if refit:
+        import torch
+
+        from fair_lightning.callbacks import ErasureStage
+        from fair_lightning.tracking import write_atomic
+
+        erase = ErasureStage(dm, out / "erased.ckpt").fit_head(module)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        saved["state_dict"] = module.state_dict()
+        saved["hyper_parameters"] = dict(module.hparams)
+        write_atomic(out / "erased.ckpt", lambda f: torch.save(saved, f))
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the data, as in train
     callbacks = analysis_callbacks(cfg, dm)
     trainer = L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
@@ -87,6 +124,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
                         enable_checkpointing=False, deterministic=cfg.trainer.deterministic)
     results = trainer.test(module, datamodule=dm, verbose=False)
     summary = collect_summary(trainer, results, callbacks)
+    summary.update(erase)
     summary["audit/checkpoint"] = str(ckpt.resolve())
     write_json_atomic(out / "summary.json", summary)
     write_run_report(out, cfg, summary, callbacks)

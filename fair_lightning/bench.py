@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--memory-scale", type=int, default=10, help="memory at 1x and this (10)")
     t.add_argument("--memory-batches", type=int, default=30,
                    help="training batches of each memory run (30: one default epoch)")
+    t.add_argument("--parts", nargs="+", choices=("speed", "audit", "growth", "memory"),
+                   help="run only these parts (default: all)")
     t.add_argument("--cache", default=".cache/fair_lightning/data")
     t.add_argument("--out", default="runs/bench")
     p = sub.add_parser("preprocess", help="raw-video preprocessing throughput and memory")

@@ -137,6 +137,16 @@ class AdversaryConfig:
 
 
 @dataclass
+class ErasureConfig:
+    enabled: bool = MISSING
+    proxy: str = MISSING
+    rank: int = MISSING
+    residual: bool = MISSING
+    fit_on: str = MISSING
+    head_dims: int = MISSING
+
+
+@dataclass
 class OptimConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -218,6 +228,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    erasure: ErasureConfig = field(default_factory=ErasureConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -242,6 +253,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adversary.hsic_h_kernel": ("gaussian", "linear"),
     "adversary.dependence_measure": ("cka", "nocco"),
     "adversary.weight_schedule": ("constant", "dann"),
+    "erasure.proxy": ("face", "labels"),
+    "erasure.fit_on": ("clips", "people"),
     "optim.scheduler": ("none", "cosine"),
     "optim.loss": ("mse", "mae", "huber"),
     "trainer.test_checkpoint": ("last", "best"),
@@ -255,7 +268,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Lists whose items come from a closed vocabulary (the model's representations, the attacker
 # families); kept here so loading a config imports no model code, a test checks they agree.
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "probe.layers": ("text", "audio", "video", "fused"),
+    "probe.layers": ("text", "audio", "video", "fused", "erased", "score"),
     "probe.attackers": ("linear", "kernel", "mlp", "svm"),
 }
 
@@ -428,6 +441,8 @@ RANGES: dict[str, tuple] = {
     "adversary.dependence_queue": (_at_least(0), ">= 0"),
     "adversary.hidden_dim": (_at_least(1), ">= 1"),
     "adversary.heads": (_at_least(1), ">= 1"),
+    "erasure.rank": (_at_least(0), ">= 0 (0: no LEACE)"),
+    "erasure.head_dims": (_at_least(0), ">= 0 (0: the head reads all of the erased h)"),
     "optim.lr": (_positive, "> 0"),
     "optim.weight_decay": (_at_least(0), ">= 0"),
     "optim.grad_clip": (_at_least(0), ">= 0"),
@@ -517,9 +532,28 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.face_encoder == "pretrained" and cfg.adversary.positive_faces == "other_clip":
         raise ConfigError("model.face_encoder=pretrained works with adversary.positive_faces="
                           "own_clip only (the face bank holds frames, not descriptors)")
+    _check_erasure(cfg)
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")
+
+
+def _check_erasure(cfg: DictConfig) -> None:
+    e = cfg.erasure
+    if not e.enabled:
+        return
+    if e.proxy == "face" and (e.rank > 0 or e.residual) and cfg.adversary.method != "indirect":
+        raise ConfigError("erasure.proxy=face erases the adversary's face embedding: it needs "
+                          "adversary.method=indirect (or erasure.proxy=labels)")
+    if e.proxy == "labels" and e.residual:
+        raise ConfigError("erasure.residual subtracts E[h | face] and needs the proxy at "
+                          "inference: use it with erasure.proxy=face")
+    if e.head_dims > cfg.model.fused_dim:
+        raise ConfigError(f"erasure.head_dims={e.head_dims} exceeds model.fused_dim="
+                          f"{cfg.model.fused_dim}")
+    if cfg.trainer.test_checkpoint != "last":
+        raise ConfigError("erasure is fitted on the final weights: use trainer.test_checkpoint="
+                          "last")
 
 
 def _check_probe_splits(probe: DictConfig) -> None:

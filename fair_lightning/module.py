@@ -31,6 +31,7 @@ from torchmetrics.classification import BinaryAUROC
 from data_modules.batch import Batch
 from fair_lightning.models import MultimodalScorer
 from fair_lightning.models.adversaries import ADVERSARIES, AdversaryOutput
+from fair_lightning.models.erasure import ErasedHead
 from fair_lightning.models.objectives import OBJECTIVES
 
 TASK_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
@@ -55,12 +56,15 @@ class RegressionMetrics(MetricCollection):
 class FairScorerModule(L.LightningModule):
     def __init__(self, model: DictConfig | dict, adversary: DictConfig | dict,
                  optim: DictConfig | dict, *, text_dim: int, audio_dim: int,
-                 max_epochs: int = 1):
+                 max_epochs: int = 1, erasure: DictConfig | dict | None = None,
+                 seed: int = 0):
         super().__init__()
         # plain containers: checkpoints then load with torch's weights_only=True
         model, adversary, optim = (
             OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
             for c in (model, adversary, optim))
+        if isinstance(erasure, DictConfig):
+            erasure = OmegaConf.to_container(erasure, resolve=True)
         self.save_hyperparameters()
         m = OmegaConf.create(model)
         self.adv_cfg = OmegaConf.create(adversary)
@@ -75,6 +79,14 @@ class FairScorerModule(L.LightningModule):
         self.adversary = adversary_cls.from_config(m, self.adv_cfg) if adversary_cls else None
         self.objective = (OBJECTIVES[self.adv_cfg.objective].from_config(m, self.adv_cfg)
                           if self.adversary is not None else None)
+        # the erasure stage (fitted after training by `callbacks.ErasureStage`)
+        e = erasure or {}
+        self.erased_head = (ErasedHead(m.fused_dim, head_dims=e["head_dims"],
+                                       weight_decay=self.optim_cfg.weight_decay,
+                                       residual=e["residual"], rank=e["rank"],
+                                       fit_on=e["fit_on"], seed=seed)
+                            if e.get("enabled") else None)
+        self.erasure_proxy = e.get("proxy", "face")
         # alternating steps need manual optimization; the task alone is Lightning's own loop
         self.automatic_optimization = self.adversary is None
         self._trained_batches = 0
@@ -218,7 +230,22 @@ class FairScorerModule(L.LightningModule):
             batch, device, dataloader_idx)
 
     def forward(self, batch: Batch):
-        return self.scorer(batch)
+        return self.outputs(batch)
+
+    def outputs(self, batch: Batch):
+        """The scorer's output as the run scores it: after the erasure stage, the score of
+        the refitted head on the erased representation (`reps["erased"]`); and the score
+        itself as a one-column representation (`reps["score"]`, the audit's floor)."""
+        out = self.scorer(batch)
+        if self.erased_head is not None and self.erased_head.fitted:
+            z = self.face_proxy(batch) if self.erased_head.needs_proxy else None
+            out.reps["erased"], out.score = self.erased_head(out.h, z)
+        out.reps["score"] = out.score[:, None]
+        return out
+
+    def face_proxy(self, batch: Batch) -> torch.Tensor:
+        """The label-free proxy of gender and ethnicity: the adversary's face embedding."""
+        return self.adversary.embed(batch)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int):
@@ -311,7 +338,7 @@ class FairScorerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str):
-        out = self.scorer(batch)
+        out = self.outputs(batch)
         n = len(batch)
         self.log(f"{stage}/loss", self.task_loss(out.score, batch.label), batch_size=n,
                  sync_dist=True)
@@ -358,7 +385,7 @@ class FairScorerModule(L.LightningModule):
 
     @torch.no_grad()
     def representations(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.scorer(batch).reps
+        return self.outputs(batch).reps
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):

@@ -18,7 +18,7 @@ import numpy as np
 
 from data_modules.schema import SENSITIVE
 
-LAYERS = ("text", "audio", "video", "fused")
+LAYERS = ("text", "audio", "video", "fused", "erased", "score")
 ATTRS = tuple(SENSITIVE)
 TASK_KEYS = ("test/pearson", "test/pearson_merit", "test/mae", "test/r2")
 
@@ -342,11 +342,18 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
             "plot": out_dir / "tradeoff.png"}
 
 
+def head_layer(summary: dict, prefix: str = "leak") -> str:
+    """The representation the head reads: `erased` after an erasure stage, else `fused`."""
+    return "erased" if f"{prefix}/erased/gender/clip/bal_acc" in summary else "fused"
+
+
 def worst_leak(summary: dict, prefix: str = "leak") -> float:
-    """The largest balanced accuracy above chance on h over attributes and levels."""
-    gaps = [summary[f"{prefix}/fused/{a}/{lv}/bal_acc"] - summary[f"{prefix}/fused/{a}/{lv}/chance"]
+    """The largest balanced accuracy above chance on the representation the head reads,
+    over attributes and levels."""
+    layer = head_layer(summary, prefix)
+    gaps = [summary[f"{prefix}/{layer}/{a}/{lv}/bal_acc"] - summary[f"{prefix}/{layer}/{a}/{lv}/chance"]
             for a in ATTRS for lv in ("clip", "person")
-            if f"{prefix}/fused/{a}/{lv}/bal_acc" in summary]
+            if f"{prefix}/{layer}/{a}/{lv}/bal_acc" in summary]
     return max(gaps) if gaps else math.nan
 
 

@@ -130,7 +130,8 @@ def flat_metrics(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-SUMMARY_PREFIXES = ("test/", "probe/", "leak/", "fit_leak/", "fair/", "adv/test_", "time/")
+SUMMARY_PREFIXES = ("test/", "probe/", "leak/", "fit_leak/", "fair/", "adv/test_", "time/",
+                    "erase/")
 
 
 def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, float | str]:

@@ -109,7 +109,8 @@ def build_module(cfg, dims: dict):
 
     return FairScorerModule(cfg.model, cfg.adversary, cfg.optim,
                             text_dim=dims["text"], audio_dim=dims["audio"],
-                            max_epochs=cfg.trainer.max_epochs)
+                            max_epochs=cfg.trainer.max_epochs, erasure=cfg.erasure,
+                            seed=cfg.seed)
 
 
 def build_datamodule(cfg):
@@ -273,6 +274,8 @@ def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
     from fair_lightning.report import worst_leak
 
     task = val.get(cfg.selection.task_metric, math.nan)
+    # after the erasure stage the head scoring val is the refitted one
+    task = summary.get(f"erase/{cfg.selection.task_metric.replace('/', '_')}_after", task)
     worst = worst_leak(summary, "fit_leak")
     worst = worst if math.isnan(worst) else max(0.0, worst)
     return {"select/val_task": task, "select/val_leak_excess": worst,
@@ -323,6 +326,10 @@ def run(cfg) -> Path:
     module = build_module(cfg, dm.feature_dims())
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
     callbacks = analysis_callbacks(cfg, dm)
+    if module.erased_head is not None:  # before the probes: the end-of-fit audit sees it
+        from fair_lightning.callbacks import ErasureStage
+
+        callbacks.insert(0, ErasureStage(dm, run_dir / "checkpoints" / "last.ckpt"))
     trainer = build_trainer(cfg, run_dir, module, callbacks,
                             make_loggers(cfg, run_dir, wandb_id, csv_rows))
     t1 = time.time()
@@ -330,8 +337,11 @@ def run(cfg) -> Path:
                 weights_only=True)
     fit_s = time.time() - t1
     for cb in callbacks:  # a run resumed after its last epoch skips fit, and its audit
+        if hasattr(cb, "ensure_fitted"):
+            cb.ensure_fitted(trainer, module)
         if hasattr(cb, "ensure_fit_audit"):
             cb.ensure_fit_audit(trainer, module)
+    erase = next((cb.metrics for cb in callbacks if hasattr(cb, "ensure_fitted")), {})
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     val = val or module.resumed_val_metrics  # resumed after the last epoch: no val ran
     batches = module.trained_batches  # before testing loads a checkpoint's count
@@ -349,7 +359,7 @@ def run(cfg) -> Path:
                         "train/batches": batches,
                         "train/optimizer_steps": trainer.global_step,
                         "train/resumes": len(read_record(run_dir).get("starts", [1])) - 1,
-                        **pretrain_stats,
+                        **pretrain_stats, **erase,
                         **data_summary(dm)})
         summary.update(selection_metrics(cfg, val, summary))
         write_json_atomic(run_dir / "summary.json", summary)

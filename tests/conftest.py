@@ -51,6 +51,8 @@ def tiny_overrides(tmp_path, **extra) -> list[tuple[str, str]]:
         "data.synthetic.image_size": "16",
         "trainer.max_epochs": "1",
         "probe.bootstrap": "50",
+        # the fast pair; the default full suite is for results, not for plumbing
+        "probe.attackers": "[linear,kernel]",
         "logger.wandb.mode": "disabled",
     }
     base.update(extra)

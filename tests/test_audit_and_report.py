@@ -50,9 +50,9 @@ def test_specificity_tiny_no_planted_signal_leakage_sits_at_chance(tmp_path):
                                                    "probe.bootstrap": "300"})
     rows = list(_leak_rows(json.loads((run(load_config("baseline", ov)) / "summary.json")
                                       .read_text())))
-    assert len(rows) == 4 * 2 * 2  # layers x attributes x (clip, person)
+    assert len(rows) == 5 * 2 * 2  # layers (4 and the score) x attributes x (clip, person)
     assert np.mean([abs(b - c) for _, b, _, _, c in rows]) < 0.1
-    assert sum(lo <= c <= hi for _, _, lo, hi, c in rows) >= 13
+    assert sum(lo <= c <= hi for _, _, lo, hi, c in rows) >= 16
 
 
 @pytest.mark.slow
@@ -78,7 +78,8 @@ def test_specificity_default_size_no_leakage_is_claimed(tmp_path):
 
 
 def test_standalone_audit_rewrites_the_same_files(runs, tmp_path, capsys):
-    ckpt = runs["adversarial"] / "checkpoints" / "best.ckpt"
+    # last.ckpt holds the fitted erasure stage: the audit scores with it, as the run tested
+    ckpt = runs["adversarial"] / "checkpoints" / "last.ckpt"
     out = tmp_path / "audit"
     assert audit_main([f"ckpt={ckpt}", f"output_dir={out}", "probe.bootstrap=50"]) == 0
     assert capsys.readouterr().out.strip().endswith(f"audit dir: {out.resolve()}")
@@ -87,8 +88,35 @@ def test_standalone_audit_rewrites_the_same_files(runs, tmp_path, capsys):
     # the same checkpoint on the same data gives the same task metrics
     assert a["test/pearson"] == pytest.approx(t["test/pearson"], abs=1e-6)
     assert "leak/fused/gender/person/bal_acc" in a and (out / "report.md").is_file()
+    assert a["leak/erased/gender/clip/bal_acc"] == pytest.approx(
+        t["leak/erased/gender/clip/bal_acc"])
+    assert not (out / "erased.ckpt").exists()  # the same erasure: nothing refitted
     assert a["leak/fused/gender/clip/attacker"].split(" ")[0] in ("linear", "kernel")
     assert (out / "plots" / "probe_leakage.png").is_file()
+
+
+def test_audit_refits_another_erasure_on_the_trained_weights(runs, tmp_path, capsys):
+    """The label-using reference on a baseline checkpoint: the same trained scorer, LEACE of
+    the true attributes; its model is saved and tests as the audit did."""
+    ckpt = runs["baseline"] / "checkpoints" / "last.ckpt"
+    out = tmp_path / "labels"
+    assert audit_main([f"ckpt={ckpt}", f"output_dir={out}", "probe.bootstrap=50",
+                       "erasure.enabled=true", "erasure.proxy=labels", "erasure.rank=5",
+                       "erasure.head_dims=0"]) == 0
+    a = json.loads((out / "summary.json").read_text())
+    t = json.loads((runs["baseline"] / "summary.json").read_text())
+    assert a["leak/fused/gender/clip/bal_acc"] == pytest.approx(t["leak/fused/gender/clip/bal_acc"])
+    assert 0.0 < a["erase/kept_variance"] < 1.0 and a["erase/rank"] == 3.0  # 1 + 2 centred
+    assert "leak/erased/ethnicity/person/bal_acc" in a
+    from fair_lightning.audit import load_checkpoint
+
+    refit = load_checkpoint(out / "erased.ckpt")
+    assert refit.erased_head.fitted and refit.hparams["erasure"]["proxy"] == "labels"
+    # the face proxy needs the face adversary: one error line, no audit dir
+    bad = tmp_path / "face"
+    assert audit_main([f"ckpt={ckpt}", f"output_dir={bad}", "erasure.enabled=true",
+                       "erasure.rank=2"]) == 2
+    assert "adversary.method=indirect" in capsys.readouterr().err and not bad.exists()
 
 
 def test_audit_errors_name_the_file(tmp_path, capsys):
@@ -194,3 +222,6 @@ def test_the_fit_split_is_extracted_again_only_when_the_weights_change(monkeypat
         module.scorer.weight.add_(1e-3)
     _, reused = probe._fit_representations(module)
     assert not reused and len(calls) == 2  # another checkpoint: extracted again
+    module.erased_head = torch.nn.Linear(2, 1)  # an erasure stage fitted since
+    _, reused = probe._fit_representations(module)
+    assert not reused and len(calls) == 3

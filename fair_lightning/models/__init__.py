@@ -24,10 +24,15 @@ from fair_lightning.models.objectives import (
     Objective,
     ReversalObjective,
 )
-from fair_lightning.models.scorer import REPRESENTATIONS, MultimodalScorer, ScorerOutput
+from fair_lightning.models.scorer import (
+    REPRESENTATIONS,
+    SCORER_REPRESENTATIONS,
+    MultimodalScorer,
+    ScorerOutput,
+)
 
 __all__ = [
-    "ADVERSARIES", "OBJECTIVES", "REPRESENTATIONS", "Adversary", "AdversaryOutput",
+    "ADVERSARIES", "OBJECTIVES", "REPRESENTATIONS", "SCORER_REPRESENTATIONS", "Adversary", "AdversaryOutput",
     "AttributeAdversary", "ConfusionObjective", "DependenceObjective", "FaceBank", "FaceEncoder",
     "FaceMatchAdversary", "FaceMatchDiscriminator", "GradientReversal", "LabelAdversary",
     "MinimaxObjective", "MultimodalScorer", "Objective", "ReversalObjective", "ScorerOutput",

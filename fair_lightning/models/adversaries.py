@@ -389,6 +389,10 @@ class FaceMatchAdversary(Adversary):
                 frames = torch.cat([frames, banked])
         return (h_idx, f_idx, target), frames
 
+    def embed(self, batch) -> torch.Tensor:
+        """The face embedding [B, face_dim] of each clip's own face frames."""
+        return self.face_encoder(getattr(batch, self.face_input))
+
     def observe(self, batch, stage: str) -> FacePairs:
         (h_idx, f_idx, target), frames = self.pairs(batch, stage)
         return FacePairs(h_idx, f_idx, target, self.face_encoder(frames))

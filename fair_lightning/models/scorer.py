@@ -9,8 +9,10 @@ from torch import nn
 
 from fair_lightning.models.encoders import AudioEncoder, TextEncoder, VideoEncoder
 
-# The representations that probes audit and adversaries protect; `fused` is h.
-REPRESENTATIONS = ("text", "audio", "video", "fused")
+# The representations that probes audit; `fused` is h, the one adversaries protect;
+# `erased` is what the head reads after the erasure stage, `score` the prediction alone.
+SCORER_REPRESENTATIONS = ("text", "audio", "video", "fused")
+REPRESENTATIONS = (*SCORER_REPRESENTATIONS, "erased", "score")
 
 
 @dataclass

@@ -2,7 +2,7 @@ import torch
 
 from data_modules.collate import collate_records
 from fair_lightning.models import (
-    REPRESENTATIONS,
+    SCORER_REPRESENTATIONS,
     AttributeAdversary,
     FaceBank,
     FaceEncoder,
@@ -23,7 +23,7 @@ def test_scorer_outputs_named_representations(records):
     b = collate_records(records[:5])
     for kind in ("gru", "conv"):
         out = _scorer(kind)(b)
-        assert set(out.reps) == set(REPRESENTATIONS)
+        assert set(out.reps) == set(SCORER_REPRESENTATIONS)
         assert out.h.shape == (5, 8) and out.score.shape == (5,)
         assert ((out.score > 0) & (out.score < 1)).all()
 
