@@ -102,6 +102,18 @@ def _data_lines(s: dict) -> list[str]:
     return lines
 
 
+def _erasure_lines(cfg, s: dict) -> list[str]:
+    e = cfg.get("erasure")
+    if not e or not e.enabled:
+        return []
+    return [f"- erasure stage: proxy `{e.proxy}`, LEACE rank {e.rank}, residual "
+            f"{'on' if e.residual else 'off'}, fitted on {e.fit_on}; the head reads "
+            f"{e.head_dims or 'all'} directions of the erased h (layer `erased` below); "
+            f"kept {_fmt(s.get('erase/kept_variance'))} of h's variance; val Pearson "
+            f"{_fmt(s.get('erase/val_pearson_before'))} -> "
+            f"{_fmt(s.get('erase/val_pearson_after'))}"]
+
+
 def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
     """report.md for one run, plus a scores-by-group plot from the fairness callback."""
     from fair_lightning.plots import plot_scores_by_group
@@ -126,6 +138,7 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
         + (f" (objective `{cfg.adversary.objective}`, weight {cfg.adversary.weight}, "
            f"schedule `{cfg.adversary.weight_schedule}`, k_disc {cfg.adversary.k_disc})"
            if cfg.adversary.method != "none" else ""),
+        *_erasure_lines(cfg, s),
         f"- data: `{cfg.data.source}`, seed {cfg.seed}; epochs {s.get('train/epochs')}, "
         f"batches {s.get('train/batches')}, optimizer steps {s.get('train/optimizer_steps')}",
         f"- wall time: data {_fmt(s.get('time/data_s'), 1)} s, fit {_fmt(s.get('time/fit_s'), 1)} s, "

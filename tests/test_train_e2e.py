@@ -71,6 +71,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert saved.adversary.method == "indirect"
     report = (run_dir / "report.md").read_text()
     assert "Leakage" in report and "| fused |" in report and "| erased |" in report
+    assert "erasure stage: proxy `face`, LEACE rank 0" in report
     # the erasure stage: fitted on the final weights, written into the tested checkpoint,
     # and what the run scores with
     assert last["state_dict"]["erased_head.eraser.fitted"].item() is True
