@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from data_modules.schema import SENSITIVE
 from fair_lightning.fairness import OutputFairness
+from fair_lightning.models.adversaries import one_hot_attributes
 from fair_lightning.probes import AttackerResult, AttackSuite
 from fair_lightning.runtime import gather_objects
 
@@ -85,13 +86,6 @@ def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.
         return out
 
     return collect_rows(module, loader, rows, max_clips)
-
-
-def one_hot_attributes(gender: torch.Tensor, ethnicity: torch.Tensor) -> torch.Tensor:
-    """[B, 2 + 3] one-hot gender and ethnicity; an unknown value (-1) is an all-zero block."""
-    return torch.cat([torch.nn.functional.one_hot(a.clamp(min=0).long(), k) * (a >= 0)[:, None]
-                      for a, k in ((gender, ATTRIBUTES["gender"]),
-                                   (ethnicity, ATTRIBUTES["ethnicity"]))], 1).float()
 
 
 ERASURE_KEY = "erasure_stage"  # the stage's figures, in the checkpoint it wrote

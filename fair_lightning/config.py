@@ -548,6 +548,9 @@ def _check_erasure(cfg: DictConfig) -> None:
     if e.proxy == "labels" and e.residual:
         raise ConfigError("erasure.residual subtracts E[h | face] and needs the proxy at "
                           "inference: use it with erasure.proxy=face")
+    if e.rank >= cfg.model.fused_dim:  # every direction of h erased: nothing to score
+        raise ConfigError(f"erasure.rank={e.rank} would erase all {cfg.model.fused_dim} "
+                          "directions of h (model.fused_dim); use a smaller rank")
     if e.head_dims > cfg.model.fused_dim:
         raise ConfigError(f"erasure.head_dims={e.head_dims} exceeds model.fused_dim="
                           f"{cfg.model.fused_dim}")

@@ -92,3 +92,15 @@ def test_list_vocabularies_match_the_model_and_the_attackers():
     for bad in ("[forest]", "[]", "[linear,linear]"):
         with pytest.raises(ConfigError, match="probe.attackers"):
             load_config("baseline", [("probe.attackers", bad)])
+
+
+def test_erasure_settings_that_cannot_work_fail_before_any_work():
+    cases = [("adversarial", [("erasure.rank", "32")], "erase all 32 directions"),
+             ("baseline", [("erasure.enabled", "true"), ("erasure.rank", "2")],
+              "adversary.method=indirect"),
+             ("label_erasure", [("erasure.residual", "true")], "erasure.proxy=face"),
+             ("adversarial", [("trainer.test_checkpoint", "best")], "test_checkpoint=last")]
+    for exp, overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_config(exp, overrides)
+    load_config("baseline", [("erasure.enabled", "true")])  # the task subspace needs no proxy

@@ -425,6 +425,13 @@ class FaceMatchAdversary(Adversary):
             bank.load_state(state[stage])
 
 
+def one_hot_attributes(gender: torch.Tensor, ethnicity: torch.Tensor) -> torch.Tensor:
+    """[B, 2 + 3] one-hot gender and ethnicity; an unknown value (-1) is an all-zero block."""
+    return torch.cat([F.one_hot(gender.clamp(min=0).long(), 2) * (gender >= 0)[:, None],
+                      F.one_hot(ethnicity.clamp(min=0).long(), 3) * (ethnicity >= 0)[:, None]],
+                     dim=1).float()
+
+
 @dataclass
 class AttributeTargets:
     gender: torch.Tensor  # [B] long, -1 unknown
@@ -459,11 +466,7 @@ class LabelAdversary(Adversary):
         return confusion_to_uniform(g) + confusion_to_uniform(e)
 
     def dependence_target(self, obs: AttributeTargets) -> torch.Tensor:
-        """One-hot attributes; an unknown value gets an all-zero block."""
-        return torch.cat(
-            [F.one_hot(obs.gender.clamp(min=0), 2) * (obs.gender >= 0)[:, None],
-             F.one_hot(obs.ethnicity.clamp(min=0), 3) * (obs.ethnicity >= 0)[:, None]],
-            dim=1).float()
+        return one_hot_attributes(obs.gender, obs.ethnicity)
 
 
 # `adversary.method` -> class; "none" trains the scorer alone

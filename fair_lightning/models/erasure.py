@@ -156,7 +156,7 @@ class ConceptEraser(nn.Module):
         gen = torch.Generator().manual_seed(self.seed)
         pick = torch.sort(torch.randperm(n, generator=gen)[: min(self.landmarks, n)]).values
         folds = person_folds(groups, self.folds, self.seed)
-        d2 = _sq_dist(zs, zs)
+        d2 = _sq_dist(zs, zs[pick])  # [n, landmarks]: all the kernel ever needs
         h_mean = h.mean(0)
         hc = h - h_mean
         best = (math.inf, None, None, None)
@@ -167,17 +167,18 @@ class ConceptEraser(nn.Module):
                 oof = torch.empty_like(hc)
                 for held in folds:
                     fit_rows = (~held).nonzero().squeeze(1)
-                    lm = pick[~held[pick]]  # landmarks from the fitting people only
-                    beta = _krr_fit(k[fit_rows][:, lm], k[lm][:, lm],
-                                    hc[fit_rows] - hc[fit_rows].mean(0), ridge)
-                    oof[held] = k[held][:, lm] @ beta + hc[fit_rows].mean(0)
+                    cols = (~held[pick]).nonzero().squeeze(1)  # landmarks of fitting people
+                    offset = hc[fit_rows].mean(0)
+                    beta = _krr_fit(k[fit_rows][:, cols], k[pick[cols]][:, cols],
+                                    hc[fit_rows] - offset, ridge)
+                    oof[held] = k[held][:, cols] @ beta + offset
                 err = float(((hc - oof) ** 2).mean())
                 if err < best[0]:
                     best = (err, gamma, ridge, oof)
         err, gamma, ridge, oof = best
         self.gamma = torch.tensor(gamma, dtype=torch.float64)
         self.points = zs[pick]
-        k = torch.exp(-gamma * d2[:, pick])
+        k = torch.exp(-gamma * d2)
         beta = _krr_fit(k, k[pick], hc, ridge)
         self.coef, self.g_mean = beta, h_mean
         self.stats.update({"residual_gamma": gamma, "residual_ridge": ridge,
