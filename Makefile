@@ -15,7 +15,7 @@ EXPS     ?= baseline face_discriminator adversarial label_adversary
 # trajectory; one thread gives the same numbers on any machine (the README's tables)
 SEED_THREADS ?= 1
 
-.PHONY: install train preprocess bench sweep pareto audit compare seeds test test-all lint clean help
+.PHONY: install train preprocess bench sweep pareto audit compare seeds realface realface-setup test test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench [BENCH=train|preprocess] [ARGS=...]      benchmarks -> runs/bench/bench.json, preprocess.json"
 	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
+	@echo "make realface [RUNS='baseline adversarial'] [SEEDS='0 1 2'] [PHOTOS=dir] [ARGS=...]  real-face development benchmark"
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
@@ -80,6 +81,19 @@ seeds: install
 	$(BIN)/python -m fair_lightning.report $(foreach e,$(EXPS),$(foreach s,$(SEEDS),runs/seeds/$(e)-s$(s))) \
 	  --out runs/seeds/comparison
 
+# real-face development benchmark: a ChaLearn-layout corpus from real photographs (never part of
+# this repository), then `make train` on it per run and seed -> runs/realface/{results.json,table.md}
+PHOTOS ?= ../shared/data/lfw-dev
+realface-setup:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq espeak-ng; \
+	  else echo "error: the benchmark's voices need espeak-ng: sudo apt-get install espeak-ng"; exit 2; fi; }
+
+realface: install realface-setup
+	$(BIN)/python -m benchmarks.realface.run $(if $(RUNS),--runs $(RUNS)) --seeds $(SEEDS) \
+	  --photos $(PHOTOS) $(if $(ARGS),--args "$(ARGS)")
+
 test: install
 	$(PYTEST) -q
 
@@ -87,7 +101,7 @@ test-all: install
 	$(PYTEST) -q -m "" 
 
 lint: install
-	$(BIN)/ruff check fair_lightning data_modules tests
+	$(BIN)/ruff check fair_lightning data_modules tests benchmarks
 
 clean:
 	rm -rf runs .cache .pytest_cache .ruff_cache lightning_logs wandb

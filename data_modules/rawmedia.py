@@ -381,8 +381,6 @@ def write_clip(path: str | os.PathLike, *, seconds: float = 2.0, fps: float = 10
         raise ValueError("seconds and fps must be positive")
     if gender not in (0, 1):
         raise ValueError(f"gender must be 0 (female) or 1 (male), got {gender!r}")
-    import av
-
     path = Path(path)
     p = _person(identity_seed, gender, video_gender, audio_gender)
     n_frames = max(1, round(seconds * fps))
@@ -395,6 +393,31 @@ def write_clip(path: str | os.PathLike, *, seconds: float = 2.0, fps: float = 10
                             envelope=np.clip(mouth, 0, 1), person=p)
     wave = _speech(p, clip_seed, duration, AUDIO_RATE) if audio else None
 
+    encode_clip(path, frames, fps, wave)
+
+
+def encode_clip(path: str | os.PathLike, frames, fps: float, wave: np.ndarray | None = None,
+                audio_rate: int = AUDIO_RATE) -> None:
+    """Encode RGB frames (uint8 [H, W, 3], any iterable, consumed once: their count fixes the
+    duration) and an optional mono wave (float32 in [-1, 1] at `audio_rate`) as H.264 yuv420p
+    + AAC in an mp4. Atomic: written under a temporary name, then renamed into place."""
+    import av
+
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to encode")
+    height, width = first.shape[:2]
+    if width % 2 or height % 2:
+        raise ValueError(f"{path}: frame size must be even, got {width}x{height}")
+
+    def with_last():  # (frame, is_last): the last frame flushes the rest of the audio
+        prev = first
+        for f in frames:
+            yield prev, False
+            prev = f
+        yield prev, True
+
     def encode(tmp: Path) -> None:  # the muxer must be told mp4: the temporary name is not .mp4
         with av.open(str(tmp), "w", format="mp4") as out:
             rate = Fraction(fps).limit_denominator(1001)
@@ -403,28 +426,29 @@ def write_clip(path: str | os.PathLike, *, seconds: float = 2.0, fps: float = 10
             # a fixed thread count: x264 output is only reproducible for the same count
             vs.options = {**X264_OPTIONS, "threads": str(X264_THREADS)}
             if wave is not None:
-                aus = out.add_stream("aac", rate=AUDIO_RATE)
+                aus = out.add_stream("aac", rate=audio_rate)
                 aus.layout = "mono"
                 aus.bit_rate = 64000
             done = 0  # audio samples encoded so far
-            for i, rgb in enumerate(frames):
+            for i, (rgb, last) in enumerate(with_last()):
                 # BT.601 limited range, as swscale would do it, but cheaper at 720p
-                yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+                yuv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
                 frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
                 frame.pts = i
                 frame.time_base = 1 / rate
                 out.mux(vs.encode(frame))
                 if wave is not None:  # keep the streams interleaved, like a real recording
-                    upto = len(wave) if i == n_frames - 1 else round((i + 1) / fps * AUDIO_RATE)
-                    done = _encode_audio(out, aus, wave, done, upto)
+                    upto = len(wave) if last else round((i + 1) / fps * audio_rate)
+                    done = _encode_audio(out, aus, wave, done, upto, audio_rate)
             out.mux(vs.encode(None))
             if wave is not None:
                 out.mux(aus.encode(None))
 
-    atomic_write(path, encode)
+    atomic_write(Path(path), encode)
 
 
-def _encode_audio(out, stream, wave: np.ndarray, start: int, stop: int) -> int:
+def _encode_audio(out, stream, wave: np.ndarray, start: int, stop: int,
+                  rate: int = AUDIO_RATE) -> int:
     """Encode whole 1024-sample AAC frames of wave[start:stop] (the remainder at the end)."""
     import av
 
@@ -432,9 +456,9 @@ def _encode_audio(out, stream, wave: np.ndarray, start: int, stop: int) -> int:
     while start + size <= stop or (stop == len(wave) and start < stop):
         chunk = wave[start:min(start + size, stop)]
         frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-        frame.sample_rate = AUDIO_RATE
+        frame.sample_rate = rate
         frame.pts = start
-        frame.time_base = Fraction(1, AUDIO_RATE)
+        frame.time_base = Fraction(1, rate)
         out.mux(stream.encode(frame))
         start += len(chunk)
     return start
@@ -589,8 +613,6 @@ def make_chalearn_corpus(root: str | os.PathLike, *, people: int = 8, clips_per_
     straddler = mixed[0]  # a training speaker whose last clip is in the validation split
 
     truth: dict[str, dict] = {}
-    annotations = {s: {t: {} for t in TRAITS} for s in OFFICIAL_SPLITS}
-    transcripts: dict[str, dict[str, str]] = {s: {} for s in OFFICIAL_SPLITS}
     counters = dict.fromkeys(OFFICIAL_SPLITS, 0)
     for i in range(people):
         person = folk[i]
@@ -598,48 +620,66 @@ def make_chalearn_corpus(root: str | os.PathLike, *, people: int = 8, clips_per_
             split = split_of[i]
             if i == straddler and n == clips_per_person - 1:
                 split = "validation"
-            k = counters[split]
+            path = chalearn_clip_path(root, split, counters[split], f"{ids[i]}.{n:03d}")
             counters[split] += 1
-            # differently nested folders, like the unpacked official archives
-            if split == "training":
-                folder = root / f"train-{k // 8 + 1}" / f"training80_{k // 4 + 1:02d}"
-            elif split == "validation":
-                folder = root / "val"
-            else:
-                folder = root / "test" / f"test80_{k // 4 + 1:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            clip = f"{ids[i]}.{n:03d}"
-            path = folder / f"{clip}.mp4"
             write_clip(path, seconds=seconds, fps=fps, width=width, height=height,
                        gender=person["gender"], identity_seed=person["identity_seed"],
                        clip_seed=int(rng.integers(2**31)), video_gender=video_gender,
                        audio_gender=audio_gender)
             # interview score: person merit plus clip noise, nothing else (no gender term)
             interview = _sigmoid(person["merit"] + 0.35 * float(rng.standard_normal()))
-            for t in TRAITS:
-                v = interview if t == "interview" else _sigmoid(
-                    0.6 * person["merit"] + 0.8 * float(rng.standard_normal()))
-                annotations[split][t][f"{clip}.mp4"] = round(v, 10)
+            traits = {t: round(interview if t == "interview" else _sigmoid(
+                0.6 * person["merit"] + 0.8 * float(rng.standard_normal())), 10) for t in TRAITS}
             # the first clip always mentions the café (sentence 8: latin-1) and is long
             # enough (> 255 bytes) to need BINSTRING
             must = (8, 1, 6, 13, 16) if (i, n) == (0, 0) else ()
-            transcripts[split][f"{clip}.mp4"] = _transcript(rng, int(rng.integers(2, 6)), must)
-            truth[clip] = {"identity": ids[i], "gender": person["gender"],
-                           "ethnicity": person["ethnicity"], "official_split": split,
-                           "path": path}
+            truth[path.stem] = {"identity": ids[i], "gender": person["gender"],
+                                "ethnicity": person["ethnicity"], "official_split": split,
+                                "path": path, "traits": traits,
+                                "transcript": _transcript(rng, int(rng.integers(2, 6)), must)}
+    write_chalearn_annotations(root, truth)
+    for t in truth.values():
+        del t["traits"], t["transcript"]
+    return truth
 
+
+def chalearn_clip_path(root: Path, split: str, k: int, clip: str) -> Path:
+    """Where the k-th clip of an official split goes: differently nested folders per split,
+    like the unpacked official archives (the folder is created)."""
+    if split == "training":
+        folder = root / f"train-{k // 8 + 1}" / f"training80_{k // 4 + 1:02d}"
+    elif split == "validation":
+        folder = root / "val"
+    else:
+        folder = root / "test" / f"test80_{k // 4 + 1:02d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{clip}.mp4"
+
+
+def write_chalearn_annotations(root: Path, clips: dict[str, dict]) -> None:
+    """The ChaLearn annotation files for clips written under `root`: clip id -> {"identity",
+    "gender" (0 female / 1 male), "ethnicity" (0 Asian / 1 Caucasian / 2 African-American, or
+    None: left blank, read as unknown), "official_split", "traits" (trait -> score in [0, 1]),
+    "transcript"}. Annotation / transcription pickles are Python 2 pickles;
+    eth_gender_annotations_{dev,test}.csv carry the codes (gender 1 male, 2 female)."""
+    annotations = {s: {t: {} for t in TRAITS} for s in OFFICIAL_SPLITS}
+    transcripts: dict[str, dict[str, str]] = {s: {} for s in OFFICIAL_SPLITS}
+    for clip, c in clips.items():
+        for t in TRAITS:
+            annotations[c["official_split"]][t][f"{clip}.mp4"] = c["traits"][t]
+        transcripts[c["official_split"]][f"{clip}.mp4"] = c["transcript"]
     for split in OFFICIAL_SPLITS:
         _write_atomic(root / f"annotation_{split}.pkl", _py2_pickle(annotations[split]))
         _write_atomic(root / f"transcription_{split}.pkl", _py2_pickle(transcripts[split]))
     for name, splits in (("dev", ("training", "validation")), ("test", ("test",))):
         lines = ["VideoName;YouTubeID;Ethnicity;Gender"]
-        for clip, t in truth.items():
+        for clip, t in clips.items():
             if t["official_split"] in splits:
                 code = 1 if t["gender"] == 1 else 2
-                lines.append(f"{clip}.mp4;{t['identity']};{t['ethnicity'] + 1};{code}")
+                eth = "" if t["ethnicity"] is None else t["ethnicity"] + 1
+                lines.append(f"{clip}.mp4;{t['identity']};{eth};{code}")
         _write_atomic(root / f"eth_gender_annotations_{name}.csv",
                       ("\n".join(lines) + "\n").encode())
-    return truth
 
 
 def make_manifest_corpus(root: str | os.PathLike, *, people: int = 8, clips_per_person: int = 3,

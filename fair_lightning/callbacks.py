@@ -210,6 +210,21 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def unauditable(fit_y, ev_y, ev_person) -> str | None:
+    """Why an attribute cannot be attacked on these splits (None when it can): an attacker
+    needs two known groups on the fit side and known clips of two people on the eval side
+    (a corpus may annotate an attribute for a few people only)."""
+    fit_y, ev_y = np.asarray(fit_y), np.asarray(ev_y)
+    groups = np.unique(fit_y[fit_y >= 0])
+    if groups.size < 2:
+        return (f"the fit split has {groups.size} known group(s) "
+                f"({int((fit_y >= 0).sum())} of {fit_y.size} clips annotated)")
+    if np.unique(np.asarray(ev_person)[ev_y >= 0]).size < 2:
+        return (f"the scored split has known values for fewer than 2 people "
+                f"({int((ev_y >= 0).sum())} of {ev_y.size} clips annotated)")
+    return None
+
+
 class AttackAudit:
     """The attacker suite over every layer x attribute, remembering fitted suites.
 
@@ -226,10 +241,16 @@ class AttackAudit:
 
     def run(self, fit: dict, ev: dict, layers) -> list[dict]:
         rows = []
+        self.skipped = {a: why for a in ATTRIBUTES
+                        if (why := unauditable(fit[a], ev[a], ev["identity"]))}
+        for attr, why in self.skipped.items():
+            log.warning("audit: %s is not scored: %s", attr, why)
         # Lightning tests under inference mode; the MLP attackers need autograd
         with torch.inference_mode(False), torch.enable_grad():
             for layer in layers:
                 for attr, k in ATTRIBUTES.items():
+                    if attr in self.skipped:
+                        continue
                     res = self._suite(layer, attr, k, fit).evaluate(
                         ev[layer], ev[attr], ev["identity"], bootstrap=self.cfg.bootstrap)
                     chosen = {id(r): lvl for lvl, r in res.leak.items()}
@@ -303,6 +324,7 @@ class SensitiveAttributeProbe(L.Callback):
         self.audit = AttackAudit(cfg, seed)
         self.results: dict[str, list[dict]] = {}  # prefix -> rows
         self.timings: dict[str, float] = {}
+        self.skipped: dict[str, dict[str, str]] = {}  # prefix -> attribute -> why not scored
         self.shared_dropped: dict[str, int] = {}  # prefix -> eval people also in fit_split
         self.plot_path: Path | None = None
         self.fit_audited = False
@@ -347,6 +369,8 @@ class SensitiveAttributeProbe(L.Callback):
             self.results[prefix] = rows
             self.timings[prefix] = time.time() - t0
             metrics = rows_to_metrics(rows, prefix)
+            metrics.update({f"{leak_prefix(prefix)}/skipped/{a}": 1.0 for a in self.audit.skipped})
+            self.skipped[prefix] = dict(self.audit.skipped)
             self.shared_dropped[prefix] = dropped
             metrics[f"{prefix}/shared_people_dropped"] = float(dropped)
             metrics[audit_time_key(prefix)] = self.timings[prefix]
@@ -465,3 +489,41 @@ class OutputFairnessCallback(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module):
         self._compute("test", "fair", pl_module)
+
+
+class TestPredictions(L.Callback):
+    """`predictions.csv` in the run directory: clip, person, predicted score and label of
+    every test clip (gathered from every rank, each clip once, sorted by clip). No sensitive
+    attribute is written: scoring against other ground truth (a benchmark's true merit)
+    joins on the clip id."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: list[tuple[str, str, float, float]] = []
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self.rows = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                          dataloader_idx=0):
+        scores = outputs["score"].detach().float().cpu().tolist()
+        labels = batch.label.detach().float().cpu().tolist()
+        people = batch.identity.tolist() if torch.is_tensor(batch.identity) else batch.identity
+        self.rows += [(str(c), str(p), s, y) for c, p, s, y in
+                      zip(batch.clip_id, people, scores, labels, strict=True)]
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        rows = {r[0]: r for part in gather_objects(self.rows) for r in part}
+        if not trainer.is_global_zero:
+            return
+        import csv
+        import io
+
+        from fair_lightning.tracking import write_atomic
+
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")  # quotes a clip name holding a comma
+        out.writerow(["clip_id", "identity", "score", "label"])
+        out.writerows([c, p, f"{s:.6f}", f"{y:.6f}"] for c, p, s, y in
+                      (rows[k] for k in sorted(rows)))
+        write_atomic(self.path, lambda f: f.write(buf.getvalue().encode()))

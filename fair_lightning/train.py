@@ -325,7 +325,9 @@ def run(cfg) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm.feature_dims())
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
-    callbacks = analysis_callbacks(cfg, dm)
+    from fair_lightning.callbacks import TestPredictions
+
+    callbacks = analysis_callbacks(cfg, dm) + [TestPredictions(run_dir / "predictions.csv")]
     if module.erased_head is not None:  # before the probes: the end-of-fit audit sees it
         from fair_lightning.callbacks import ErasureStage
 

@@ -225,3 +225,25 @@ def test_the_fit_split_is_extracted_again_only_when_the_weights_change(monkeypat
     module.erased_head = torch.nn.Linear(2, 1)  # an erasure stage fitted since
     _, reused = probe._fit_representations(module)
     assert not reused and len(calls) == 3
+
+
+def test_an_attribute_annotated_for_one_group_is_a_counted_skip_not_a_crash():
+    from fair_lightning.callbacks import AttackAudit, unauditable
+    from fair_lightning.config import load_config
+
+    rng = np.random.default_rng(0)
+    person = np.repeat(np.arange(24), 2)
+    gender = np.repeat(np.arange(24) % 2, 2)
+    ethnicity = np.where(person < 6, 1, -1)  # one known group, as a thinly annotated corpus
+    h = rng.normal(size=(48, 4)) + gender[:, None]
+    fit = {"fused": h[:32], "gender": gender[:32], "ethnicity": ethnicity[:32],
+           "identity": person[:32]}
+    ev = {"fused": h[32:], "gender": gender[32:], "ethnicity": ethnicity[32:],
+          "identity": person[32:]}
+    assert "1 known group" in unauditable(fit["ethnicity"], ev["ethnicity"], ev["identity"])
+    assert unauditable(fit["gender"], ev["gender"], ev["identity"]) is None
+    cfg = load_config("baseline", [("probe.attackers", "[linear]"), ("probe.bootstrap", "0")])
+    audit = AttackAudit(cfg.probe)
+    rows = audit.run(fit, ev, ["fused"])
+    assert {r["attr"] for r in rows} == {"gender"}
+    assert set(audit.skipped) == {"ethnicity"}

@@ -6,7 +6,8 @@ Layout under `data.chalearn.root` (any nesting: the archives unzip differently):
     annotation_{training,validation,test}.pkl     trait -> {"<clip>.mp4": score in [0, 1]}
     transcription_{training,validation,test}.pkl  "<clip>.mp4" -> transcript
     eth_gender_annotations_{dev,test}.csv  VideoName;YouTubeID;Ethnicity;Gender
-        Ethnicity 1 Asian, 2 Caucasian, 3 African-American; Gender 1 male, 2 female
+        Ethnicity 1 Asian, 2 Caucasian, 3 African-American (blank: unknown);
+        Gender 1 male, 2 female
 
 The pickles are Python 2 pickles; they are read with a loader that runs no code. The
 person is the YouTube ID. The official splits share people across train and test, so the
@@ -107,10 +108,11 @@ def read_attributes(path: Path) -> dict[str, tuple[int, int]]:
         if g not in GENDER_CODES:
             raise CorpusError(f"{path}:{line}: unknown Gender code {g!r} "
                               "(1 male, 2 female)")
-        if e not in ETHNICITY_CODES:
+        if e and e not in ETHNICITY_CODES:
             raise CorpusError(f"{path}:{line}: unknown Ethnicity code {e!r} "
-                              "(1 Asian, 2 Caucasian, 3 African-American)")
-        out[_clip_key(row["VideoName"].strip())] = (GENDER_CODES[g], ETHNICITY_CODES[e])
+                              "(1 Asian, 2 Caucasian, 3 African-American, or blank: unknown)")
+        out[_clip_key(row["VideoName"].strip())] = (GENDER_CODES[g],
+                                                    ETHNICITY_CODES.get(e, UNKNOWN))
     return out
 
 

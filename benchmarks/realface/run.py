@@ -1,0 +1,229 @@
+"""`make realface`: build the real-face corpus once, then train on it the way a user does.
+
+Every run is `make train EXP=<experiment> ARGS="data.source=chalearn
+data.chalearn.root=<corpus> seed=<s> output_dir=runs/realface/<run>-s<s> ..."`, so the
+benchmark measures the product's own path (preprocessing, splits, training, erasure, audit).
+Then it scores each run's `predictions.csv` against the corpus's `truth.csv` (the merit the
+biased label hides) and writes, under the output folder:
+
+* `results.json`: {"<run>-s<seed>": the run's flat summary.json + `run_dir`,
+  `realface/pearson_merit` (test clips: r(score, the clip's true merit)), ...};
+* `table.md`: per run, mean ± std over seeds with the worst seed, of gender at clip and
+  person level on every audited layer, DP ratio, r(score, merit); and the label's own row.
+
+A finished run (summary.json present) is read, not rerun; an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.realface.build import DEFAULT_CACHE, DEFAULT_PHOTOS, BuildError, Settings, build
+
+# name -> (experiment, extra overrides): what RUNS may name
+RUNS = {
+    "baseline": ("baseline", []),
+    "adversarial": ("adversarial", []),
+    # the pretrained descriptor as the face proxy (dlib's ResNet, stored at preprocessing)
+    "adversarial-dlib": ("adversarial", ["data.preprocess.face_embedding=dlib",
+                                         "model.face_encoder=pretrained"]),
+    "label_adversary": ("label_adversary", []),
+}
+DEFAULT_RUNS = ("baseline", "adversarial")
+LAYERS = ("fused", "erased", "head", "score", "proxy", "audio", "video", "text")
+LEVELS = ("clip", "person")
+
+
+def read_truth(root: Path) -> dict[str, dict]:
+    with open(root / "truth.csv", newline="", encoding="utf-8") as f:
+        return {r["clip"]: r for r in csv.DictReader(f)}
+
+
+def read_predictions(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run wrote no test predictions")
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["clip_id"]: float(r["score"]) for r in csv.DictReader(f)}
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def merit_figures(pred: dict[str, float], truth: dict[str, dict]) -> dict[str, float]:
+    """r(score, merit) on the run's test clips: the clip's true merit, and the person's."""
+    missing = sorted(set(pred) - set(truth))
+    if missing:
+        raise ValueError(f"{len(missing)} predicted clips are not in truth.csv "
+                         f"(e.g. {missing[0]}): predictions from another corpus?")
+    clips = sorted(pred)
+    score = [pred[c] for c in clips]
+    return {"realface/pearson_merit": pearson(score, [float(truth[c]["merit_clip"])
+                                                      for c in clips]),
+            "realface/pearson_person_merit": pearson(score, [float(truth[c]["merit"])
+                                                             for c in clips]),
+            "realface/test_clips": len(clips)}
+
+
+def label_reference(test_clips: list[str], truth: dict[str, dict], seed: int = 0) -> dict:
+    """The biased label itself, on the same test clips: r(label, merit) and gender read from
+    the label alone (a linear attacker fitted on every other clip, scored on the test
+    people): the floor a score that copies the label would sit at."""
+    from fair_lightning.probes import AttackSuite
+
+    test = set(test_clips)
+    fit = [c for c in truth if c not in test]
+    ev = sorted(test)
+
+    def arrays(clips):
+        return (np.array([[float(truth[c]["label"])] for c in clips]),
+                np.array([int(truth[c]["gender"]) for c in clips]),
+                np.array([truth[c]["person"] for c in clips]))
+
+    suite = AttackSuite(2, families=("linear",), person_level=True, cv_folds=4,
+                        seed=seed).fit(*arrays(fit))
+    res = suite.evaluate(*arrays(ev), bootstrap=0)
+    out = {f"label/gender/{lv}/bal_acc": res.leak[lv].bal_acc for lv in LEVELS if lv in res.leak}
+    out["label/pearson_merit"] = pearson([float(truth[c]["label"]) for c in ev],
+                                         [float(truth[c]["merit_clip"]) for c in ev])
+    return out
+
+
+def _stat(values: list[float], worst=max) -> str:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.3f}"
+    return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} ({worst(v):.3f})"
+
+
+def table(results: dict[str, dict], reference: dict | None) -> str:
+    """Markdown: one row per run (seeds pooled) and the label's row."""
+    by_run: dict[str, list[dict]] = {}
+    for name, r in results.items():
+        by_run.setdefault(name.rsplit("-s", 1)[0], []).append(r)
+    layers = [la for la in LAYERS
+              if any(f"leak/{la}/gender/clip/bal_acc" in r for r in results.values())]
+    head = ["run", "seeds"] + [f"gender `{la}` clip / person" for la in layers] + [
+        "gender DP ratio", "r(score, merit)", "test r(label)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run, rs in by_run.items():
+        row = [run, str(len(rs))]
+        for la in layers:
+            row.append(" / ".join(_stat([r.get(f"leak/{la}/gender/{lv}/bal_acc", math.nan)
+                                         for r in rs]) for lv in LEVELS))
+        row += [_stat([r.get("fair/gender/dp_ratio", math.nan) for r in rs], min),
+                _stat([r.get("realface/pearson_merit", math.nan) for r in rs], min),
+                _stat([r.get("test/pearson", math.nan) for r in rs], min)]
+        lines.append("| " + " | ".join(row) + " |")
+    out = "\n".join(lines) + "\n"
+    if reference:
+        out += ("\nThe label itself on the same test clips: gender read from the label "
+                f"{reference.get('label/gender/clip/bal_acc', math.nan):.3f} (clip) / "
+                f"{reference.get('label/gender/person/bal_acc', math.nan):.3f} (person), "
+                f"r(label, merit) {reference['label/pearson_merit']:.3f}.\n")
+    proxy = [(n, r) for n, r in results.items() if "proxy/retrieval" in r]
+    if proxy:
+        out += ("\n| run | proxy | retrieval | setting-only retrieval | gender from proxy |\n"
+                "|---|---|---|---|---|\n")
+        for n, r in proxy:
+            out += (f"| {n} | {r.get('proxy/name', '?')} | {r['proxy/retrieval']:.3f} | "
+                    f"{r.get('proxy/setting_retrieval', math.nan):.3f} | "
+                    f"{r.get('leak/proxy/gender/clip/bal_acc', math.nan):.3f} |\n")
+    out += ("\nBalanced accuracy of the strongest attacker the audit selects, on test people "
+            "(mean ± std over seeds, worst seed in brackets; for DP ratio and r the worst is the "
+            "lowest). `fused`: h as trained, full width; `erased`: the erasure stage's output at "
+            "h's width; `head`: the directions the refitted head reads; `score`: the score "
+            "alone; `proxy`: the face embedding the adversary uses.\n")
+    return out
+
+
+def train_command(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
+    exp, args = RUNS[run]
+    keys = ["data.source=chalearn", f"data.chalearn.root={root}", f"seed={seed}",
+            f"output_dir={out / f'{run}-s{seed}'}", "resume=auto", *args, *extra]
+    return [os.environ.get("MAKE", "make"), "--no-print-directory", "train", f"EXP={exp}",
+            f"ARGS={shlex.join(keys)}"]
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Real-face development benchmark: build the "
+                                 "corpus, train through `make train`, tabulate.")
+    ap.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=sorted(RUNS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--people", type=int, default=Settings.people)
+    ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--out", type=Path, default=Path("runs/realface"))
+    ap.add_argument("--args", default="", help="more key=value overrides for every run")
+    a = ap.parse_args(argv)
+    try:
+        root = build(Settings(people=a.people), a.photos, a.cache).resolve()
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    a.out.mkdir(parents=True, exist_ok=True)
+    truth = read_truth(root)
+    results_path = a.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    reference = None
+    failed = []
+    for run in a.runs:
+        for seed in a.seeds:
+            name = f"{run}-s{seed}"
+            run_dir = a.out / name
+            if not (run_dir / "summary.json").is_file():
+                cmd = train_command(run, seed, root, a.out, shlex.split(a.args))
+                print(f"realface: {name}: {shlex.join(cmd)}", flush=True)
+                t0 = time.time()
+                with open(a.out / f"{name}.log", "w") as log:
+                    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+                if rc != 0:
+                    print(f"realface: {name} failed (exit {rc}); see {a.out / f'{name}.log'}",
+                          file=sys.stderr)
+                    failed.append(name)
+                    continue
+                print(f"realface: {name} done in {time.time() - t0:.0f} s", flush=True)
+            summary = json.loads((run_dir / "summary.json").read_text())
+            pred = read_predictions(run_dir)
+            summary.update(merit_figures(pred, truth))
+            summary["run_dir"] = str(run_dir)
+            results[name] = summary
+            if reference is None:
+                reference = label_reference(sorted(pred), truth)
+            write_atomic_text(results_path, json.dumps(results, indent=2, sort_keys=True,
+                                                       allow_nan=True) + "\n")
+    chosen = {k: v for k, v in results.items() if k.rsplit("-s", 1)[0] in a.runs}
+    write_atomic_text(a.out / "table.md", table(chosen, reference))
+    print((a.out / "table.md").read_text())
+    print(f"realface: {results_path}, {a.out / 'table.md'}")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The proxy's setting-only check: it flags an encoder that matches people by their
+background, and passes one that matches them by their face."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fair_lightning.proxy_audit import (chance_retrieval, clip_retrieval, face_ellipse,
+                                        proxy_figures, setting_descriptor)
+
+PEOPLE, CLIPS, K, S = 20, 3, 2, 24
+
+
+def clips(face_of_person: bool, setting_of_person: bool, seed: int = 0):
+    """Face crops [n, K, 3, S, S]: inside the ellipse a face colour, outside a setting
+    colour; each is drawn per person or per clip."""
+    rng = np.random.default_rng(seed)
+    inside = face_ellipse(S, S)
+    face_p, set_p = rng.uniform(0, 255, (PEOPLE, 3)), rng.uniform(0, 255, (PEOPLE, 3))
+    out, person = [], []
+    for p in range(PEOPLE):
+        for _ in range(CLIPS):
+            face = face_p[p] if face_of_person else rng.uniform(0, 255, 3)
+            setting = set_p[p] if setting_of_person else rng.uniform(0, 255, 3)
+            img = np.where(inside[None], face[:, None, None], setting[:, None, None])
+            img = img[None] + rng.normal(0, 2, (K, 3, S, S))
+            out.append(np.clip(img, 0, 255).astype(np.uint8))
+            person.append(p)
+    return np.stack(out), np.array(person)
+
+
+def background_encoder(faces):  # "trained on backgrounds alone": reads the corners only
+    return faces[..., :3, :3].reshape(len(faces), faces.shape[1], 3, -1).mean((1, 3))
+
+
+def face_encoder(faces):  # reads the centre of the crop only
+    c = S // 2
+    return faces[..., c - 3:c + 3, c - 3:c + 3].reshape(len(faces), faces.shape[1], 3,
+                                                        -1).mean((1, 3))
+
+
+def test_an_encoder_of_backgrounds_is_flagged():
+    faces, person = clips(face_of_person=True, setting_of_person=True)
+    fig = proxy_figures(background_encoder(faces).astype(float), setting_descriptor(faces),
+                        person)
+    assert fig["proxy/retrieval"] == 1.0 and fig["proxy/setting_retrieval"] == 1.0
+    assert fig["proxy/setting_explains"] == 1.0
+
+
+def test_an_encoder_of_faces_passes_when_settings_vary_by_clip():
+    faces, person = clips(face_of_person=True, setting_of_person=False)
+    fig = proxy_figures(face_encoder(faces).astype(float), setting_descriptor(faces), person)
+    assert fig["proxy/retrieval"] == 1.0
+    assert fig["proxy/setting_retrieval"] < 0.3
+    assert fig["proxy/setting_explains"] == 0.0 and fig["proxy/setting_share"] < 0.3
+
+
+def test_the_setting_descriptor_reads_no_face_pixel():
+    faces, _ = clips(face_of_person=True, setting_of_person=True)
+    changed = faces.copy()
+    changed[..., face_ellipse(S, S)] = 0
+    assert np.allclose(setting_descriptor(faces), setting_descriptor(changed))
+
+
+def test_retrieval_and_its_chance():
+    person = np.array([0, 0, 1, 1, 2, 2])
+    assert chance_retrieval(person) == pytest.approx(1 / 5)
+    z = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1], [-1, 0], [-1, -0.1]])
+    assert clip_retrieval(z, person) == 1.0
