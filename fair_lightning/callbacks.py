@@ -78,8 +78,12 @@ def collect_rows(module, loader, rows, max_clips: int = 0) -> dict[str, np.ndarr
 
 def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.ndarray]:
     """Named representations, attributes and identities of every clip of a loader."""
+    from fair_lightning.proxy_audit import setting_descriptor
+
     def rows(batch):
         out = {name: r.float().cpu().numpy() for name, r in module.representations(batch).items()}
+        if "proxy" in out:  # the setting-only view the proxy's retrieval is compared with
+            out["setting"] = setting_descriptor(batch.faces.cpu().numpy())
         s = batch.sensitive
         out["gender"] = s.gender.cpu().numpy()
         out["ethnicity"] = s.ethnicity.cpu().numpy()
@@ -162,7 +166,7 @@ class ErasureStage(L.Callback):
         val = self._inputs(module, "val")
         with torch.no_grad():
             z = torch.from_numpy(val["z"]).to(module.device) if head.needs_proxy else None
-            _, after = head(torch.from_numpy(val["h"]).to(module.device), z)
+            *_, after = head(torch.from_numpy(val["h"]).to(module.device), z)
         after = after.float().cpu().numpy()
         for name, score in (("before", val["score"]), ("after", after)):
             self.metrics[f"erase/val_pearson_{name}"] = _pearson(score, val["label"])
@@ -325,6 +329,7 @@ class SensitiveAttributeProbe(L.Callback):
         self.results: dict[str, list[dict]] = {}  # prefix -> rows
         self.timings: dict[str, float] = {}
         self.skipped: dict[str, dict[str, str]] = {}  # prefix -> attribute -> why not scored
+        self.proxy: dict[str, float] = {}  # the face proxy's retrieval figures on test people
         self.shared_dropped: dict[str, int] = {}  # prefix -> eval people also in fit_split
         self.plot_path: Path | None = None
         self.fit_audited = False
@@ -336,7 +341,8 @@ class SensitiveAttributeProbe(L.Callback):
         audit of the final checkpoint reuses the end-of-fit audit's (the weights are the
         same bytes); a tested `best` checkpoint has other weights and is extracted again."""
         # the scorer and the erasure stage (what the head reads) decide the representations
-        parts = [module.scorer] + [m for m in [getattr(module, "erased_head", None)] if m is not None]
+        parts = [module.scorer] + [m for m in [getattr(module, "erased_head", None),
+                                               getattr(module, "adversary", None)] if m is not None]
         key = fingerprint(*(p.detach().cpu().numpy() for m in parts
                             for p in m.state_dict().values()))
         same = self._fit_reps is not None and self._fit_reps[0] == key
@@ -373,6 +379,9 @@ class SensitiveAttributeProbe(L.Callback):
             self.skipped[prefix] = dict(self.audit.skipped)
             self.shared_dropped[prefix] = dropped
             metrics[f"{prefix}/shared_people_dropped"] = float(dropped)
+            if prefix == "probe" and "proxy" in ev:
+                self._proxy_retrieval(ev)
+                metrics.update(self.proxy)
             metrics[audit_time_key(prefix)] = self.timings[prefix]
             _log_to_loggers(trainer, metrics)
             self._log_table_and_plot(trainer, rows, prefix)
@@ -380,6 +389,13 @@ class SensitiveAttributeProbe(L.Callback):
                      self.timings[prefix])
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+    def _proxy_retrieval(self, ev: dict) -> None:
+        from fair_lightning.proxy_audit import proxy_figures, proxy_line
+
+        self.proxy = proxy_figures(ev["proxy"], ev["setting"], ev["identity"])
+        (log.warning if self.proxy["proxy/setting_explains"] else log.info)(
+            proxy_line(self.proxy))
 
     def _log_table_and_plot(self, trainer, rows, prefix):
         from fair_lightning.plots import plot_probe_results

@@ -268,7 +268,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Lists whose items come from a closed vocabulary (the model's representations, the attacker
 # families); kept here so loading a config imports no model code, a test checks they agree.
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "probe.layers": ("text", "audio", "video", "fused", "erased", "score"),
+    "probe.layers": ("text", "audio", "video", "fused", "erased", "head", "score", "proxy"),
     "probe.attackers": ("linear", "kernel", "mlp", "svm"),
 }
 

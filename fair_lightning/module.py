@@ -234,12 +234,16 @@ class FairScorerModule(L.LightningModule):
 
     def outputs(self, batch: Batch):
         """The scorer's output as the run scores it: after the erasure stage, the score of
-        the refitted head on the erased representation (`reps["erased"]`); and the score
-        itself as a one-column representation (`reps["score"]`, the audit's floor)."""
+        the refitted head; the erased h at full width (`reps["erased"]`), the directions the
+        head reads (`reps["head"]`, when it reads a few); and the score itself as a
+        one-column representation (`reps["score"]`, the audit's floor)."""
         out = self.scorer(batch)
         if self.erased_head is not None and self.erased_head.fitted:
             z = self.face_proxy(batch) if self.erased_head.needs_proxy else None
-            out.reps["erased"], out.score = self.erased_head(out.h, z)
+            erased, rep, out.score = self.erased_head(out.h, z)
+            out.reps["erased"] = erased
+            if self.erased_head.head_dims:
+                out.reps["head"] = rep
         out.reps["score"] = out.score[:, None]
         return out
 
@@ -385,7 +389,12 @@ class FairScorerModule(L.LightningModule):
 
     @torch.no_grad()
     def representations(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.outputs(batch).reps
+        """What the audit attacks: the scorer's layers and, with a face adversary, the face
+        proxy it uses (`proxy`: a proxy that does not carry an attribute cannot remove it)."""
+        reps = self.outputs(batch).reps
+        if self.adversary is not None and hasattr(self.adversary, "embed"):
+            reps["proxy"] = self.face_proxy(batch)
+        return reps
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):

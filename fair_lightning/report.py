@@ -18,7 +18,7 @@ import numpy as np
 
 from data_modules.schema import SENSITIVE
 
-LAYERS = ("text", "audio", "video", "fused", "erased", "score")
+LAYERS = ("text", "audio", "video", "fused", "erased", "head", "score", "proxy")
 ATTRS = tuple(SENSITIVE)
 TASK_KEYS = ("test/pearson", "test/pearson_merit", "test/mae", "test/r2")
 
@@ -106,12 +106,31 @@ def _erasure_lines(cfg, s: dict) -> list[str]:
     e = cfg.get("erasure")
     if not e or not e.enabled:
         return []
+    reads = (f"{e.head_dims} directions of the erased h (layer `head` below; `erased` is the "
+             "erased h at full width)" if e.head_dims else
+             "all of the erased h (layer `erased` below)")
     return [f"- erasure stage: proxy `{e.proxy}`, LEACE rank {e.rank}, residual "
-            f"{'on' if e.residual else 'off'}, fitted on {e.fit_on}; the head reads "
-            f"{e.head_dims or 'all'} directions of the erased h (layer `erased` below); "
+            f"{'on' if e.residual else 'off'}, fitted on {e.fit_on}; the head reads {reads}; "
             f"kept {_fmt(s.get('erase/kept_variance'))} of h's variance; val Pearson "
             f"{_fmt(s.get('erase/val_pearson_before'))} -> "
             f"{_fmt(s.get('erase/val_pearson_after'))}"]
+
+
+def _proxy_lines(cfg, s: dict) -> list[str]:
+    """The face proxy's retrieval against the setting alone, what it carries of gender, and
+    the attributes the audit could not score."""
+    from fair_lightning.proxy_audit import proxy_line
+
+    lines = []
+    if "proxy/retrieval" in s:
+        lines.append(f"- {proxy_line(s)} (encoder `{cfg.model.face_encoder}`); gender read "
+                     f"from it {_fmt(s.get('leak/proxy/gender/clip/bal_acc'))} per clip, "
+                     f"{_fmt(s.get('leak/proxy/gender/person/bal_acc'))} per person")
+    skipped = [k.rsplit("/", 1)[1] for k in s if k.startswith("leak/skipped/")]
+    if skipped:
+        lines.append(f"- **not scored**: {', '.join(skipped)} (too few annotated groups or "
+                     "people in a split; see the run log)")
+    return lines
 
 
 def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
@@ -139,6 +158,7 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
            f"schedule `{cfg.adversary.weight_schedule}`, k_disc {cfg.adversary.k_disc})"
            if cfg.adversary.method != "none" else ""),
         *_erasure_lines(cfg, s),
+        *_proxy_lines(cfg, s),
         f"- data: `{cfg.data.source}`, seed {cfg.seed}; epochs {s.get('train/epochs')}, "
         f"batches {s.get('train/batches')}, optimizer steps {s.get('train/optimizer_steps')}",
         f"- wall time: data {_fmt(s.get('time/data_s'), 1)} s, fit {_fmt(s.get('time/fit_s'), 1)} s, "
@@ -356,8 +376,12 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
 
 
 def head_layer(summary: dict, prefix: str = "leak") -> str:
-    """The representation the head reads: `erased` after an erasure stage, else `fused`."""
-    return "erased" if f"{prefix}/erased/gender/clip/bal_acc" in summary else "fused"
+    """The representation the head reads: `head` (its few directions) or `erased` (all of
+    the erased h) after an erasure stage, else `fused` (h)."""
+    for layer in ("head", "erased"):
+        if f"{prefix}/{layer}/gender/clip/bal_acc" in summary:
+            return layer
+    return "fused"
 
 
 def worst_leak(summary: dict, prefix: str = "leak") -> float:

@@ -131,7 +131,7 @@ def flat_metrics(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:
 
 
 SUMMARY_PREFIXES = ("test/", "probe/", "leak/", "fit_leak/", "fair/", "adv/test_", "time/",
-                    "erase/")
+                    "erase/", "proxy/")
 
 
 def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, float | str]:
@@ -159,4 +159,6 @@ def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, f
             metrics["probe/fit_representations_reused"] = float(
                 cb.fit_reps_reused.get("probe", False))
             metrics["probe/shared_people_dropped"] = cb.shared_dropped.get("probe", 0)
+            metrics.update(cb.proxy)
+            metrics.update({f"leak/skipped/{a}": 1.0 for a in cb.skipped.get("probe", {})})
     return {**flat_metrics(metrics, SUMMARY_PREFIXES), **dict(sorted(names.items()))}

@@ -6,8 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fair_lightning.proxy_audit import (chance_retrieval, clip_retrieval, face_ellipse,
-                                        proxy_figures, setting_descriptor)
+from fair_lightning.proxy_audit import (
+    chance_retrieval,
+    clip_retrieval,
+    face_ellipse,
+    proxy_figures,
+    setting_descriptor,
+)
 
 PEOPLE, CLIPS, K, S = 20, 3, 2, 24
 

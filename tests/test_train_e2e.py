@@ -52,7 +52,8 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert s["probe/fused/gender/linear/chance"] == 0.5
     assert math.isclose(s["leak/fused/ethnicity/clip/chance"], 1 / 3)
     # the suite fitted at the end of fit served the test audit: same weights, same h
-    assert s["probe/suites_reused"] == 6 * 2  # text, audio, video, fused, erased, score
+    # text, audio, video, fused, erased, head, score, proxy
+    assert s["probe/suites_reused"] == 8 * 2
     assert s["probe/fit_representations_reused"] == 1.0  # the training split extracted once
     assert isinstance(s["leak/fused/gender/person/attacker"], str)
     k = load_config("adversarial", []).adversary.k_disc
@@ -71,6 +72,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert saved.adversary.method == "indirect"
     report = (run_dir / "report.md").read_text()
     assert "Leakage" in report and "| fused |" in report and "| erased |" in report
+    assert "| head |" in report and "| proxy |" in report and "face proxy: held-out" in report
     assert "erasure stage: proxy `face`, LEACE rank 0" in report
     # the erasure stage: fitted on the final weights, written into the tested checkpoint,
     # and what the run scores with
@@ -78,6 +80,10 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert last["state_dict"]["erased_head.basis"].shape == (32, 4)
     assert 0.0 < s["erase/kept_variance"] <= 1.0
     assert s["leak/erased/gender/clip/bal_acc"] >= 0.0
+    # removal is judged on the erased h at full width, apart from what the head reads
+    assert s["probe/erased/gender/linear/n_fit"] == s["probe/fused/gender/linear/n_fit"]
+    assert s["leak/head/gender/clip/bal_acc"] >= 0.0 and s["leak/proxy/gender/clip/bal_acc"] >= 0
+    assert 0.0 <= s["proxy/setting_retrieval"] <= 1.0 and 0.0 <= s["proxy/retrieval"] <= 1.0
     assert s["leak/score/gender/person/n_eval"] > 0
     assert s["select/val_task"] == s["erase/val_pearson_after"]
     # the identity-pretrained face encoder: cached next to the data, frozen through training,

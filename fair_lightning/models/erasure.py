@@ -235,7 +235,9 @@ class ErasedHead(nn.Module):
     h -> `eraser` (face-proxy LEACE, optionally after the residual) -> the `head_dims`
     directions of the erased h that predict the task label (`task_subspace`; 0 keeps all of
     the erased h) -> a linear head with a sigmoid, refitted on the training split's label.
-    The k-d `rep` is the representation the head reads, and what the audit calls `erased`.
+    The audit reads the erased h at full width (`erased`: removal from h is judged there)
+    and, apart, the k-d `rep` the head reads (`head`: a bottleneck is an output-fairness
+    device, not removal from h).
     """
 
     def __init__(self, h_dim: int, *, head_dims: int = 4, weight_decay: float = 1e-4,
@@ -264,9 +266,10 @@ class ErasedHead(nn.Module):
         return self.eraser.residual or self.eraser.rank > 0
 
     def forward(self, h: torch.Tensor, z: torch.Tensor | None = None):
+        """(erased h [B, h_dim], what the head reads [B, k], score [B])."""
         erased = self.eraser(h, z)
         rep = (erased - self.rep_mean.to(h.dtype)) @ self.basis.to(h.dtype)
-        return rep, torch.sigmoid(self.head(rep)).squeeze(-1)
+        return erased, rep, torch.sigmoid(self.head(rep)).squeeze(-1)
 
     @torch.no_grad()
     def fit(self, h: torch.Tensor, z: torch.Tensor, groups: torch.Tensor,

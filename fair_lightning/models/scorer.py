@@ -10,9 +10,11 @@ from torch import nn
 from fair_lightning.models.encoders import AudioEncoder, TextEncoder, VideoEncoder
 
 # The representations that probes audit; `fused` is h, the one adversaries protect;
-# `erased` is what the head reads after the erasure stage, `score` the prediction alone.
+# `erased` is h after the erasure stage at h's full width, `head` the few directions of it
+# the refitted head reads (with erasure.head_dims > 0), `score` the prediction alone, and
+# `proxy` the face embedding the face adversary uses in place of the sensitive labels.
 SCORER_REPRESENTATIONS = ("text", "audio", "video", "fused")
-REPRESENTATIONS = (*SCORER_REPRESENTATIONS, "erased", "score")
+REPRESENTATIONS = (*SCORER_REPRESENTATIONS, "erased", "head", "score", "proxy")
 
 
 @dataclass

@@ -154,15 +154,16 @@ def test_erased_head_fits_the_label_and_round_trips_through_a_state_dict():
     head = ErasedHead(h.shape[1], head_dims=2, residual=True, rank=1)
     head.fit(h, z, pid, label)
     with torch.no_grad():
-        rep, score = head(h, z)
-    assert rep.shape == (len(h), 2)
+        erased, rep, score = head(h, z)
+    # the audit's `erased` has h's width, its `head` the head's directions
+    assert erased.shape == h.shape and rep.shape == (len(h), 2)
     assert np.corrcoef(score.numpy(), label.numpy())[0, 1] > 0.8
     fresh = ErasedHead(h.shape[1], head_dims=2, residual=True, rank=1)
     assert not fresh.fitted
     fresh.load_state_dict(head.state_dict())  # fitted sizes (landmarks) come with the state
     assert fresh.fitted
     with torch.no_grad():
-        assert torch.allclose(fresh(h, z)[1], score)
+        assert torch.allclose(fresh(h, z)[2], score)
 
 
 def test_collinear_erased_directions_do_not_derail_the_head():
@@ -171,5 +172,5 @@ def test_collinear_erased_directions_do_not_derail_the_head():
     head = ErasedHead(h.shape[1], head_dims=0, residual=False, rank=3)
     head.fit(h, torch.cat([z[:, :1], h[:, 3:]], 1), pid, label)
     with torch.no_grad():
-        _, score = head(h)
+        *_, score = head(h)
     assert torch.isfinite(score).all() and float(score.std()) > 1e-3
