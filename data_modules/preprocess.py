@@ -215,6 +215,23 @@ def _detector(name: str):
     return _DETECTORS[name]
 
 
+def detect_faces(frames, detector: str):
+    """Per-frame face boxes, and how many frames only the fallback found: `dlib_then_haar`
+    asks Haar's cascade where dlib's HOG finds nothing (it missed 10 of 900 clean frontal
+    clips outright on real photographs)."""
+    if detector != "dlib_then_haar":
+        return [_detector(detector).detect(f) for f in frames], 0
+    primary, second = _detector("dlib"), _detector("haar")
+    out, fallback = [], 0
+    for f in frames:
+        boxes = primary.detect(f)
+        if not boxes:
+            boxes = second.detect(f)
+            fallback += bool(boxes)
+        out.append(boxes)
+    return out, fallback
+
+
 def _face_encoder():
     from data_modules.features.dlib_faces import DlibFaceEncoder
 
@@ -255,9 +272,9 @@ def process_media(path: Path, s: Settings) -> tuple[dict[str, np.ndarray], dict[
         raise SkipClip("no_audio", f"{path}: the audio stream decoded to no samples")
 
     t = time.perf_counter()
-    detector = _detector(s.detector)
+    detections, fallback = detect_faces(frames, s.detector)
     try:
-        boxes, missed = face_track([detector.detect(f) for f in frames])
+        boxes, missed = face_track(detections)
     except ValueError:
         raise SkipClip("no_face", f"{path}: no face in {n} sampled frames "
                        f"(detector {s.detector})") from None
@@ -281,7 +298,8 @@ def process_media(path: Path, s: Settings) -> tuple[dict[str, np.ndarray], dict[
     audio = audio_features(torch.from_numpy(wav), SAMPLE_RATE).numpy().astype(np.float16)
     times["audio_features"] = time.perf_counter() - t
     arrays = {"video": crops[video_idx], "faces": crops[face_idx], "audio": audio,
-              "frames_without_face": np.int64(missed)}
+              "frames_without_face": np.int64(missed),
+              "frames_found_by_fallback": np.int64(fallback)}
     if s.face_embedding == "dlib":
         arrays["face_embedding"] = emb.astype(np.float16)
     return arrays, times
@@ -417,6 +435,7 @@ class Report:
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: dict[str, list[dict]] = field(default_factory=dict)
     frames_without_face: int = 0
+    frames_found_by_fallback: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     media_wall_seconds: float = 0.0  # the clip-parallel part, pool start-up included
     worker_peak_rss_mb: float = 0.0
@@ -430,6 +449,8 @@ class Report:
                  f"- skipped: {sum(self.skipped.values())}",
                  f"- sampled frames without a detected face (box borrowed from the nearest "
                  f"frame): {self.frames_without_face}",
+                 f"- sampled frames found by the fallback detector only (Haar after dlib): "
+                 f"{self.frames_found_by_fallback}",
                  f"- workers: {self.workers}; wall time: {self.wall_seconds:.1f} s (clip-parallel "
                  f"part {self.media_wall_seconds:.1f} s); peak memory of a process doing clips: "
                  f"{self.worker_peak_rss_mb:.0f} MB", ""]
@@ -492,6 +513,8 @@ def preprocess(entries: list[ClipEntry], skipped: list[Skipped], *, store: Store
     for e in usable:
         with np.load(store.media_path(e, stamps[e.clip_id])) as z:
             report.frames_without_face += int(z["frames_without_face"])
+            if "frames_found_by_fallback" in z:
+                report.frames_found_by_fallback += int(z["frames_found_by_fallback"])
     all_skips = list(skipped) + media_skips
     by_reason = defaultdict(list)
     for sk in all_skips:

@@ -214,6 +214,18 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+ROUND_OFF_SPREAD = 1e-6  # a representation's spread under this share of its scale: constant
+
+
+def relative_spread(x: np.ndarray) -> float:
+    """sqrt(total variance) / root-mean-square of the values: ~1e-16 for a representation
+    erased to round-off, 0 for an exactly constant one."""
+    x = np.asarray(x, dtype=np.float64)
+    scale = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+    spread = float(np.sqrt(np.var(x, axis=0).sum())) if len(x) > 1 else 0.0
+    return spread / scale if scale > 0 else 0.0
+
+
 def unauditable(fit_y, ev_y, ev_person) -> str | None:
     """Why an attribute cannot be attacked on these splits (None when it can): an attacker
     needs two known groups on the fit side and known clips of two people on the eval side
@@ -249,11 +261,18 @@ class AttackAudit:
                         if (why := unauditable(fit[a], ev[a], ev["identity"]))}
         for attr, why in self.skipped.items():
             log.warning("audit: %s is not scored: %s", attr, why)
+        # a standardising attacker would rescale round-off into a number: refused instead
+        self.refused = {layer: spread for layer in layers
+                        if (spread := relative_spread(fit[layer])) <= ROUND_OFF_SPREAD}
+        for layer, spread in self.refused.items():
+            log.warning("audit: layer %s is not scored: it is constant up to round-off "
+                        "(spread %.1e of its scale), so there is nothing left to read and an "
+                        "attacker would only read rescaled round-off", layer, spread)
         # Lightning tests under inference mode; the MLP attackers need autograd
         with torch.inference_mode(False), torch.enable_grad():
             for layer in layers:
                 for attr, k in ATTRIBUTES.items():
-                    if attr in self.skipped:
+                    if attr in self.skipped or layer in self.refused:
                         continue
                     res = self._suite(layer, attr, k, fit).evaluate(
                         ev[layer], ev[attr], ev["identity"], bootstrap=self.cfg.bootstrap)
@@ -329,6 +348,7 @@ class SensitiveAttributeProbe(L.Callback):
         self.results: dict[str, list[dict]] = {}  # prefix -> rows
         self.timings: dict[str, float] = {}
         self.skipped: dict[str, dict[str, str]] = {}  # prefix -> attribute -> why not scored
+        self.refused: dict[str, dict[str, float]] = {}  # prefix -> layer -> its spread
         self.proxy: dict[str, float] = {}  # the face proxy's retrieval figures on test people
         self.shared_dropped: dict[str, int] = {}  # prefix -> eval people also in fit_split
         self.plot_path: Path | None = None
@@ -376,7 +396,9 @@ class SensitiveAttributeProbe(L.Callback):
             self.timings[prefix] = time.time() - t0
             metrics = rows_to_metrics(rows, prefix)
             metrics.update({f"{leak_prefix(prefix)}/skipped/{a}": 1.0 for a in self.audit.skipped})
+            metrics.update({f"{leak_prefix(prefix)}/refused/{la}": 1.0 for la in self.audit.refused})
             self.skipped[prefix] = dict(self.audit.skipped)
+            self.refused[prefix] = dict(self.audit.refused)
             self.shared_dropped[prefix] = dropped
             metrics[f"{prefix}/shared_people_dropped"] = float(dropped)
             if prefix == "probe" and "proxy" in ev:

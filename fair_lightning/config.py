@@ -240,13 +240,13 @@ class ExperimentConfig:
 # Closed vocabularies, checked after the type check.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": tuple(SOURCES),
-    "data.preprocess.detector": ("haar", "dlib"),
-    "data.preprocess.face_embedding": ("none", "dlib"),
+    "data.preprocess.detector": ("auto", "haar", "dlib", "dlib_then_haar"),
+    "data.preprocess.face_embedding": ("auto", "none", "dlib"),
     "data.chalearn.target": ("interview", "extraversion", "neuroticism", "agreeableness",
                              "conscientiousness", "openness"),
     "data.chalearn.splits": ("identity", "official"),
     "model.audio_encoder": ("gru", "conv"),
-    "model.face_encoder": ("cnn", "frozen", "identity", "pretrained"),
+    "model.face_encoder": ("auto", "cnn", "frozen", "identity", "pretrained"),
     "adversary.method": ("none", "indirect", "label"),
     "adversary.objective": ("confusion", "minimax", "grl", "hsic"),
     "adversary.positive_faces": ("own_clip", "other_clip"),
@@ -377,6 +377,29 @@ def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None)
     return _finish(_merge(base, _yaml_file(path), str(path)), schema, overrides)
 
 
+REAL_SOURCES = ("chalearn", "manifest")
+
+
+def resolve_auto(cfg: DictConfig) -> None:
+    """`auto` values -> what measures best on the source (README "The real-face development
+    benchmark").
+
+    Real video (chalearn, manifest): dlib's detector with Haar's cascade for the frames it
+    misses (counted), and dlib's face descriptor, stored at preprocessing, as the face proxy:
+    on real photographs the identity-pretrained encoder matches a person's clips by the
+    setting they share and carries little gender, the descriptor carries it. Synthetic: the
+    renders are too small for dlib, and the identity encoder is the proxy."""
+    real = cfg.data.source in REAL_SOURCES
+    pre = cfg.data.preprocess
+    if pre.detector == "auto":
+        pre.detector = "dlib_then_haar" if real else "haar"
+    if pre.face_embedding == "auto":
+        pre.face_embedding = "dlib" if real else "none"
+    if cfg.model.face_encoder == "auto":
+        cfg.model.face_encoder = ("pretrained" if real and pre.face_embedding == "dlib"
+                                  else "identity")
+
+
 def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:
     for key, value in overrides or []:
         if key not in _all_keys(schema):
@@ -392,6 +415,7 @@ def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:
             msg = str(e).splitlines()[0]
             raise ConfigError(f"override '{key}={value}' cannot be parsed: {msg}") from None
         cfg = _merge(cfg, parsed, f"override '{key}={value}'")
+    resolve_auto(cfg)  # the saved config names what ran, never `auto`
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -533,9 +557,32 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.face_encoder=pretrained works with adversary.positive_faces="
                           "own_clip only (the face bank holds frames, not descriptors)")
     _check_erasure(cfg)
+    _check_face_models(cfg)
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")
+
+
+def _check_face_models(cfg: DictConfig) -> None:
+    """A raw source that needs dlib stops here, with the install line, when it is absent
+    (located, not imported: validation stays fast)."""
+    import importlib.util
+
+    pre = cfg.data.preprocess
+    if cfg.data.source not in REAL_SOURCES or (
+            pre.detector == "haar" and pre.face_embedding == "none"):
+        return
+    from data_modules.features.dlib_faces import INSTALL_HINT
+
+    missing = [m for m in ("dlib", "face_recognition_models")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"data.source={cfg.data.source} uses dlib's face detector or descriptor "
+            f"(data.preprocess.detector={pre.detector}, face_embedding={pre.face_embedding}), "
+            f"but {', '.join(missing)} is not installed: `{INSTALL_HINT}` (or set "
+            "data.preprocess.detector=haar data.preprocess.face_embedding=none "
+            "model.face_encoder=identity, a weaker proxy on real faces)")
 
 
 def _check_erasure(cfg: DictConfig) -> None:

@@ -130,6 +130,10 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
     if skipped:
         lines.append(f"- **not scored**: {', '.join(skipped)} (too few annotated groups or "
                      "people in a split; see the run log)")
+    refused = [k.rsplit("/", 1)[1] for k in s if k.startswith("leak/refused/")]
+    if refused:
+        lines.append(f"- **not scored**: layer(s) {', '.join(refused)}: constant up to "
+                     "round-off (nothing left to read; an attacker would read rescaled noise)")
     return lines
 
 
@@ -392,6 +396,33 @@ def worst_leak(summary: dict, prefix: str = "leak") -> float:
             for a in ATTRS for lv in ("clip", "person")
             if f"{prefix}/{layer}/{a}/{lv}/bal_acc" in summary]
     return max(gaps) if gaps else math.nan
+
+
+def claim_layer(summary: dict, prefix: str = "leak") -> str:
+    """h at full width, where removal is judged: the erased h after an erasure stage,
+    else h as trained."""
+    return "erased" if f"{prefix}/erased/gender/clip/bal_acc" in summary else "fused"
+
+
+def leak_excess(summary: dict, prefix: str = "leak") -> float:
+    r"""Graded leakage of h at full width (`claim_layer`), in [0, 1]:
+
+    .. math:: \frac{1}{|C|} \sum_{(a, \ell) \in C} \max\Big(0, \frac{b_{a,\ell} - c_a}{1 - c_a}\Big)
+
+    over the cells C = {gender, ethnicity} x {clip, person} that were scored, b the selected
+    attacker's balanced accuracy and c its chance level. 0: chance everywhere; 1: read
+    perfectly everywhere. Unlike the worst cell it still ranks runs whose person level reads
+    1.0: every cell moves it."""
+    layer = claim_layer(summary, prefix)
+    shares = []
+    for a in ATTRS:
+        for lv in ("clip", "person"):
+            bal = summary.get(f"{prefix}/{layer}/{a}/{lv}/bal_acc")
+            if bal is None or math.isnan(bal):
+                continue
+            chance = summary[f"{prefix}/{layer}/{a}/{lv}/chance"]
+            shares.append(max(0.0, (bal - chance) / (1.0 - chance)))
+    return sum(shares) / len(shares) if shares else math.nan
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -161,4 +161,5 @@ def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, f
             metrics["probe/shared_people_dropped"] = cb.shared_dropped.get("probe", 0)
             metrics.update(cb.proxy)
             metrics.update({f"leak/skipped/{a}": 1.0 for a in cb.skipped.get("probe", {})})
+            metrics.update({f"leak/refused/{la}": 1.0 for la in cb.refused.get("probe", {})})
     return {**flat_metrics(metrics, SUMMARY_PREFIXES), **dict(sorted(names.items()))}

@@ -267,19 +267,21 @@ def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
     """`select/score`: what sweeps and `make compare` select on, from validation data only
     (the last val epoch and the end-of-fit audit on val), never from test.
 
-    score = task - leak_penalty * max(0, worst leakage above chance on h), the worst over
-    gender and ethnicity at clip and person level. NaN when the audit is off."""
+    score = task - leak_penalty * leak, where leak (`select/val_leak_excess`, in [0, 1]) is
+    the mean over gender and ethnicity at clip and person level of the val leakage's excess
+    over chance as a share of its room (`report.leak_excess`), on h at full width (the
+    erased h after an erasure stage). Graded: runs that all leak fully at person level still
+    rank by the rest. NaN when the audit is off."""
     import math
 
-    from fair_lightning.report import worst_leak
+    from fair_lightning.report import leak_excess
 
     task = val.get(cfg.selection.task_metric, math.nan)
     # after the erasure stage the head scoring val is the refitted one
     task = summary.get(f"erase/{cfg.selection.task_metric.replace('/', '_')}_after", task)
-    worst = worst_leak(summary, "fit_leak")
-    worst = worst if math.isnan(worst) else max(0.0, worst)
-    return {"select/val_task": task, "select/val_leak_excess": worst,
-            "select/score": task - cfg.selection.leak_penalty * worst}
+    leak = leak_excess(summary, "fit_leak")
+    return {"select/val_task": task, "select/val_leak_excess": leak,
+            "select/score": task - cfg.selection.leak_penalty * leak}
 
 
 def data_summary(dm) -> dict[str, int]:

@@ -247,3 +247,23 @@ def test_an_attribute_annotated_for_one_group_is_a_counted_skip_not_a_crash():
     rows = audit.run(fit, ev, ["fused"])
     assert {r["attr"] for r in rows} == {"gender"}
     assert set(audit.skipped) == {"ethnicity"}
+
+
+def test_a_layer_erased_to_round_off_is_refused_not_scored():
+    from fair_lightning.callbacks import AttackAudit, relative_spread
+
+    rng = np.random.default_rng(1)
+    person = np.repeat(np.arange(20), 2)
+    gender = np.repeat(np.arange(20) % 2, 2)
+    h = rng.normal(size=(40, 4)) + gender[:, None]
+    flat = 3.0 + 1e-12 * rng.normal(size=(40, 4))  # what an eraser of every direction leaves
+    assert relative_spread(flat) < 1e-9 < 0.1 < relative_spread(h)
+    fit = {"fused": h[:28], "erased": flat[:28], "gender": gender[:28],
+           "ethnicity": gender[:28], "identity": person[:28]}
+    ev = {"fused": h[28:], "erased": flat[28:], "gender": gender[28:],
+          "ethnicity": gender[28:], "identity": person[28:]}
+    cfg = load_config("baseline", [("probe.attackers", "[linear]"), ("probe.bootstrap", "0")])
+    audit = AttackAudit(cfg.probe)
+    rows = audit.run(fit, ev, ["fused", "erased"])
+    assert {r["layer"] for r in rows} == {"fused"}
+    assert set(audit.refused) == {"erased"}

@@ -104,3 +104,36 @@ def test_erasure_settings_that_cannot_work_fail_before_any_work():
         with pytest.raises(ConfigError, match=message):
             load_config(exp, overrides)
     load_config("baseline", [("erasure.enabled", "true")])  # the task subspace needs no proxy
+
+
+def test_real_data_defaults_resolve_with_no_other_key(tmp_path):
+    real = load_config("adversarial", [("data.source", "chalearn"),
+                                       ("data.chalearn.root", str(tmp_path))])
+    assert real.data.preprocess.detector == "dlib_then_haar"
+    assert real.data.preprocess.face_embedding == "dlib"
+    assert real.model.face_encoder == "pretrained"  # dlib's descriptor is the face proxy
+    synthetic = load_config("adversarial", [])
+    assert synthetic.data.preprocess.detector == "haar"
+    assert synthetic.data.preprocess.face_embedding == "none"
+    assert synthetic.model.face_encoder == "identity"
+    # an explicit choice wins over auto
+    chosen = load_config("adversarial", [("data.source", "chalearn"),
+                                         ("data.chalearn.root", str(tmp_path)),
+                                         ("data.preprocess.face_embedding", "none"),
+                                         ("data.preprocess.detector", "haar")])
+    assert chosen.model.face_encoder == "identity"
+    # the saved config names what ran
+    assert "auto" not in (real.data.preprocess.detector, real.data.preprocess.face_embedding,
+                          real.model.face_encoder)
+
+
+def test_a_real_data_run_without_dlib_stops_with_the_install_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "dlib" else find(name, *a))
+    with pytest.raises(ConfigError, match=r"dlib is not installed: `pip install dlib-bin"):
+        load_config("adversarial", [("data.source", "chalearn"),
+                                    ("data.chalearn.root", str(tmp_path))])
+    load_config("adversarial", [])  # synthetic data needs no dlib

@@ -82,11 +82,12 @@ def test_an_offline_grid_runs_continues_and_shares_the_work(tmp_path, capsys):
         assert cfg["optim"]["lr"] == t["config"]["optim.lr"]["value"]
         assert cfg["logger"]["wandb"]["group"] == "tiny"
         # the metric comes from validation data only
-        worst = max(0.0, max(s[f"fit_leak/fused/{a}/{lv}/bal_acc"]
-                             - s[f"fit_leak/fused/{a}/{lv}/chance"]
-                             for a in ("gender", "ethnicity") for lv in ("clip", "person")))
-        assert math.isclose(s["select/val_leak_excess"], worst)
-        assert math.isclose(s["select/score"], s["select/val_task"] - worst)
+        layer = "erased" if "fit_leak/erased/gender/clip/bal_acc" in s else "fused"  # h, full width
+        cells = [(s[f"fit_leak/{layer}/{a}/{lv}/bal_acc"], s[f"fit_leak/{layer}/{a}/{lv}/chance"])
+                 for a in ("gender", "ethnicity") for lv in ("clip", "person")]
+        leak = sum(max(0.0, (b - c) / (1 - c)) for b, c in cells) / 4
+        assert math.isclose(s["select/val_leak_excess"], leak)
+        assert math.isclose(s["select/score"], s["select/val_task"] - leak)
     # a rerun continues: the grid is done, nothing runs again
     capsys.readouterr()
     assert main([str(sweep), "--offline", "--runs", str(runs), "--args", _tiny_args(tmp_path)]) == 0
@@ -137,6 +138,27 @@ def test_select_score_is_nan_without_an_audit_and_ignores_leakage_below_chance()
              for lv in ("clip", "person") for k, v in (("bal_acc", c - 0.05), ("chance", c))}
     s = selection_metrics(cfg, {"val/pearson": 0.8}, below)
     assert s["select/val_leak_excess"] == 0.0 and s["select/score"] == 0.8
+
+
+def test_select_score_ranks_runs_that_all_leak_fully_at_person_level():
+    from fair_lightning.config import load_config
+    from fair_lightning.train import selection_metrics
+
+    cfg = load_config("adversarial", [])
+
+    def run(gender_clip):
+        cells = {("gender", "clip"): (gender_clip, 0.5), ("gender", "person"): (1.0, 0.5),
+                 ("ethnicity", "clip"): (0.6, 1 / 3), ("ethnicity", "person"): (1.0, 1 / 3)}
+        summary = {f"fit_leak/fused/{a}/{lv}/{k}": v for (a, lv), (b, c) in cells.items()
+                   for k, v in (("bal_acc", b), ("chance", c))}
+        return selection_metrics(cfg, {"val/pearson": 0.7}, summary)
+
+    runs = [run(g) for g in (1.0, 0.8, 0.6)]
+    leak = [r["select/val_leak_excess"] for r in runs]
+    assert leak[0] > leak[1] > leak[2]  # the worst cell alone read 0.5 for all three
+    assert [r["select/score"] for r in runs] == sorted(r["select/score"] for r in runs)
+    # (0.6 - 0.5)/0.5, 1, (0.6 - 1/3)/(2/3), 1 -> mean 0.7
+    assert math.isclose(leak[2], (0.2 + 1 + 0.4 + 1) / 4)
 
 
 def test_online_settings_become_fixed_parameters_and_need_a_login(tmp_path, capsys,

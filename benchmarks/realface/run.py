@@ -82,13 +82,14 @@ def merit_figures(pred: dict[str, float], truth: dict[str, dict]) -> dict[str, f
 
 def label_reference(test_clips: list[str], truth: dict[str, dict], seed: int = 0) -> dict:
     """The biased label itself, on the same test clips: r(label, merit) and gender read from
-    the label alone (a linear attacker fitted on every other clip, scored on the test
-    people): the floor a score that copies the label would sit at."""
+    the label alone (a linear attacker fitted on every other person's clips, scored on the
+    test people): the floor a score that copies the label would sit at."""
     from fair_lightning.probes import AttackSuite
 
-    test = set(test_clips)
-    fit = [c for c in truth if c not in test]
-    ev = sorted(test)
+    ev = sorted(test_clips)
+    # fit on the other people (a test person's clip skipped at preprocessing stays out too)
+    test_people = {truth[c]["person"] for c in ev}
+    fit = [c for c in truth if truth[c]["person"] not in test_people]
 
     def arrays(clips):
         return (np.array([[float(truth[c]["label"])] for c in clips]),

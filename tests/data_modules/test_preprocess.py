@@ -99,3 +99,26 @@ def test_load_pickle_reads_python2_strings_and_names_bad_files(tmp_path):
     (tmp_path / "obj.pkl").write_bytes(pickle.dumps(np.float64(0.5)))
     with pytest.raises(UnsafePickleError, match="obj.pkl: refused.*numpy"):
         load_pickle(tmp_path / "obj.pkl")
+
+
+def test_the_fallback_detector_is_asked_only_where_dlib_finds_nothing(monkeypatch):
+    from data_modules import preprocess
+
+    class Fixed:
+        def __init__(self, found):
+            self.found, self.calls = found, 0
+
+        def detect(self, frame):
+            self.calls += 1
+            return self.found(int(frame[0, 0, 0]))
+
+    dlib = Fixed(lambda i: [(1, 1, 5, 5)] if i % 2 else [])  # misses the even frames
+    haar = Fixed(lambda i: [(2, 2, 4, 4)] if i != 4 else [])  # and Haar misses frame 4
+    monkeypatch.setattr(preprocess, "_DETECTORS", {"dlib": dlib, "haar": haar})
+    frames = [np.full((8, 8, 3), i, np.uint8) for i in range(6)]
+    boxes, fallback = preprocess.detect_faces(frames, "dlib_then_haar")
+    assert boxes == [[(2, 2, 4, 4)], [(1, 1, 5, 5)], [(2, 2, 4, 4)], [(1, 1, 5, 5)], [],
+                     [(1, 1, 5, 5)]]
+    assert fallback == 2 and dlib.calls == 6 and haar.calls == 3
+    only_haar, none = preprocess.detect_faces(frames, "haar")
+    assert none == 0 and len(only_haar) == 6
