@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from omegaconf import DictConfig
 
 from data_modules.collate import collate_records, strip_sensitive
@@ -16,6 +17,34 @@ from data_modules.shards import ShardError, check_shard_dir, open_streaming, ver
 from data_modules.sources import build_shards, shard_root
 
 log = logging.getLogger(__name__)
+
+MIN_SPREAD = 1e-3  # a feature constant for a speaker is centred, not blown up
+
+
+class SpeakerNorm:
+    """Record transform for `data.speaker_norm: person`: each audio feature standardised by
+    the candidate's own mean and spread over their clips, so the between-speaker level of
+    the voice (pitch, timbre averages) is gone and what varies within a speaker stays. A
+    candidate answers several questions, so this needs no label, at training and at
+    inference alike."""
+
+    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.stats = stats
+
+    def __call__(self, record: dict) -> dict:
+        mean, std = self.stats[record["identity"]]
+        audio = (np.asarray(record["audio"], np.float64) - mean) / np.maximum(std, MIN_SPREAD)
+        return {**record, "audio": audio.astype(np.float16)}
+
+
+class Chain:
+    def __init__(self, steps):
+        self.steps = steps
+
+    def __call__(self, record: dict) -> dict:
+        for step in self.steps:
+            record = step(record)
+        return record
 
 
 class InterviewDataModule(L.LightningDataModule):
@@ -36,6 +65,7 @@ class InterviewDataModule(L.LightningDataModule):
         self.datasets: dict[str, object] = {}
         self.verified = False
         self.verify_seconds = 0.0
+        self._speaker_stats: dict[str, dict] = {}
 
     # -- building -----------------------------------------------------------------------
     def prepare_data(self) -> None:  # local rank 0 only
@@ -70,11 +100,37 @@ class InterviewDataModule(L.LightningDataModule):
         return {"text": int(first["text"].shape[-1]), "audio": int(first["audio"].shape[-1])}
 
     # -- loaders ------------------------------------------------------------------------
+    def speaker_stats(self, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """identity -> (mean, std) of each audio feature over all frames of the person's clips
+        in `split` (computed once per split; reads no sensitive attribute)."""
+        if split not in self._speaker_stats:
+            ds = open_streaming(self.split_dir(split), shuffle=False, seed=0)
+            acc: dict[str, list] = {}
+            for i in range(len(ds)):
+                r = ds[i]
+                a = np.asarray(r["audio"], dtype=np.float64)
+                n, s, q = acc.setdefault(r["identity"], [0, 0.0, 0.0])
+                acc[r["identity"]] = [n + len(a), s + a.sum(0), q + (a * a).sum(0)]
+            self._speaker_stats[split] = {
+                p: (s / n, np.sqrt(np.maximum(q / n - (s / n) ** 2, 0.0)))
+                for p, (n, s, q) in acc.items() if n > 0}
+        return self._speaker_stats[split]
+
+    def _transform(self, split: str, keep_sensitive: bool):
+        steps = []
+        if self.cfg.get("speaker_norm", "none") == "person":
+            steps.append(SpeakerNorm(self.speaker_stats(split)))
+        if not keep_sensitive:
+            steps.append(strip_sensitive)
+        if not steps:
+            return None
+        return steps[0] if len(steps) == 1 else Chain(steps)
+
     def _loader(self, split: str, *, train: bool, keep_sensitive: bool):
         from litdata import StreamingDataLoader
 
         ds = open_streaming(self.split_dir(split), shuffle=train, seed=self.seed,
-                            transform=None if keep_sensitive else strip_sensitive,
+                            transform=self._transform(split, keep_sensitive),
                             equal_ranks=train)
         return StreamingDataLoader(ds, batch_size=self.cfg.batch_size,
                                    num_workers=self.cfg.num_workers,

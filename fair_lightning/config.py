@@ -97,6 +97,7 @@ class DataConfig:
     text_model: str = MISSING
     batch_size: int = MISSING
     num_workers: int = MISSING
+    speaker_norm: str = "none"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     chalearn: ChalearnConfig = field(default_factory=ChalearnConfig)
@@ -240,6 +241,7 @@ class ExperimentConfig:
 # Closed vocabularies, checked after the type check.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": tuple(SOURCES),
+    "data.speaker_norm": ("none", "person"),
     "data.preprocess.detector": ("auto", "haar", "dlib", "dlib_then_haar"),
     "data.preprocess.face_embedding": ("auto", "none", "dlib"),
     "data.chalearn.target": ("interview", "extraversion", "neuroticism", "agreeableness",

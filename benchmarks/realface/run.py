@@ -39,6 +39,9 @@ RUNS = {
     "adversarial-dlib": ("adversarial", ["data.preprocess.face_embedding=dlib",
                                          "model.face_encoder=pretrained"]),
     "label_adversary": ("label_adversary", []),
+    # the voice standardised per candidate over their own clips (label-free)
+    "baseline-speaker-norm": ("baseline", ["data.speaker_norm=person"]),
+    "adversarial-speaker-norm": ("adversarial", ["data.speaker_norm=person"]),
 }
 DEFAULT_RUNS = ("baseline", "adversarial")
 LAYERS = ("fused", "erased", "head", "score", "proxy", "audio", "video", "text")
@@ -105,6 +108,19 @@ def label_reference(test_clips: list[str], truth: dict[str, dict], seed: int = 0
     return out
 
 
+def run_settings(run_dir: Path) -> dict[str, str]:
+    """What a run resolved (its config.yaml): the face proxy and the real-data settings."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    return {"config/face_encoder": str(cfg.model.face_encoder),
+            "config/detector": str(cfg.data.preprocess.detector),
+            "config/speaker_norm": str(cfg.data.get("speaker_norm", "none")),
+            "config/erasure": (f"rank {cfg.erasure.rank}, residual {cfg.erasure.residual}, "
+                               f"head_dims {cfg.erasure.head_dims}"
+                               if cfg.erasure.enabled else "off")}
+
+
 def _stat(values: list[float], worst=max) -> str:
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
@@ -144,7 +160,7 @@ def table(results: dict[str, dict], reference: dict | None) -> str:
         out += ("\n| run | proxy | retrieval | setting-only retrieval | gender from proxy |\n"
                 "|---|---|---|---|---|\n")
         for n, r in proxy:
-            out += (f"| {n} | {r.get('proxy/name', '?')} | {r['proxy/retrieval']:.3f} | "
+            out += (f"| {n} | {r.get('config/face_encoder', '?')} | {r['proxy/retrieval']:.3f} | "
                     f"{r.get('proxy/setting_retrieval', math.nan):.3f} | "
                     f"{r.get('leak/proxy/gender/clip/bal_acc', math.nan):.3f} |\n")
     out += ("\nBalanced accuracy of the strongest attacker the audit selects, on test people "
@@ -211,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             pred = read_predictions(run_dir)
             summary.update(merit_figures(pred, truth))
             summary["run_dir"] = str(run_dir)
+            summary.update(run_settings(run_dir))
             results[name] = summary
             if reference is None:
                 reference = label_reference(sorted(pred), truth)

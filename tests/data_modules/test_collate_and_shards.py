@@ -110,3 +110,24 @@ def test_write_shards_leaves_nothing_half_written(tmp_path):
     with pytest.raises(ValueError, match="lacks keys"):
         write_shards(recs, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_speaker_norm_standardises_each_candidate_over_their_own_clips(shard_root):
+    cfg = OmegaConf.create({"source": "synthetic", "batch_size": 5, "num_workers": 0,
+                            "speaker_norm": "person"})
+    dm = InterviewDataModule(cfg, label_free=True, shard_root=shard_root)
+    dm.setup("fit")
+    frames: dict[int, list] = {}
+    for split, loader in (("train", dm.train_dataloader()), ("test", dm.test_dataloader())):
+        for b in loader:
+            assert split == "test" or not b.has_sensitive  # still label-free in training
+            for i, p in enumerate(b.identity.tolist()):
+                frames.setdefault(p, []).append(b.audio[i][b.audio_mask[i]].double())
+    assert len(frames) == 16
+    for rows in frames.values():  # every candidate: mean 0, spread 1 over all their frames
+        a = torch.cat(rows)
+        assert a.mean(0).abs().max() < 0.01 and (a.std(0, unbiased=False) - 1).abs().max() < 0.01
+    # the raw features are not standardised per person: the transform did it
+    raw = _dm(shard_root, label_free=False)
+    b = next(iter(raw.test_dataloader()))
+    assert b.audio[0][b.audio_mask[0]].mean(0).abs().max() > 0.05
