@@ -122,6 +122,10 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
     from fair_lightning.proxy_audit import proxy_line
 
     lines = []
+    if "setup/face_proxy" in s:
+        lines.append(f"- setup: face proxy `{s['setup/face_proxy']}`, face detector "
+                     f"`{s['setup/detector']}`, speaker normalisation "
+                     f"`{s['setup/speaker_norm']}`")
     if "proxy/retrieval" in s:
         lines.append(f"- {proxy_line(s)} (encoder `{cfg.model.face_encoder}`); gender read "
                      f"from it {_fmt(s.get('leak/proxy/gender/clip/bal_acc'))} per clip, "

@@ -284,6 +284,24 @@ def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
             "select/score": task - cfg.selection.leak_penalty * leak}
 
 
+def setup_summary(cfg) -> dict[str, str]:
+    """`setup/...`: what the run's `auto` settings resolved to, in words (the face proxy, the
+    detector, the erasure stage), so a summary says which real-data defaults produced it."""
+    proxy = {"pretrained": "dlib face descriptor", "identity": "identity-pretrained encoder",
+             "frozen": "face encoder checkpoint", "cnn": "face CNN trained with D"}
+    e = cfg.erasure
+    return {
+        "setup/face_proxy": (proxy.get(cfg.model.face_encoder, cfg.model.face_encoder)
+                             if cfg.adversary.method == "indirect" else "none"),
+        "setup/detector": (cfg.data.preprocess.detector if cfg.data.source != "synthetic"
+                           else "none (rendered faces)"),
+        "setup/speaker_norm": cfg.data.speaker_norm,
+        "setup/erasure": (f"proxy {e.proxy}, LEACE rank {e.rank}, residual "
+                          f"{'on' if e.residual else 'off'}, fit on {e.fit_on}, head_dims "
+                          f"{e.head_dims}" if e.enabled else "off"),
+    }
+
+
 def data_summary(dm) -> dict[str, int]:
     """`data/...` keys from the shards' meta.json: clips and people per split, people
     shared across splits (ChaLearn's official splits), clips skipped at preprocessing."""
@@ -364,7 +382,7 @@ def run(cfg) -> Path:
                         "train/optimizer_steps": trainer.global_step,
                         "train/resumes": len(read_record(run_dir).get("starts", [1])) - 1,
                         **pretrain_stats, **erase,
-                        **data_summary(dm)})
+                        **data_summary(dm), **setup_summary(cfg)})
         summary.update(selection_metrics(cfg, val, summary))
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir, cfg, summary, callbacks)

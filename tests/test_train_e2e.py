@@ -86,6 +86,9 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert 0.0 <= s["proxy/setting_retrieval"] <= 1.0 and 0.0 <= s["proxy/retrieval"] <= 1.0
     assert s["leak/score/gender/person/n_eval"] > 0
     assert s["select/val_task"] == s["erase/val_pearson_after"]
+    # which proxy and settings produced the run, in words
+    assert s["setup/face_proxy"] == "identity-pretrained encoder"
+    assert s["setup/erasure"].startswith("proxy face, LEACE rank 0, residual off")
     # the identity-pretrained face encoder: cached next to the data, frozen through training,
     # and restored from the checkpoint
     from fair_lightning.module import FairScorerModule
