@@ -23,7 +23,7 @@ help:
 	@echo "make bench [BENCH=train|preprocess] [ARGS=...]      benchmarks -> runs/bench/bench.json, preprocess.json"
 	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
-	@echo "make realface [RUNS='baseline adversarial'] [SEEDS='0 1 2'] [PHOTOS=dir] [ARGS=...]  real-face development benchmark"
+	@echo "make realface [RUNS='baseline adversarial'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface] [ARGS=...]  real-face development benchmark"
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
@@ -84,6 +84,7 @@ seeds: install
 # real-face development benchmark: a ChaLearn-layout corpus from real photographs (never part of
 # this repository), then `make train` on it per run and seed -> runs/realface/{results.json,table.md}
 PHOTOS ?= ../shared/data/lfw-dev
+REALFACE_OUT ?= runs/realface
 realface-setup:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -92,7 +93,7 @@ realface-setup:
 
 realface: install realface-setup
 	$(BIN)/python -m benchmarks.realface.run $(if $(RUNS),--runs $(RUNS)) --seeds $(SEEDS) \
-	  --photos $(PHOTOS) $(if $(ARGS),--args "$(ARGS)")
+	  --photos $(PHOTOS) --out $(REALFACE_OUT) $(if $(ARGS),--args "$(ARGS)")
 
 test: install
 	$(PYTEST) -q

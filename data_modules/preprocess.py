@@ -217,8 +217,8 @@ def _detector(name: str):
 
 def detect_faces(frames, detector: str):
     """Per-frame face boxes, and how many frames only the fallback found: `dlib_then_haar`
-    asks Haar's cascade where dlib's HOG finds nothing (it missed 10 of 900 clean frontal
-    clips outright on real photographs)."""
+    asks Haar's cascade where dlib's HOG finds nothing (on the real-face benchmark's 900
+    clips: Haar alone lost 3 clips and 46 sampled frames, this 0 clips and 8 frames)."""
     if detector != "dlib_then_haar":
         return [_detector(detector).detect(f) for f in frames], 0
     primary, second = _detector("dlib"), _detector("haar")

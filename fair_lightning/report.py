@@ -127,7 +127,7 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
                      f"`{s['setup/detector']}`, speaker normalisation "
                      f"`{s['setup/speaker_norm']}`")
     if "proxy/retrieval" in s:
-        lines.append(f"- {proxy_line(s)} (encoder `{cfg.model.face_encoder}`); gender read "
+        lines.append(f"- {proxy_line(s)}; gender read "
                      f"from it {_fmt(s.get('leak/proxy/gender/clip/bal_acc'))} per clip, "
                      f"{_fmt(s.get('leak/proxy/gender/person/bal_acc'))} per person")
     skipped = [k.rsplit("/", 1)[1] for k in s if k.startswith("leak/skipped/")]
@@ -384,12 +384,11 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
 
 
 def head_layer(summary: dict, prefix: str = "leak") -> str:
-    """The representation the head reads: `head` (its few directions) or `erased` (all of
-    the erased h) after an erasure stage, else `fused` (h)."""
-    for layer in ("head", "erased"):
-        if f"{prefix}/{layer}/gender/clip/bal_acc" in summary:
-            return layer
-    return "fused"
+    """The representation the head reads: `head` (its few directions) when it reads a few,
+    else all of h at full width (`claim_layer`)."""
+    if f"{prefix}/head/gender/clip/bal_acc" in summary:
+        return "head"
+    return claim_layer(summary, prefix)
 
 
 def worst_leak(summary: dict, prefix: str = "leak") -> float:

@@ -165,3 +165,19 @@ def test_a_tiny_corpus_of_real_photos_builds_and_preprocesses(tmp_path):
     for clip, r in seen.items():
         assert int(r["gender"]) == int(truth[clip]["gender"])
         assert r["audio"].shape[0] > 10 and r["faces"].shape[1] == 3
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
+    from fair_lightning.config import load_config, parse_overrides, save_config
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    keys = rfrun.train_keys("adversarial", 0, corpus, out, ["data.preprocess.workers=1"])
+    run_dir = out / "adversarial-s0"
+    run_dir.mkdir(parents=True)
+    save_config(load_config("adversarial", parse_overrides(keys)[1]), run_dir / "config.yaml")
+    # how it runs may differ (workers); what it computes may not
+    same = rfrun.train_keys("adversarial", 0, corpus, out, ["data.preprocess.workers=2"])
+    assert rfrun.stale_settings("adversarial", run_dir, same) == []
+    other = rfrun.train_keys("adversarial", 0, corpus, out, ["adversary.weight=0.5"])
+    differ = rfrun.stale_settings("adversarial", run_dir, other)
+    assert len(differ) == 1 and differ[0].startswith("adversary.weight: 0.15 -> 0.5")

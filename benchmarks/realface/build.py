@@ -42,6 +42,7 @@ import numpy as np
 
 from data_modules.rawmedia import (
     TRAITS,
+    _sigmoid,
     _youtube_ids,
     chalearn_clip_path,
     encode_clip,
@@ -102,10 +103,6 @@ class Settings:
     gendered_share: float = 0.3  # clips whose transcript holds a gendered sentence
     sentences: int = 2
     max_seconds: float = 6.0
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 def read_photos(photos: Path) -> dict[str, dict]:

@@ -171,18 +171,40 @@ def table(results: dict[str, dict], reference: dict | None) -> str:
     return out
 
 
-def train_command(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
-    exp, args = RUNS[run]
-    keys = ["data.source=chalearn", f"data.chalearn.root={root}", f"seed={seed}",
+def train_keys(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
+    _, args = RUNS[run]
+    return ["data.source=chalearn", f"data.chalearn.root={root}", f"seed={seed}",
             f"output_dir={out / f'{run}-s{seed}'}", "resume=auto", *args, *extra]
-    return [os.environ.get("MAKE", "make"), "--no-print-directory", "train", f"EXP={exp}",
-            f"ARGS={shlex.join(keys)}"]
 
 
-def write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def train_command(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
+    return [os.environ.get("MAKE", "make"), "--no-print-directory", "train",
+            f"EXP={RUNS[run][0]}", f"ARGS={shlex.join(train_keys(run, seed, root, out, extra))}"]
+
+
+# how a run is executed, not what it computes: a finished run made with other values is reused
+RUN_ONLY_KEYS = ("data.preprocess.workers", "data.num_workers")
+
+
+def stale_settings(run: str, run_dir: Path, keys: list[str]) -> list[str]:
+    """The settings in which a finished run differs from what this command asks for."""
+    from omegaconf import OmegaConf
+
+    from fair_lightning.config import load_config, load_config_file, parse_overrides
+    from fair_lightning.resume import config_differences
+
+    _, pairs = parse_overrides(keys)
+    wanted = OmegaConf.to_container(load_config(RUNS[run][0], pairs), resolve=True)
+    # a key added since the run takes today's default, as when the product reads it
+    saved = OmegaConf.to_container(load_config_file(run_dir / "config.yaml"), resolve=True)
+    return [d for d in config_differences(saved, wanted)
+            if not d.startswith(tuple(f"{k}:" for k in RUN_ONLY_KEYS))]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    from data_modules.files import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             name = f"{run}-s{seed}"
             run_dir = a.out / name
-            if not (run_dir / "summary.json").is_file():
+            keys = train_keys(run, seed, root, a.out, shlex.split(a.args))
+            if (run_dir / "summary.json").is_file():
+                differ = stale_settings(run, run_dir, keys)
+                if differ:
+                    print(f"error: {run_dir} is a finished run made with other settings "
+                          f"({'; '.join(differ[:4])}): remove it or choose another --out",
+                          file=sys.stderr)
+                    return 2
+            else:
                 cmd = train_command(run, seed, root, a.out, shlex.split(a.args))
                 print(f"realface: {name}: {shlex.join(cmd)}", flush=True)
                 t0 = time.time()
@@ -231,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = summary
             if reference is None:
                 reference = label_reference(sorted(pred), truth)
-            write_atomic_text(results_path, json.dumps(results, indent=2, sort_keys=True,
+            write_text_atomic(results_path, json.dumps(results, indent=2, sort_keys=True,
                                                        allow_nan=True) + "\n")
     chosen = {k: v for k, v in results.items() if k.rsplit("-s", 1)[0] in a.runs}
-    write_atomic_text(a.out / "table.md", table(chosen, reference))
+    write_text_atomic(a.out / "table.md", table(chosen, reference))
     print((a.out / "table.md").read_text())
     print(f"realface: {results_path}, {a.out / 'table.md'}")
     if failed:
