@@ -92,6 +92,28 @@ def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.
     return collect_rows(module, loader, rows, max_clips)
 
 
+class ProxyComponentsFit(L.Callback):
+    """At the start of fit, before any step: fit the face adversary's proxy components
+    (`models.proxy.ProxyComponents`) on the training split's face embeddings, read without
+    sensitive attributes. A resumed run's components come from its checkpoint and are kept."""
+
+    def __init__(self, datamodule):
+        self.dm = datamodule
+        self.metrics: dict[str, float] = {}
+
+    def on_fit_start(self, trainer, pl_module):
+        comp = pl_module.adversary.components
+        if comp.fitted:
+            return
+        emb = collect_rows(pl_module, self.dm.eval_dataloader("train", sensitive=False),
+                           lambda b: {"f": pl_module.adversary.encoder_embed(b).float().cpu().numpy()})
+        self.metrics = comp.fit(torch.from_numpy(emb["f"]), torch.from_numpy(emb["identity"]))
+        explained = comp.explained.tolist()
+        log.info("face proxy: %d leading directions across people hold %.0f%% of the "
+                 "between-person variance (%s)", comp.k, 100 * sum(explained),
+                 ", ".join(f"{100 * e:.0f}%" for e in explained))
+
+
 ERASURE_KEY = "erasure_stage"  # the stage's figures, in the checkpoint it wrote
 
 

@@ -114,6 +114,7 @@ class ModelConfig:
     face_encoder: str = MISSING
     face_encoder_checkpoint: str | None = None
     face_dim: int = MISSING
+    face_proxy_components: int = MISSING
     face_pretrain_epochs: int = MISSING
     face_pretrain_lr: float = MISSING
 
@@ -458,6 +459,7 @@ RANGES: dict[str, tuple] = {
     "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.video_channels": (_at_least(1), ">= 1"),
     "model.face_dim": (_at_least(1), ">= 1"),
+    "model.face_proxy_components": (_at_least(0), ">= 0 (0: the whole face embedding)"),
     "model.face_pretrain_epochs": (_at_least(1), ">= 1"),
     "model.face_pretrain_lr": (_positive, "> 0"),
     "adversary.weight": (_at_least(0), ">= 0"),
@@ -560,6 +562,7 @@ def validate(cfg: DictConfig) -> None:
                           "own_clip only (the face bank holds frames, not descriptors)")
     _check_erasure(cfg)
     _check_face_models(cfg)
+    _check_proxy_components(cfg)
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")
@@ -585,6 +588,23 @@ def _check_face_models(cfg: DictConfig) -> None:
             f"but {', '.join(missing)} is not installed: `{INSTALL_HINT}` (or set "
             "data.preprocess.detector=haar data.preprocess.face_embedding=none "
             "model.face_encoder=identity, a weaker proxy on real faces)")
+
+
+def _check_proxy_components(cfg: DictConfig) -> None:
+    k, enc = cfg.model.face_proxy_components, cfg.model.face_encoder
+    if not k:
+        return
+    if cfg.adversary.method != "indirect":
+        raise ConfigError("model.face_proxy_components reduces the face adversary's embedding: "
+                          "it needs adversary.method=indirect")
+    if enc == "cnn":
+        raise ConfigError("model.face_proxy_components needs a frozen face encoder "
+                          "(model.face_encoder=pretrained, identity or frozen): the cnn trains "
+                          "with D and its directions would move")
+    dim = 128 if enc == "pretrained" else cfg.model.face_dim  # dlib's descriptor is 128-d
+    if k > dim:
+        raise ConfigError(f"model.face_proxy_components={k} exceeds the face embedding's "
+                          f"{dim} dims")
 
 
 def _check_erasure(cfg: DictConfig) -> None:

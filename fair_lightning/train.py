@@ -290,9 +290,11 @@ def setup_summary(cfg) -> dict[str, str]:
     proxy = {"pretrained": "dlib face descriptor", "identity": "identity-pretrained encoder",
              "frozen": "face encoder checkpoint", "cnn": "face CNN trained with D"}
     e = cfg.erasure
+    face = proxy.get(cfg.model.face_encoder, cfg.model.face_encoder)
+    if k := cfg.model.get("face_proxy_components", 0):
+        face += f", its {k} leading direction{'s' if k > 1 else ''} across people"
     return {
-        "setup/face_proxy": (proxy.get(cfg.model.face_encoder, cfg.model.face_encoder)
-                             if cfg.adversary.method == "indirect" else "none"),
+        "setup/face_proxy": face if cfg.adversary.method == "indirect" else "none",
         "setup/detector": (cfg.data.preprocess.detector if cfg.data.source != "synthetic"
                            else "none (rendered faces)"),
         "setup/speaker_norm": cfg.data.speaker_norm,
@@ -300,6 +302,16 @@ def setup_summary(cfg) -> dict[str, str]:
                           f"{'on' if e.residual else 'off'}, fit on {e.fit_on}, head_dims "
                           f"{e.head_dims}" if e.enabled else "off"),
     }
+
+
+def proxy_components_summary(module) -> dict[str, float]:
+    """`proxy/components_variance_share`: the between-person variance of the face embedding
+    that its kept leading directions hold (read from the fitted buffers, so a resumed run
+    reports it too)."""
+    comp = getattr(module.adversary, "components", None)
+    if comp is None or not comp.fitted:
+        return {}
+    return {"proxy/components_variance_share": round(float(comp.explained.sum()), 4)}
 
 
 def data_summary(dm) -> dict[str, int]:
@@ -348,6 +360,10 @@ def run(cfg) -> Path:
     from fair_lightning.callbacks import TestPredictions
 
     callbacks = analysis_callbacks(cfg, dm) + [TestPredictions(run_dir / "predictions.csv")]
+    if getattr(module.adversary, "components", None) is not None:
+        from fair_lightning.callbacks import ProxyComponentsFit
+
+        callbacks.insert(0, ProxyComponentsFit(dm))
     if module.erased_head is not None:  # before the probes: the end-of-fit audit sees it
         from fair_lightning.callbacks import ErasureStage
 
@@ -381,7 +397,7 @@ def run(cfg) -> Path:
                         "train/batches": batches,
                         "train/optimizer_steps": trainer.global_step,
                         "train/resumes": len(read_record(run_dir).get("starts", [1])) - 1,
-                        **pretrain_stats, **erase,
+                        **pretrain_stats, **erase, **proxy_components_summary(module),
                         **data_summary(dm), **setup_summary(cfg)})
         summary.update(selection_metrics(cfg, val, summary))
         write_json_atomic(run_dir / "summary.json", summary)

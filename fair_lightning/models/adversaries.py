@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fair_lightning.models.encoders import small_cnn
+from fair_lightning.models.proxy import ProxyComponents
 
 
 class FaceEncoder(nn.Module):
@@ -341,12 +342,16 @@ class FaceMatchAdversary(Adversary):
     `face_encoder`: "cnn" trains with D; "identity" is frozen here and gets its pretrained
     weights from `train.py`; "frozen" loads `checkpoint`. With `positive_faces=other_clip`
     the positives are faces of another clip of the same person, from a bank per stage
-    (validation must not find training clips, nor the reverse).
+    (validation must not find training clips, nor the reverse). With `components` k > 0
+    (a frozen encoder only), the embedding everything downstream sees (D, the dependence
+    term, the erasure stage, the audit's `proxy`) is its k leading directions across people
+    (`ProxyComponents`, fitted at the start of fit by `callbacks.ProxyComponentsFit`).
     """
 
     def __init__(self, h_dim: int, face_dim: int, hidden: int, *, heads: int = 1,
                  face_encoder: str = "cnn", checkpoint: str | None = None,
-                 negatives_per_positive: int = 8, positive_faces: str = "own_clip"):
+                 negatives_per_positive: int = 8, positive_faces: str = "own_clip",
+                 components: int = 0):
         super().__init__()
         self.face_input = "faces"  # the Batch field the face encoder reads
         if face_encoder == "pretrained":
@@ -359,6 +364,13 @@ class FaceMatchAdversary(Adversary):
             self.face_encoder = FaceEncoder(face_dim).freeze()
         else:
             self.face_encoder = FaceEncoder(face_dim)
+        self.components = None
+        if components:
+            if not self.face_encoder.frozen:
+                raise ValueError("proxy components need a frozen face encoder (pretrained, "
+                                 "identity or frozen): a trained one moves under them")
+            self.components = ProxyComponents(face_dim, components)
+            face_dim = components
         self.discriminator = FaceMatchDiscriminator(h_dim, face_dim, hidden, heads=heads)
         self.negatives_per_positive = negatives_per_positive
         self.own_positives = positive_faces == "own_clip"
@@ -369,7 +381,8 @@ class FaceMatchAdversary(Adversary):
         return cls(model.fused_dim, model.face_dim, adversary.hidden_dim, heads=adversary.heads,
                    face_encoder=model.face_encoder, checkpoint=model.face_encoder_checkpoint,
                    negatives_per_positive=adversary.negatives_per_positive,
-                   positive_faces=adversary.positive_faces)
+                   positive_faces=adversary.positive_faces,
+                   components=model.get("face_proxy_components", 0))
 
     def pairs(self, batch, stage: str):
         """(h_idx, f_idx, target) and the face frames they index [B + n, K, 3, H, W]."""
@@ -389,13 +402,22 @@ class FaceMatchAdversary(Adversary):
                 frames = torch.cat([frames, banked])
         return (h_idx, f_idx, target), frames
 
-    def embed(self, batch) -> torch.Tensor:
-        """The face embedding [B, face_dim] of each clip's own face frames."""
+    def encoder_embed(self, batch) -> torch.Tensor:
+        """The face encoder's own embedding of each clip's face frames (what the proxy
+        components are fitted on)."""
         return self.face_encoder(getattr(batch, self.face_input))
+
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        f = self.face_encoder(frames)
+        return f if self.components is None else self.components(f)
+
+    def embed(self, batch) -> torch.Tensor:
+        """The face proxy [B, face_dim] of each clip's own face frames."""
+        return self._encode(getattr(batch, self.face_input))
 
     def observe(self, batch, stage: str) -> FacePairs:
         (h_idx, f_idx, target), frames = self.pairs(batch, stage)
-        return FacePairs(h_idx, f_idx, target, self.face_encoder(frames))
+        return FacePairs(h_idx, f_idx, target, self._encode(frames))
 
     def _head_logits(self, h: torch.Tensor, obs: FacePairs) -> torch.Tensor:
         return self.discriminator.head_logits(h[obs.h_idx], obs.faces[obs.f_idx])
