@@ -114,7 +114,7 @@ class ModelConfig:
     face_encoder: str = MISSING
     face_encoder_checkpoint: str | None = None
     face_dim: int = MISSING
-    face_proxy_components: int = MISSING
+    face_proxy_components: Any = MISSING  # auto | int >= 0
     face_pretrain_epochs: int = MISSING
     face_pretrain_lr: float = MISSING
 
@@ -381,6 +381,7 @@ def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None)
 
 
 REAL_SOURCES = ("chalearn", "manifest")
+REAL_PROXY_COMPONENTS = 2  # chosen on the real-face benchmark's validation split (README)
 
 
 def resolve_auto(cfg: DictConfig) -> None:
@@ -390,8 +391,10 @@ def resolve_auto(cfg: DictConfig) -> None:
     Real video (chalearn, manifest): dlib's detector with Haar's cascade for the frames it
     misses (counted), and dlib's face descriptor, stored at preprocessing, as the face proxy:
     on real photographs the identity-pretrained encoder matches a person's clips by the
-    setting they share and carries little gender, the descriptor carries it. Synthetic: the
-    renders are too small for dlib, and the identity encoder is the proxy."""
+    setting they share and carries little gender, the descriptor carries it; the adversary
+    reads its `REAL_PROXY_COMPONENTS` leading directions across people, not the whole
+    descriptor, which would take who a person is (and their merit) out of h. Synthetic: the
+    renders are too small for dlib, and the identity encoder is the proxy, whole."""
     real = cfg.data.source in REAL_SOURCES
     pre = cfg.data.preprocess
     if pre.detector == "auto":
@@ -401,6 +404,14 @@ def resolve_auto(cfg: DictConfig) -> None:
     if cfg.model.face_encoder == "auto":
         cfg.model.face_encoder = ("pretrained" if real and pre.face_embedding == "dlib"
                                   else "identity")
+    k = cfg.model.face_proxy_components
+    if k == "auto":
+        cfg.model.face_proxy_components = (
+            REAL_PROXY_COMPONENTS if cfg.model.face_encoder == "pretrained"
+            and cfg.adversary.method == "indirect" else 0)
+    elif isinstance(k, bool) or not isinstance(k, int):
+        raise ConfigError(f"key 'model.face_proxy_components' must be auto or a count >= 0, "
+                          f"got {k!r}")
 
 
 def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:

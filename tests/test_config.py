@@ -112,16 +112,25 @@ def test_real_data_defaults_resolve_with_no_other_key(tmp_path):
     assert real.data.preprocess.detector == "dlib_then_haar"
     assert real.data.preprocess.face_embedding == "dlib"
     assert real.model.face_encoder == "pretrained"  # dlib's descriptor is the face proxy
+    assert real.model.face_proxy_components == 2  # ... its leading directions across people
     synthetic = load_config("adversarial", [])
     assert synthetic.data.preprocess.detector == "haar"
     assert synthetic.data.preprocess.face_embedding == "none"
     assert synthetic.model.face_encoder == "identity"
+    assert synthetic.model.face_proxy_components == 0
     # an explicit choice wins over auto
     chosen = load_config("adversarial", [("data.source", "chalearn"),
                                          ("data.chalearn.root", str(tmp_path)),
                                          ("data.preprocess.face_embedding", "none"),
                                          ("data.preprocess.detector", "haar")])
     assert chosen.model.face_encoder == "identity"
+    assert chosen.model.face_proxy_components == 0  # the identity encoder is used whole
+    whole = load_config("adversarial", [("data.source", "chalearn"),
+                                        ("data.chalearn.root", str(tmp_path)),
+                                        ("model.face_proxy_components", "0")])
+    assert whole.model.face_proxy_components == 0
+    with pytest.raises(ConfigError, match="auto or a count"):
+        load_config("adversarial", [("model.face_proxy_components", "two")])
     # the saved config names what ran
     assert "auto" not in (real.data.preprocess.detector, real.data.preprocess.face_embedding,
                           real.model.face_encoder)

@@ -11,6 +11,7 @@ from fair_lightning.proxy_audit import (
     clip_retrieval,
     face_ellipse,
     proxy_figures,
+    proxy_line,
     setting_descriptor,
 )
 
@@ -59,6 +60,19 @@ def test_an_encoder_of_faces_passes_when_settings_vary_by_clip():
     assert fig["proxy/retrieval"] == 1.0
     assert fig["proxy/setting_retrieval"] < 0.3
     assert fig["proxy/setting_explains"] == 0.0 and fig["proxy/setting_share"] < 0.3
+
+
+def test_a_proxy_that_singles_nobody_out_is_not_called_a_setting_matcher():
+    """A few directions of a face descriptor (one number here) find few people's other
+    clips, fewer than the setting does: that is no setting matcher, and no warning."""
+    faces, person = clips(face_of_person=True, setting_of_person=True)
+    one = (person % 2)[:, None].astype(float)  # a binary look shared by half the people
+    fig = proxy_figures(one + np.random.default_rng(0).normal(0, 1, one.shape),
+                        setting_descriptor(faces), person)
+    assert fig["proxy/retrieval"] < 0.5 * fig["proxy/setting_retrieval"]
+    assert fig["proxy/singles_out"] == 0.0 and fig["proxy/setting_explains"] == 0.0
+    assert "does not single people out" in proxy_line(fig)
+    assert "explains" not in proxy_line(fig)
 
 
 def test_the_setting_descriptor_reads_no_face_pixel():

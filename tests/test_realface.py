@@ -117,13 +117,13 @@ def test_merit_figures_and_the_table():
 
 
 def test_a_run_is_the_command_a_user_types(tmp_path):
-    cmd = rfrun.train_command("adversarial-dlib", 2, tmp_path / "corpus", tmp_path / "out",
+    cmd = rfrun.train_command("adversarial-whole-proxy", 2, tmp_path / "corpus", tmp_path / "out",
                               ["trainer.max_epochs=1"])
     assert cmd[1:4] == ["--no-print-directory", "train", "EXP=adversarial"]
     args = cmd[4]
     assert args.startswith("ARGS=data.source=chalearn data.chalearn.root=")
-    for key in ("seed=2", "model.face_encoder=pretrained", "trainer.max_epochs=1",
-                "resume=auto", f"output_dir={tmp_path / 'out' / 'adversarial-dlib-s2'}"):
+    for key in ("seed=2", "model.face_proxy_components=0", "trainer.max_epochs=1",
+                "resume=auto", f"output_dir={tmp_path / 'out' / 'adversarial-whole-proxy-s2'}"):
         assert key in args
 
 

@@ -105,6 +105,30 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert not any(p.requires_grad for p in restored.parameters())
 
 
+def test_proxy_components_are_fitted_and_checkpointed(tmp_path, shared_cache):
+    """`model.face_proxy_components`: fitted at the start of fit on the training split,
+    written into the checkpoint, and what the audit's `proxy` layer and the summary
+    describe."""
+    import torch
+
+    extra = {"model.face_proxy_components": "2", "model.face_pretrain_epochs": "1",
+             "probe.layers": "[fused,proxy]", "probe.attackers": "[linear]",
+             "probe.person_level": "false", "fairness.enabled": "false"}
+    run_dir = run(_cfg(tmp_path, shared_cache, "adversarial", **extra))
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert 0.0 < s["proxy/components_variance_share"] <= 1.0
+    assert s["setup/face_proxy"] == ("identity-pretrained encoder, its 2 leading directions "
+                                     "across people")
+    assert s["probe/proxy/gender/linear/n_fit"] > 0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]
+    assert state["adversary.components.is_fitted"].item() is True
+    basis = state["adversary.components.basis"]
+    assert basis.shape == (2, 32)
+    # D matches h to the 2 numbers: [P z, f, P z * f] has 3 x 2 inputs
+    assert state["adversary.discriminator.heads.0.mlp.0.weight"].shape[1] == 3 * 2
+
+
 def test_same_seed_same_result(tmp_path):
     """The first run generates the data (drawing from global RNGs), the second reads it."""
     cache = tmp_path / "own_cache"

@@ -35,9 +35,12 @@ from benchmarks.realface.build import DEFAULT_CACHE, DEFAULT_PHOTOS, BuildError,
 RUNS = {
     "baseline": ("baseline", []),
     "adversarial": ("adversarial", []),
-    # the pretrained descriptor as the face proxy (dlib's ResNet, stored at preprocessing)
-    "adversarial-dlib": ("adversarial", ["data.preprocess.face_embedding=dlib",
-                                         "model.face_encoder=pretrained"]),
+    # the descriptor whole as the face proxy (the default before its leading directions)
+    "adversarial-whole-proxy": ("adversarial", ["model.face_proxy_components=0"]),
+    # the earlier proxy: the identity-pretrained encoder on Haar crops
+    "adversarial-identity": ("adversarial", ["data.preprocess.detector=haar",
+                                             "data.preprocess.face_embedding=none",
+                                             "model.face_encoder=identity"]),
     "label_adversary": ("label_adversary", []),
     # the voice standardised per candidate over their own clips (label-free)
     "baseline-speaker-norm": ("baseline", ["data.speaker_norm=person"]),

@@ -1,0 +1,129 @@
+"""The face proxy reduced to its leading directions across people (label-free)."""
+
+import pytest
+import torch
+
+from fair_lightning.config import ConfigError, load_config
+from fair_lightning.models import FaceMatchAdversary
+from fair_lightning.models.proxy import ProxyComponents
+
+
+def _people(n_people=60, clips=3, dim=32, seed=0):
+    """Embeddings whose person means vary most along one planted axis (a binary look, as
+    gender in a face descriptor), with who-a-person-is spread thinly over every dim."""
+    g = torch.Generator().manual_seed(seed)
+    look = torch.randint(0, 2, (n_people,), generator=g).float() * 2 - 1
+    axis = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
+    person = 3.0 * look[:, None] * axis + 0.5 * torch.randn(n_people, dim, generator=g)
+    ident = torch.arange(n_people).repeat_interleave(clips)
+    x = person[ident] + 0.2 * torch.randn(len(ident), dim, generator=g)
+    return x, ident, look, axis
+
+
+def _retrieval(z, ident):
+    d = torch.cdist(z, z)
+    d.fill_diagonal_(float("inf"))
+    return (ident[d.argmin(1)] == ident).float().mean().item()
+
+
+def test_components_keep_the_broad_look_and_drop_who_a_person_is():
+    x, ident, look, axis = _people()
+    comp = ProxyComponents(32, 1)
+    stats = comp.fit(x, ident)
+    z = comp(x)
+    assert z.shape == (len(x), 1)
+    assert abs(torch.corrcoef(torch.stack([z[:, 0], look[ident]]))[0, 1]) > 0.95
+    assert abs(float(comp.basis[0] @ axis)) > 0.95
+    # the full embedding finds a person's other clips; one direction mostly cannot
+    assert _retrieval(x, ident) > 0.9 and _retrieval(z, ident) < 0.5
+    # unit spread across people, and the share it reports is the explained variance
+    means = torch.stack([z[ident == p].mean(0) for p in range(60)])
+    assert means.std(0, unbiased=True).item() == pytest.approx(1.0, abs=1e-4)
+    assert stats["proxy/components_variance_share"] == pytest.approx(float(comp.explained.sum()))
+    assert 0.5 < stats["proxy/components_variance_share"] < 1.0
+
+
+def test_components_count_each_person_once_whatever_their_clips():
+    """A person with many clips must not pull the directions toward themselves."""
+    x, ident, _, _ = _people()
+    a = ProxyComponents(32, 2)
+    a.fit(x, ident)
+    many = torch.cat([x, x[ident == 0].repeat(20, 1)])
+    b = ProxyComponents(32, 2)
+    b.fit(many, torch.cat([ident, torch.zeros(60, dtype=torch.long)]))
+    assert torch.allclose(a.basis, b.basis, atol=1e-5)
+
+
+def test_components_fit_is_deterministic_and_travels_in_the_state_dict():
+    x, ident, _, _ = _people()
+    a, b = ProxyComponents(32, 3), ProxyComponents(32, 3)
+    a.fit(x, ident)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    b.fit(x[perm], (ident[perm] * 7) % 60)  # the clips in another order, people renumbered
+    assert torch.allclose(a.basis, b.basis, atol=1e-5)
+    # signs fixed, not left to the SVD: each direction's largest coordinate is positive
+    top = a.basis.gather(1, a.basis.abs().argmax(1, keepdim=True))
+    assert (top > 0).all()
+    c = ProxyComponents(32, 3)
+    assert not c.fitted
+    c.load_state_dict(a.state_dict())
+    assert c.fitted and torch.equal(c(x), a(x))
+
+
+def test_components_refuse_what_they_cannot_fit():
+    with pytest.raises(ValueError, match="1..8"):
+        ProxyComponents(8, 9)
+    with pytest.raises(RuntimeError, match="before `fit`"):
+        ProxyComponents(8, 1)(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="3 people.*k=3"):
+        ProxyComponents(8, 3).fit(torch.randn(6, 8), torch.arange(3).repeat(2))
+    flat = torch.zeros(20, 8)
+    flat[:, 0] = torch.arange(20).float()  # the people vary along one direction only
+    with pytest.raises(ValueError, match="near-constant"):
+        ProxyComponents(8, 2).fit(flat, torch.arange(20))
+
+
+def test_adversary_with_components_sees_only_them(records):
+    from data_modules.collate import collate_records, strip_sensitive
+
+    batch = collate_records([strip_sensitive(r) for r in records])
+    adv = FaceMatchAdversary(8, 8, 16, face_encoder="identity", components=2)
+    assert adv.discriminator.heads[0].proj.out_features == 2  # D matches h to 2 numbers
+    with torch.no_grad():
+        f = adv.encoder_embed(batch)
+        adv.components.fit(torch.cat([f, f + 0.1 * torch.randn_like(f)]),
+                           torch.arange(len(f)).repeat(2))
+        assert torch.allclose(adv.embed(batch), adv.components(f))
+        assert adv.observe(batch, "train").faces.shape[1] == 2
+    with pytest.raises(ValueError, match="frozen face encoder"):
+        FaceMatchAdversary(8, 8, 16, face_encoder="cnn", components=2)
+
+
+def test_components_config_is_checked():
+    with pytest.raises(ConfigError, match="frozen face encoder"):
+        load_config("adversarial", [("model.face_encoder", "cnn"),
+                                    ("model.face_proxy_components", "2")])
+    with pytest.raises(ConfigError, match="adversary.method=indirect"):
+        load_config("baseline", [("model.face_proxy_components", "2")])
+    with pytest.raises(ConfigError, match="exceeds the face embedding's 32 dims"):
+        load_config("adversarial", [("model.face_proxy_components", "33")])
+    with pytest.raises(ConfigError, match=">= 0"):
+        load_config("adversarial", [("model.face_proxy_components", "-1")])
+    cfg = load_config("adversarial", [("model.face_proxy_components", "2")])
+    assert FaceMatchAdversary.from_config(cfg.model, cfg.adversary).components.k == 2
+
+
+def test_a_resumed_run_keeps_its_fitted_components():
+    """The checkpoint is restored before fit starts: fitted components are not refitted
+    (a refit would read the data; here there is none to read)."""
+    from types import SimpleNamespace
+
+    from fair_lightning.callbacks import ProxyComponentsFit
+
+    x, ident, _, _ = _people()
+    comp = ProxyComponents(32, 2)
+    comp.fit(x, ident)
+    before = comp.basis.clone()
+    cb = ProxyComponentsFit(datamodule=None)
+    cb.on_fit_start(None, SimpleNamespace(adversary=SimpleNamespace(components=comp)))
+    assert torch.equal(comp.basis, before) and cb.metrics == {}
