@@ -142,7 +142,7 @@ class AdversaryConfig:
 class ErasureConfig:
     enabled: bool = MISSING
     proxy: str = MISSING
-    rank: int = MISSING
+    rank: Any = MISSING  # auto | int >= 0
     residual: bool = MISSING
     fit_on: str = MISSING
     head_dims: int = MISSING
@@ -393,8 +393,10 @@ def resolve_auto(cfg: DictConfig) -> None:
     on real photographs the identity-pretrained encoder matches a person's clips by the
     setting they share and carries little gender, the descriptor carries it; the adversary
     reads its `REAL_PROXY_COMPONENTS` leading directions across people, not the whole
-    descriptor, which would take who a person is (and their merit) out of h. Synthetic: the
-    renders are too small for dlib, and the identity encoder is the proxy, whole."""
+    descriptor, which would take who a person is (and their merit) out of h, and the
+    erasure stage erases those directions from h (LEACE at their full rank). Synthetic: the
+    renders are too small for dlib, the identity encoder is the proxy, whole, and nothing of
+    it is erased (rank 0)."""
     real = cfg.data.source in REAL_SOURCES
     pre = cfg.data.preprocess
     if pre.detector == "auto":
@@ -409,9 +411,19 @@ def resolve_auto(cfg: DictConfig) -> None:
         cfg.model.face_proxy_components = (
             REAL_PROXY_COMPONENTS if cfg.model.face_encoder == "pretrained"
             and cfg.adversary.method == "indirect" else 0)
-    elif isinstance(k, bool) or not isinstance(k, int):
+    elif not _is_count(k):
         raise ConfigError(f"key 'model.face_proxy_components' must be auto or a count >= 0, "
                           f"got {k!r}")
+    rank = cfg.erasure.rank
+    if rank == "auto":  # a reduced proxy is erased whole (linearly); a whole descriptor not at all
+        face = cfg.erasure.proxy == "face" and cfg.adversary.method == "indirect"
+        cfg.erasure.rank = cfg.model.face_proxy_components if face else 0
+    elif not _is_count(rank):
+        raise ConfigError(f"key 'erasure.rank' must be auto or a count >= 0, got {rank!r}")
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:
@@ -571,9 +583,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.face_encoder == "pretrained" and cfg.adversary.positive_faces == "other_clip":
         raise ConfigError("model.face_encoder=pretrained works with adversary.positive_faces="
                           "own_clip only (the face bank holds frames, not descriptors)")
+    _check_proxy_components(cfg)
     _check_erasure(cfg)
     _check_face_models(cfg)
-    _check_proxy_components(cfg)
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")

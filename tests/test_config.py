@@ -113,11 +113,13 @@ def test_real_data_defaults_resolve_with_no_other_key(tmp_path):
     assert real.data.preprocess.face_embedding == "dlib"
     assert real.model.face_encoder == "pretrained"  # dlib's descriptor is the face proxy
     assert real.model.face_proxy_components == 2  # ... its leading directions across people
+    assert real.erasure.rank == 2  # ... erased from h by LEACE at their full rank
     synthetic = load_config("adversarial", [])
     assert synthetic.data.preprocess.detector == "haar"
     assert synthetic.data.preprocess.face_embedding == "none"
     assert synthetic.model.face_encoder == "identity"
     assert synthetic.model.face_proxy_components == 0
+    assert synthetic.erasure.rank == 0  # the whole face embedding is not erased
     # an explicit choice wins over auto
     chosen = load_config("adversarial", [("data.source", "chalearn"),
                                          ("data.chalearn.root", str(tmp_path)),
@@ -128,9 +130,13 @@ def test_real_data_defaults_resolve_with_no_other_key(tmp_path):
     whole = load_config("adversarial", [("data.source", "chalearn"),
                                         ("data.chalearn.root", str(tmp_path)),
                                         ("model.face_proxy_components", "0")])
-    assert whole.model.face_proxy_components == 0
-    with pytest.raises(ConfigError, match="auto or a count"):
+    assert whole.model.face_proxy_components == 0 and whole.erasure.rank == 0
+    assert load_config("baseline", [("erasure.enabled", "true"),
+                                    ("erasure.rank", "auto")]).erasure.rank == 0
+    with pytest.raises(ConfigError, match="face_proxy_components' must be auto or a count"):
         load_config("adversarial", [("model.face_proxy_components", "two")])
+    with pytest.raises(ConfigError, match="erasure.rank' must be auto or a count"):
+        load_config("adversarial", [("erasure.rank", "true")])
     # the saved config names what ran
     assert "auto" not in (real.data.preprocess.detector, real.data.preprocess.face_embedding,
                           real.model.face_encoder)
