@@ -13,10 +13,10 @@ adversary that removes it removes little. The audit compares, on unseen people:
 * `proxy/chance_retrieval`: what a random neighbour gives;
 * `proxy/setting_share` = (setting - chance) / (proxy - chance), clipped to [0, 1], and
   `proxy/setting_explains` = 1 when it reaches `SETTING_EXPLAINS` (a warning says so);
-* `proxy/singles_out` = 0 when the proxy finds a person's clips far less often than the
-  setting alone (above chance, under `SINGLES_OUT` of it): it then does not tell people
-  apart at all (e.g. `model.face_proxy_components`, a few directions of a face descriptor),
-  so it matches nobody by their setting either, and no warning is due.
+* `proxy/singles_out` = 0 when the proxy finds a person's clips less often than the
+  setting alone does (above chance): it then does not tell people apart as the setting
+  does (e.g. `model.face_proxy_components`, a few directions of a face descriptor), its
+  retrieval is not the setting's, and no warning is due; `leak/proxy` says what it carries.
 
 What the proxy carries of gender and ethnicity is the audit's `proxy` layer
 (`leak/proxy/<attr>/<clip|person>/...`), judged by the same attacker suite as h.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import numpy as np
 
 SETTING_EXPLAINS = 0.8  # the setting alone reaches 80 % of the proxy's retrieval above chance
-SINGLES_OUT = 0.5  # the proxy's retrieval above chance, as a share of the setting's
 # the face box is widened by data.preprocess.face_margin (0.25 a side) before cropping, so the
 # face fills the central ~2/3 of a crop; the ellipse inscribed there is the face's
 FACE_AXES = (0.6, 0.75)  # half-axes (x, y) in crop coordinates [-1, 1]
@@ -80,7 +79,7 @@ def proxy_figures(z: np.ndarray, setting: np.ndarray, person: np.ndarray) -> dic
     setting_r = clip_retrieval(setting, person)
     share = (min(1.0, max(0.0, (setting_r - chance) / (proxy - chance)))
              if proxy > chance else 1.0)
-    singles_out = proxy - chance >= SINGLES_OUT * (setting_r - chance)
+    singles_out = proxy >= setting_r
     return {"proxy/retrieval": proxy, "proxy/setting_retrieval": setting_r,
             "proxy/chance_retrieval": chance, "proxy/setting_share": share,
             "proxy/singles_out": float(singles_out),

@@ -108,12 +108,14 @@ def test_merit_figures_and_the_table():
     runs = {f"adversarial-s{s}": {"leak/fused/gender/clip/bal_acc": v,
                                   "leak/fused/gender/person/bal_acc": 1.0,
                                   "fair/gender/dp_ratio": 0.5 + 0.1 * s,
-                                  "realface/pearson_merit": 0.4, "test/pearson": 0.6}
+                                  "realface/pearson_merit": 0.4, "test/pearson": 0.6,
+                                  "erase/kept_variance": 0.9 - 0.1 * s}
             for s, v in enumerate((0.9, 0.8, 0.7))}
     md = rfrun.table(runs, None)
     row = next(line for line in md.splitlines() if line.startswith("| adversarial"))
     assert "| 3 |" in row and "0.800 ± 0.100 (0.900) / 1.000 ± 0.000 (1.000)" in row
     assert "0.600 ± 0.100 (0.500)" in row  # DP ratio: the worst seed is the lowest
+    assert row.endswith("| 0.800 ± 0.100 (0.700) |")  # kept variance of h, the lowest worst
 
 
 def test_a_run_is_the_command_a_user_types(tmp_path):
@@ -181,3 +183,22 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
     other = rfrun.train_keys("adversarial", 0, corpus, out, ["adversary.weight=0.5"])
     differ = rfrun.stale_settings("adversarial", run_dir, other)
     assert len(differ) == 1 and differ[0].startswith("adversary.weight: 0.15 -> 0.5")
+
+
+def test_the_label_reference_gives_the_dp_ratio_a_merit_faithful_score_reaches():
+    """On few test people the true merit itself may favour a group in the top 30 %: the
+    reference says what DP ratio a score equal to merit (or to the label) would have."""
+    truth = {}
+    for p in range(40):
+        for k in range(2):
+            man = p % 2
+            merit = (1.0 if man else 0.0) + 0.01 * p  # the men lead on merit here
+            truth[f"p{p}c{k}"] = {"person": f"p{p}", "gender": str(man),
+                                  "merit_clip": str(merit), "merit": str(merit),
+                                  "label": str(merit + 0.1 * k)}
+    test = [c for c in truth if int(truth[c]["person"][1:]) >= 20]
+    ref = rfrun.label_reference(test, truth)
+    assert ref["merit/gender_dp_ratio"] == 0.0 and ref["label/gender_dp_ratio"] == 0.0
+    assert ref["label/pearson_merit"] > 0.9
+    md = rfrun.table({}, ref)
+    assert "with the true merit as the score 0.000" in md

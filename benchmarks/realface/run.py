@@ -108,6 +108,16 @@ def label_reference(test_clips: list[str], truth: dict[str, dict], seed: int = 0
     out = {f"label/gender/{lv}/bal_acc": res.leak[lv].bal_acc for lv in LEVELS if lv in res.leak}
     out["label/pearson_merit"] = pearson([float(truth[c]["label"]) for c in ev],
                                          [float(truth[c]["merit_clip"]) for c in ev])
+    # what the invite decision's DP ratio is when the true merit (or the label) is the score:
+    # a score faithful to merit cannot do better on these few people
+    from fair_lightning.fairness import output_fairness
+
+    gender = np.array([int(truth[c]["gender"]) for c in ev])
+    labels = np.array([float(truth[c]["label"]) for c in ev])
+    for name in ("merit_clip", "label"):
+        score = np.array([float(truth[c][name]) for c in ev])
+        fair = output_fairness(score, labels, gender, top_q=0.3, num_groups=2)
+        out[f"{name.split('_')[0]}/gender_dp_ratio"] = fair["dp_ratio"]
     return out
 
 
@@ -117,6 +127,7 @@ def run_settings(run_dir: Path) -> dict[str, str]:
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     return {"config/face_encoder": str(cfg.model.face_encoder),
+            "config/face_proxy_components": int(cfg.model.get("face_proxy_components", 0)),
             "config/detector": str(cfg.data.preprocess.detector),
             "config/speaker_norm": str(cfg.data.get("speaker_norm", "none")),
             "config/erasure": (f"rank {cfg.erasure.rank}, residual {cfg.erasure.residual}, "
@@ -141,7 +152,7 @@ def table(results: dict[str, dict], reference: dict | None) -> str:
     layers = [la for la in LAYERS
               if any(f"leak/{la}/gender/clip/bal_acc" in r for r in results.values())]
     head = ["run", "seeds"] + [f"gender `{la}` clip / person" for la in layers] + [
-        "gender DP ratio", "r(score, merit)", "test r(label)"]
+        "gender DP ratio", "r(score, merit)", "test r(label)", "kept variance of h"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, rs in by_run.items():
         row = [run, str(len(rs))]
@@ -150,20 +161,26 @@ def table(results: dict[str, dict], reference: dict | None) -> str:
                                          for r in rs]) for lv in LEVELS))
         row += [_stat([r.get("fair/gender/dp_ratio", math.nan) for r in rs], min),
                 _stat([r.get("realface/pearson_merit", math.nan) for r in rs], min),
-                _stat([r.get("test/pearson", math.nan) for r in rs], min)]
+                _stat([r.get("test/pearson", math.nan) for r in rs], min),
+                _stat([r.get("erase/kept_variance", math.nan) for r in rs], min)]
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines) + "\n"
     if reference:
         out += ("\nThe label itself on the same test clips: gender read from the label "
                 f"{reference.get('label/gender/clip/bal_acc', math.nan):.3f} (clip) / "
                 f"{reference.get('label/gender/person/bal_acc', math.nan):.3f} (person), "
-                f"r(label, merit) {reference['label/pearson_merit']:.3f}.\n")
+                f"r(label, merit) {reference['label/pearson_merit']:.3f}. Gender DP ratio of "
+                f"the invite decision (top 30 %) with the true merit as the score "
+                f"{reference.get('merit/gender_dp_ratio', math.nan):.3f}, with the label "
+                f"{reference.get('label/gender_dp_ratio', math.nan):.3f}.\n")
     proxy = [(n, r) for n, r in results.items() if "proxy/retrieval" in r]
     if proxy:
-        out += ("\n| run | proxy | retrieval | setting-only retrieval | gender from proxy |\n"
-                "|---|---|---|---|---|\n")
+        out += ("\n| run | proxy | directions | retrieval | setting-only retrieval | "
+                "gender from proxy |\n|---|---|---|---|---|---|\n")
         for n, r in proxy:
-            out += (f"| {n} | {r.get('config/face_encoder', '?')} | {r['proxy/retrieval']:.3f} | "
+            k = r.get("config/face_proxy_components", 0)
+            out += (f"| {n} | {r.get('config/face_encoder', '?')} | {k or 'all'} | "
+                    f"{r['proxy/retrieval']:.3f} | "
                     f"{r.get('proxy/setting_retrieval', math.nan):.3f} | "
                     f"{r.get('leak/proxy/gender/clip/bal_acc', math.nan):.3f} |\n")
     out += ("\nBalanced accuracy of the strongest attacker the audit selects, on test people "
