@@ -680,7 +680,12 @@ def _check_subset(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
                           f"{allowed}, got {values}")
 
 
-def config_from_argv(argv: list[str] | None = None, default_experiment: str = "baseline"):
+# the experiment every entry point runs when none is named (`make train` too)
+DEFAULT_EXPERIMENT = "adversarial"
+
+
+def config_from_argv(argv: list[str] | None = None,
+                     default_experiment: str = DEFAULT_EXPERIMENT):
     experiment, pairs = parse_overrides(sys.argv[1:] if argv is None else argv)
     return load_config(experiment or default_experiment, pairs)
 

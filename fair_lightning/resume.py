@@ -238,7 +238,8 @@ def record_start(run_dir: Path, ckpt: Path | None) -> dict:
     if "wandb_id" not in record:
         from wandb.sdk.lib.runid import generate_id
 
-        record["wandb_id"] = generate_id()
+        # a sweep agent names the trial's run (W&B ignores any other id inside a sweep)
+        record["wandb_id"] = os.environ.get("WANDB_RUN_ID") or generate_id()
         record["starts"] = []
     record["starts"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "resumed_from": str(ckpt) if ckpt else None,

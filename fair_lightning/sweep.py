@@ -4,9 +4,15 @@ sweep engine (the `sweeps` package: grid, random, bayes), with the same YAML.
     python -m fair_lightning.sweep experiments/sweeps/adversarial_grid.yaml [--count N]
         [--name NAME] [--args "key=value ..."] [--offline] [--sweep-id ID | --create-only]
 
-Online, the sweep is created on the server (`--args` become fixed parameters of it) and
-this process is one `wandb agent`; `--create-only` prints the id for other agents, which
-join with `--sweep-id` (a job array: experiments/cluster/sweep.sbatch).
+Online, the sweep is created on the server (`--args` become fixed parameters of it) in
+`--project` (default: the YAML's `project`, else `logger.wandb.project`) and this process is
+one `wandb agent`; `--create-only` prints the id for other agents, which join with
+`--sweep-id` (a job array: experiments/cluster/sweep.sbatch). The `wandb` command run is the
+one installed beside this interpreter (a virtualenv's `bin/`, which `make` and `sbatch` do
+not put on PATH), and the agent's trials run this interpreter: W&B's agent expands
+`${interpreter}` to a bare `python` looked up on PATH, so this interpreter's folder goes
+first on the agent's PATH. Trials are grouped under the sweep's name (`WANDB_RUN_GROUP`),
+and each run records the id the agent gave it (`WANDB_RUN_ID`) in its run.json.
 
 Offline, every trial is a subprocess running the YAML's `command` (with `${args_no_hyphens}`
 and friends filled in as W&B's agent does) in `runs/sweeps/<name>/trial-NNN/`, its W&B run
@@ -23,6 +29,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -200,8 +207,49 @@ def with_fixed_args(cfg: dict, extra: list[str]) -> dict:
     return {**cfg, "parameters": params}
 
 
+def wandb_command() -> str:
+    """The `wandb` executable installed beside this interpreter (a virtualenv's bin/), else
+    the one on PATH."""
+    own = Path(sys.executable).parent / "wandb"
+    if own.is_file() and os.access(own, os.X_OK):
+        return str(own)
+    found = shutil.which("wandb")
+    if found is None:
+        raise ValueError(f"no `wandb` command beside {sys.executable} or on PATH: install "
+                         "wandb into this environment (pip install wandb)")
+    return found
+
+
+def interpreter_dir(shim_root: Path) -> Path:
+    """A folder whose `python` is this interpreter: its own folder when its `python` is
+    it (a virtualenv), else a shim written under `shim_root`."""
+    own = Path(sys.executable).parent
+    if (own / "python").resolve() == Path(sys.executable).resolve():
+        return own
+    shim = shim_root / ".interpreter"
+    shim.mkdir(parents=True, exist_ok=True)
+    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n'
+    atomic_write(shim / "python", lambda p: (p.write_text(text), p.chmod(0o755)))
+    return shim
+
+
+def agent_env(name: str, shim_root: Path) -> dict[str, str]:
+    """The environment `wandb agent` runs with: the trials' `python` is this interpreter,
+    and their W&B runs are grouped under the sweep's name."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(interpreter_dir(shim_root)), env.get("PATH", "")])
+    env.setdefault("WANDB_RUN_GROUP", name)
+    return env
+
+
+def project_args(project: str | None, entity: str | None) -> list[str]:
+    return ([f"--project={project}"] if project else []) + (
+        [f"--entity={entity}"] if entity else [])
+
+
 def create_online(sweep_file: Path, cfg: dict, extra: list[str], runs_root: Path,
-                  name: str) -> str | None:
+                  name: str, project: str | None = None,
+                  entity: str | None = None) -> str | None:
     """Create the sweep on the server; returns its `entity/project/id` (None on failure)."""
     import yaml
 
@@ -210,7 +258,8 @@ def create_online(sweep_file: Path, cfg: dict, extra: list[str], runs_root: Path
         sweep_file.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(with_fixed_args(cfg, extra), sort_keys=False)
         atomic_write(sweep_file, lambda p: p.write_text(text))
-    out = subprocess.run(["wandb", "sweep", str(sweep_file)], capture_output=True, text=True)
+    out = subprocess.run([wandb_command(), "sweep", *project_args(project, entity),
+                          str(sweep_file)], capture_output=True, text=True)
     text = out.stdout + out.stderr
     ids = [w for line in text.splitlines() if "wandb agent" in line
            for w in line.split("wandb agent", 1)[1].split()[:1]]
@@ -220,9 +269,24 @@ def create_online(sweep_file: Path, cfg: dict, extra: list[str], runs_root: Path
     return ids[0]
 
 
-def run_agent(sweep_id: str, count: int | None) -> int:
-    agent = ["wandb", "agent", sweep_id] + (["--count", str(count)] if count else [])
-    return subprocess.call(agent)
+def run_agent(sweep_id: str, count: int | None, *, name: str, runs_root: Path,
+              project: str | None = None, entity: str | None = None) -> int:
+    # a full entity/project/id names its project; a bare id is looked up in --project
+    where = [] if sweep_id.count("/") == 2 else project_args(project, entity)
+    agent = [wandb_command(), "agent", *where, sweep_id] + (
+        ["--count", str(count)] if count else [])
+    print(f"[{name}] {shlex.join(agent)}", flush=True)
+    return subprocess.call(agent, env=agent_env(name, runs_root / name))
+
+
+def sweep_project(cfg: dict, project: str | None, entity: str | None):
+    """(project, entity) of an online sweep: the command line, else the sweep file, else the
+    experiment defaults (`logger.wandb`)."""
+    from fair_lightning.config import load_config
+
+    w = load_config("baseline", []).logger.wandb  # logger defaults live in base.yaml
+    return (project or cfg.get("project") or w.project,
+            entity or cfg.get("entity") or w.entity)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/sweeps"), help="offline root")
     p.add_argument("--sweep-id", default=None,
                    help="online: join this existing sweep (entity/project/id) as an agent")
+    p.add_argument("--project", default=None, help="online: the W&B project (default: the "
+                   "sweep file's 'project', else logger.wandb.project)")
+    p.add_argument("--entity", default=None, help="online: the W&B entity (default: the "
+                   "sweep file's 'entity', else logger.wandb.entity)")
     p.add_argument("--create-only", action="store_true",
                    help="online: create the sweep, print its id and exit (agents join it "
                         "with --sweep-id, e.g. one per task of a job array)")
@@ -260,17 +328,20 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --args cannot change a sweep that exists on the server; give them "
                   "when creating it", file=sys.stderr)
             return 2
+        project, entity = sweep_project(cfg, a.project, a.entity)
         try:
-            sweep_id = a.sweep_id or create_online(a.sweep, cfg, extra, a.runs, name)
+            sweep_id = a.sweep_id or create_online(a.sweep, cfg, extra, a.runs, name,
+                                                   project, entity)
+            if sweep_id is None:
+                return 2
+            if a.create_only:
+                print(f"sweep id: {sweep_id}")
+                return 0
+            return run_agent(sweep_id, a.count, name=name, runs_root=a.runs,
+                             project=project, entity=entity)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        if sweep_id is None:
-            return 2
-        if a.create_only:
-            print(f"sweep id: {sweep_id}")
-            return 0
-        return run_agent(sweep_id, a.count)
     done = run_offline(a.sweep, cfg, name=name, count=a.count, extra=extra,
                        runs_root=a.runs)
     failed = [t["name"] for t in done if t["state"] != "finished"]

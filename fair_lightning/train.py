@@ -17,7 +17,13 @@ from fair_lightning.runtime import quiet_warnings, set_offline_env, start_cli
 
 set_offline_env()
 
-from fair_lightning.config import ConfigError, available_experiments, config_from_argv, save_config  # noqa: E402
+from fair_lightning.config import (  # noqa: E402
+    DEFAULT_EXPERIMENT,
+    ConfigError,
+    available_experiments,
+    config_from_argv,
+    save_config,
+)
 
 HELP = f"""usage: python -m fair_lightning.train experiment=NAME [key=value ...]
 
@@ -26,7 +32,7 @@ trainer.test_checkpoint (the last one by default), probes its representations fo
 gender/ethnicity and writes a run directory (a new one: an existing run's is refused,
 unless resume continues it).
 
-  experiment=NAME     one of: {', '.join(available_experiments())} (default: baseline)
+  experiment=NAME     one of: {', '.join(available_experiments())} (default: {DEFAULT_EXPERIMENT})
   key=value           any dotted key of experiments/base.yaml, e.g.
                         trainer.max_epochs=5 adversary.weight=2 data.batch_size=64
                         output_dir=runs/mine logger.wandb.mode=disabled

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -7,6 +9,8 @@ from fair_lightning.config import (
     load_config,
     parse_overrides,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_experiment_files_override_base():
@@ -152,3 +156,15 @@ def test_a_real_data_run_without_dlib_stops_with_the_install_line(tmp_path, monk
         load_config("adversarial", [("data.source", "chalearn"),
                                     ("data.chalearn.root", str(tmp_path))])
     load_config("adversarial", [])  # synthetic data needs no dlib
+
+
+def test_one_default_experiment_for_every_entry_point():
+    """`python -m fair_lightning.train` with no experiment runs what `make train` runs."""
+    import re
+
+    from fair_lightning.config import DEFAULT_EXPERIMENT, config_from_argv
+
+    make_default = re.search(r"^EXP\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert make_default and make_default.group(1) == DEFAULT_EXPERIMENT == "adversarial"
+    assert config_from_argv(["seed=3"]).experiment == DEFAULT_EXPERIMENT
+    assert config_from_argv(["experiment=baseline"]).experiment == "baseline"

@@ -180,3 +180,102 @@ def test_online_settings_become_fixed_parameters_and_need_a_login(tmp_path, caps
     assert main([sweep, "--sweep-id", "me/proj/abc", "--runs", str(tmp_path)]) == 2
     assert "need a W&B login" in capsys.readouterr().err
     assert not any(tmp_path.glob("*/trial-*"))
+
+
+# ------------------------------------------------------------------ online, with a stand-in
+STANDIN = '''#!{python}
+"""A stand-in `wandb`: records what it is asked and the environment it gets; `sweep` prints
+the server's answer, `agent` starts a trial's interpreter the way W&B's agent does
+(`/usr/bin/env python`) and records which one ran."""
+import json, os, subprocess, sys
+rec = {{"argv": sys.argv[1:], "path": os.environ["PATH"],
+        "group": os.environ.get("WANDB_RUN_GROUP")}}
+if sys.argv[1] == "sweep":
+    print("wandb: Run sweep agent with: wandb agent ent/proj/abc123")
+elif sys.argv[1] == "agent":
+    rec["trial_interpreter"] = subprocess.run(
+        ["/usr/bin/env", "python", "-c", "import sys; print(sys.executable)"],
+        capture_output=True, text=True, check=True).stdout.strip()
+with open(os.environ["STANDIN_LOG"], "a") as f:
+    f.write(json.dumps(rec) + "\\n")
+'''
+
+
+@pytest.fixture(scope="module")
+def user_venv(tmp_path_factory):
+    """A virtualenv as a user's (its bin/ not on PATH), seeing this project's packages, with
+    the stand-in as its `wandb`."""
+    import site
+
+    venv = tmp_path_factory.mktemp("user") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    packages = next(Path(p) for p in site.getsitepackages() if p.endswith("site-packages"))
+    own = next((venv / "lib").glob("python*/site-packages"))
+    (own / "project.pth").write_text(f"import site; site.addsitedir({str(packages)!r})\n")
+    wandb = venv / "bin" / "wandb"
+    wandb.write_text(STANDIN.format(python=sys.executable))
+    wandb.chmod(0o755)
+    (venv / ".installed").touch()  # newer than pyproject.toml: make installs nothing
+    return venv
+
+
+def _online_env(tmp_path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    # a login without the network: the stand-in answers for the server
+    env.update(WANDB_API_KEY="x" * 40, HOME=str(tmp_path), STANDIN_LOG=str(tmp_path / "log"),
+               **extra)
+    return env
+
+
+def _calls(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+
+
+def test_make_sweep_online_runs_the_venv_wandb_and_pins_the_trial_interpreter(
+        tmp_path, user_venv):
+    out = subprocess.run(["make", "--no-print-directory", "sweep", f"VENV={user_venv}",
+                          "SWEEP=experiments/sweeps/adversarial_grid.yaml", "COUNT=1"],
+                         cwd=ROOT, env=_online_env(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    sweep, agent = _calls(tmp_path)
+    assert sweep["argv"] == ["sweep", "--project=fair_lightning",
+                             "experiments/sweeps/adversarial_grid.yaml"]
+    assert agent["argv"] == ["agent", "ent/proj/abc123", "--count", "1"]
+    # W&B's agent runs `/usr/bin/env python`: the user's venv interpreter, not the system's
+    assert agent["trial_interpreter"] == str(user_venv / "bin" / "python")
+    assert agent["path"].split(os.pathsep)[0] == str(user_venv / "bin")
+    assert agent["group"] == "adversarial_grid"
+
+
+def test_sbatch_agents_join_a_sweep_by_id_with_the_venv(tmp_path, user_venv):
+    env = _online_env(tmp_path, PYTHON=str(user_venv / "bin" / "python"), COUNT="2",
+                      SWEEP="experiments/sweeps/adversarial_bayes.yaml",
+                      SWEEP_ID="ent/proj/xyz789", SLURM_SUBMIT_DIR=str(ROOT))
+    out = subprocess.run(["bash", "experiments/cluster/sweep.sbatch"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (agent,) = _calls(tmp_path)
+    assert agent["argv"] == ["agent", "ent/proj/xyz789", "--count", "2"]
+    assert agent["trial_interpreter"] == str(user_venv / "bin" / "python")
+    assert agent["group"] == "adversarial_bayes"
+
+
+def test_a_bare_sweep_id_is_looked_up_in_the_project(tmp_path, user_venv):
+    env = _online_env(tmp_path)
+    out = subprocess.run([str(user_venv / "bin" / "python"), "-m", "fair_lightning.sweep",
+                          "experiments/sweeps/adversarial_grid.yaml", "--sweep-id", "abc123",
+                          "--project", "hiring", "--entity", "lab"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (agent,) = _calls(tmp_path)
+    assert agent["argv"] == ["agent", "--project=hiring", "--entity=lab", "abc123"]
+
+
+def test_a_trial_records_the_run_id_its_agent_gave(tmp_path, monkeypatch):
+    from fair_lightning.resume import record_start
+
+    monkeypatch.setenv("WANDB_RUN_ID", "agent42")
+    assert record_start(tmp_path, None)["wandb_id"] == "agent42"
+    monkeypatch.delenv("WANDB_RUN_ID")
+    (tmp_path / "other").mkdir()
+    assert record_start(tmp_path / "other", None)["wandb_id"] not in ("agent42", "")
