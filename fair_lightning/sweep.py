@@ -52,7 +52,12 @@ def load_sweep(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read the sweep file: {e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from sweeps import schema_violations_from_proposed_config
+        try:
+            from sweeps import schema_violations_from_proposed_config
+        except ImportError:
+            raise ValueError("sweep files are checked, and offline sweeps run, by W&B's own "
+                             "sweep engine, which is not installed: `pip install "
+                             "'fair_lightning[sweeps]'`") from None
 
         # run_cap is the server's field (the local engine's schema lacks it); honoured here
         bad = schema_violations_from_proposed_config(

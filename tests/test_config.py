@@ -152,7 +152,7 @@ def test_a_real_data_run_without_dlib_stops_with_the_install_line(tmp_path, monk
     find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "dlib" else find(name, *a))
-    with pytest.raises(ConfigError, match=r"dlib is not installed: `pip install dlib-bin"):
+    with pytest.raises(ConfigError, match=r"dlib is not installed: `pip install .fair_lightning\[faces\]."):
         load_config("adversarial", [("data.source", "chalearn"),
                                     ("data.chalearn.root", str(tmp_path))])
     load_config("adversarial", [])  # synthetic data needs no dlib

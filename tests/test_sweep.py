@@ -279,3 +279,11 @@ def test_a_trial_records_the_run_id_its_agent_gave(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_RUN_ID")
     (tmp_path / "other").mkdir()
     assert record_start(tmp_path / "other", None)["wandb_id"] not in ("agent42", "")
+
+
+def test_without_the_sweep_engine_a_sweep_stops_with_the_install_line(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setitem(sys.modules, "sweeps", None)  # as if not installed
+    assert main([str(ROOT / "experiments" / "sweeps" / "adversarial_grid.yaml"),
+                 "--offline", "--runs", str(tmp_path)]) == 2
+    assert "pip install 'fair_lightning[sweeps]'" in capsys.readouterr().err

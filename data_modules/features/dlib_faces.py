@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-INSTALL_HINT = "pip install dlib-bin face-recognition-models"
+INSTALL_HINT = "pip install 'fair_lightning[faces]'"  # dlib-bin, face-recognition-models
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 RECOGNITION_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 CHIP_SIZE = 150  # the descriptor network's fixed input size

@@ -148,17 +148,17 @@ def test_same_face_under_crops_and_flips_stays_one_identity(detector, encoder, h
 def test_missing_dlib_raises_with_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` raise ImportError
     for cls in (DlibDetector, DlibFaceEncoder):
-        with pytest.raises(RuntimeError, match="pip install dlib-bin face-recognition-models"):
+        with pytest.raises(RuntimeError, match=r"pip install .fair_lightning\[faces\]."):
             cls()
 
 
 def test_missing_model_files_raise_with_install_hint(monkeypatch, tmp_path):
-    with pytest.raises(RuntimeError, match="pip install dlib-bin face-recognition-models"):
+    with pytest.raises(RuntimeError, match=r"pip install .fair_lightning\[faces\]."):
         DlibFaceEncoder(shape_predictor_path=tmp_path / "absent.dat")
     monkeypatch.setitem(sys.modules, "face_recognition_models", None)  # package not findable
     with pytest.raises(RuntimeError, match="face-recognition-models"):
         dlib_faces.default_model_dir()
-    with pytest.raises(RuntimeError, match="pip install dlib-bin face-recognition-models"):
+    with pytest.raises(RuntimeError, match=r"pip install .fair_lightning\[faces\]."):
         DlibFaceEncoder()
 
 
