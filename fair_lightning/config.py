@@ -1,4 +1,4 @@
-"""Experiment configuration: `experiments/base.yaml` + `experiments/<exp>.yaml` + overrides.
+"""Experiment configuration: `fair_lightning/experiments/base.yaml` + `fair_lightning/experiments/<exp>.yaml` + overrides.
 
 Everything is validated against the structured schema below, so an unknown key or a wrong
 type fails early with a message that names the key. Defaults live in `base.yaml` (with a
@@ -19,7 +19,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from data_modules.sources import SOURCES
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"  # package data: ships in the wheel
 
 
 class ConfigError(ValueError):
@@ -355,18 +355,29 @@ def _yaml_file(path: Path) -> DictConfig:
 def load_config(
     experiment: str, overrides: list[tuple[str, str]] | None = None
 ) -> DictConfig:
-    """Merge base + experiment + overrides and validate. Returns a read-only config."""
+    """Merge base + experiment + overrides and validate. Returns a read-only config.
+
+    `experiment`: a name of the packaged experiments, or the path of a YAML file of your own
+    (`*.yaml`), which overrides base.yaml as a packaged one does; its stem names the run."""
+    path = experiment_file(experiment)
+    schema = OmegaConf.structured(ExperimentConfig)
+    cfg = _merge(schema, _yaml_file(EXPERIMENTS_DIR / "base.yaml"), "base.yaml")
+    cfg = _merge(cfg, _yaml_file(path), str(path))
+    cfg.experiment = path.stem
+    return _finish(cfg, schema, overrides)
+
+
+def experiment_file(experiment: str) -> Path:
+    if experiment.endswith((".yaml", ".yml")):
+        path = Path(experiment).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"experiment file not found: {path}")
+        return path
     names = available_experiments()
     if experiment not in names:
-        raise ConfigError(
-            f"unknown experiment '{experiment}'; available: {', '.join(names)}"
-        )
-    schema = OmegaConf.structured(ExperimentConfig)
-    cfg = _merge(schema, _yaml_file(EXPERIMENTS_DIR / "base.yaml"), "experiments/base.yaml")
-    cfg = _merge(cfg, _yaml_file(EXPERIMENTS_DIR / f"{experiment}.yaml"),
-                 f"experiments/{experiment}.yaml")
-    cfg.experiment = experiment
-    return _finish(cfg, schema, overrides)
+        raise ConfigError(f"unknown experiment '{experiment}'; available: {', '.join(names)}, "
+                          "or the path of a .yaml file")
+    return EXPERIMENTS_DIR / f"{experiment}.yaml"
 
 
 def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None) -> DictConfig:
@@ -376,7 +387,7 @@ def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None)
         raise ConfigError(f"config file not found: {path}")
     schema = OmegaConf.structured(ExperimentConfig)
     # keys added since the run was made take today's defaults
-    base = _merge(schema, _yaml_file(EXPERIMENTS_DIR / "base.yaml"), "experiments/base.yaml")
+    base = _merge(schema, _yaml_file(EXPERIMENTS_DIR / "base.yaml"), "base.yaml")
     return _finish(_merge(base, _yaml_file(path), str(path)), schema, overrides)
 
 

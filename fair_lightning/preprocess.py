@@ -29,7 +29,7 @@ training streams. Each clip is cached on its own: a killed run resumes where it 
   data.source=manifest data.manifest.path=CSV   your own clips (README "Your own data")
   data.preprocess.workers=N                     clip-parallel processes (0 = all cores)
   data.preprocess.detector=haar|dlib            face detector
-  any other data.* key of experiments/base.yaml
+  any other data.* key of fair_lightning/experiments/base.yaml
 
 Writes report.md / report.json / skipped.csv next to the cached clips (their path is
 printed): clips used and skipped by reason, and seconds per stage. The last line printed is

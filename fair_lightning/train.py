@@ -2,7 +2,7 @@
 
     python -m fair_lightning.train experiment=<name> [key=value ...]
 
-Overrides use dotted keys from experiments/base.yaml (`--key=value` works too, as the W&B
+Overrides use dotted keys from fair_lightning/experiments/base.yaml (`--key=value` works too, as the W&B
 agent passes them). The last line printed is `run dir: <path>`.
 """
 
@@ -32,8 +32,9 @@ trainer.test_checkpoint (the last one by default), probes its representations fo
 gender/ethnicity and writes a run directory (a new one: an existing run's is refused,
 unless resume continues it).
 
-  experiment=NAME     one of: {', '.join(available_experiments())} (default: {DEFAULT_EXPERIMENT})
-  key=value           any dotted key of experiments/base.yaml, e.g.
+  experiment=NAME     one of: {', '.join(available_experiments())} (default: {DEFAULT_EXPERIMENT}),
+                      or path/to/yours.yaml (keys of base.yaml it changes; its stem names it)
+  key=value           any dotted key of fair_lightning/experiments/base.yaml, e.g.
                         trainer.max_epochs=5 adversary.weight=2 data.batch_size=64
                         output_dir=runs/mine logger.wandb.mode=disabled
   --key=value         same, as passed by a W&B sweep agent

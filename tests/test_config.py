@@ -168,3 +168,18 @@ def test_one_default_experiment_for_every_entry_point():
     assert make_default and make_default.group(1) == DEFAULT_EXPERIMENT == "adversarial"
     assert config_from_argv(["seed=3"]).experiment == DEFAULT_EXPERIMENT
     assert config_from_argv(["experiment=baseline"]).experiment == "baseline"
+
+
+def test_an_experiment_file_of_ones_own(tmp_path):
+    own = tmp_path / "quick.yaml"
+    own.write_text("adversary:\n  method: indirect\n  weight: 0.5\n")
+    cfg = load_config(str(own), [("trainer.max_epochs", "2")])
+    assert cfg.experiment == "quick" and cfg.adversary.weight == 0.5
+    assert cfg.trainer.max_epochs == 2 and cfg.model.fused_dim == 32  # the rest from base
+    with pytest.raises(ConfigError, match="experiment file not found: .*missing.yaml"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="nope.yaml: unknown key 'adversary.wieght'"):
+        (tmp_path / "nope.yaml").write_text("adversary:\n  wieght: 1\n")
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="or the path of a .yaml file"):
+        load_config("adversarial_typo")
