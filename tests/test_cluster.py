@@ -4,6 +4,7 @@ its tasks on this machine with the SLURM_* variables srun sets: 2 tasks are 2 DD
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ SBATCH = ROOT / "experiments" / "cluster" / "train.sbatch"
 
 SRUN = """#!/bin/sh
 # srun on one machine: SLURM_NTASKS copies of the command, numbered as srun numbers them
+while [ "${1#-}" != "$1" ]; do shift; done  # srun's own options
 i=0; pids=""
 while [ "$i" -lt "$SLURM_NTASKS" ]; do
   SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 "$@" > "$SRUN_LOGS/task-$i.log" 2>&1 &
@@ -116,3 +118,30 @@ def test_a_requeued_two_rank_job_continues_exactly(tmp_path):
               and not _same(full[k], resumed.get(k))}
     assert not differ, differ
     assert resumed["train/resumes"] == 1
+
+
+def test_sbatch_kills_the_job_on_a_bad_rank_and_feeds_the_loader_its_cpus(tmp_path):
+    """What the script asks of srun: --kill-on-bad-exit, and loader workers from
+    --cpus-per-task (one CPU left to the training process); ARGS still wins."""
+    (tmp_path / "bin").mkdir()
+    record = tmp_path / "srun.txt"
+    srun = tmp_path / "bin" / "srun"
+    srun.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    srun.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+           "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "7",
+           "SLURM_NTASKS_PER_NODE": "4", "SLURM_CPUS_PER_TASK": "8"}
+    subprocess.run(["bash", str(SBATCH)], env=env, cwd=tmp_path, check=True,
+                   capture_output=True)
+    argv = record.read_text().splitlines()
+    assert argv[0] == "--kill-on-bad-exit=1"
+    assert "data.num_workers=7" in argv and "trainer.devices=4" in argv
+    env["ARGS"] = "data.num_workers=2"  # a later key=value wins
+    subprocess.run(["bash", str(SBATCH)], env=env, cwd=tmp_path, check=True,
+                   capture_output=True)
+    argv = record.read_text().splitlines()
+    assert argv.index("data.num_workers=2") > argv.index("data.num_workers=7")
+    del env["SLURM_CPUS_PER_TASK"]
+    subprocess.run(["bash", str(SBATCH)], env=env, cwd=tmp_path, check=True,
+                   capture_output=True)
+    assert "data.num_workers=0" in record.read_text().splitlines()
