@@ -190,11 +190,6 @@ def preflight(cfg, run_dir: Path) -> None:
     resolve_wandb_mode(cfg.logger.wandb.mode)
 
 
-def world_size(cfg) -> int:
-    """Processes the run will have (DDP ranks)."""
-    return cfg.trainer.devices * cfg.trainer.num_nodes
-
-
 def resume_point(cfg, run_dir: Path, rank0: bool) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to continue from (None: start at step 0).
     Rank 0 checks that the resume continues the same run; the other ranks, which may start
@@ -219,11 +214,9 @@ def resume_point(cfg, run_dir: Path, rank0: bool) -> tuple[Path, Path | None]:
     return run_dir, ckpt
 
 
-def start_record(run_dir: Path, ckpt: Path | None,
-                 world: int | None = None) -> tuple[str, int | None]:
+def start_record(run_dir: Path, ckpt: Path | None) -> tuple[str, int | None]:
     """Record this start in run.json. Returns the W&B run id, and for a resumed start the
-    CSV rows written before its checkpoint. A checkpoint written by another number of
-    processes than `world` is refused first: each rank's state is restored to its rank."""
+    CSV rows written before its checkpoint."""
     import torch
 
     from fair_lightning.resume import CSV_ROWS_KEY, RESUME_KEY, record_start
@@ -231,12 +224,6 @@ def start_record(run_dir: Path, ckpt: Path | None,
     rows = None
     if ckpt is not None:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-        wrote = len(saved.get(RESUME_KEY, {}).get("ranks", []))
-        if world and wrote and wrote != world:
-            raise ConfigError(f"resume: {ckpt} was written by {wrote} process(es) and this run "
-                              f"has {world} (trainer.devices x trainer.num_nodes): an exact "
-                              f"resume restores each rank's own state, so run it with {wrote} "
-                              "again, or start a new run")
         if RESUME_KEY not in saved:
             log.warning("%s was written before exact resume existed: weights, optimizers and "
                         "counters are restored, RNG states, banks and queues are not", ckpt)
@@ -371,7 +358,7 @@ def run(cfg) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").is_file():  # a resumed run keeps its own
             save_config(cfg, run_dir / "config.yaml")
-        wandb_id, csv_rows = start_record(run_dir, ckpt, world_size(cfg))
+        wandb_id, csv_rows = start_record(run_dir, ckpt)
     # after the data: generating it (first run) draws from the global RNGs, reading it
     # does not, and both runs must train alike
     L.seed_everything(cfg.seed, workers=True, verbose=False)
