@@ -333,3 +333,15 @@ def test_progress_bar_follows_the_terminal(monkeypatch):
     assert progress_bar_on(False) is False
     with pytest.raises(ConfigError, match="true, false or auto"):
         load_config("baseline", [("trainer.enable_progress_bar", "sometimes")])
+
+
+def test_a_resume_with_another_process_count_is_refused_before_any_work(tmp_path):
+    """The process count is trainer.devices x trainer.num_nodes, both settings of the run:
+    a resume that changes either is refused with the key, as any other change is."""
+    from fair_lightning.resume import ResumeError, plan
+
+    run_dir = _saved_run(tmp_path)
+    with pytest.raises(ResumeError, match=r"trainer.devices: 1 -> 2"):
+        plan(_cfg(tmp_path, resume="auto", **{"trainer.devices": "2"}), run_dir)
+    with pytest.raises(ResumeError, match=r"trainer.num_nodes: 1 -> 2"):
+        plan(_cfg(tmp_path, resume="auto", **{"trainer.num_nodes": "2"}), run_dir)
