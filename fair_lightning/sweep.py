@@ -234,7 +234,12 @@ def interpreter_dir(shim_root: Path) -> Path:
     shim = shim_root / ".interpreter"
     shim.mkdir(parents=True, exist_ok=True)
     text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n'
-    atomic_write(shim / "python", lambda p: (p.write_text(text), p.chmod(0o755)))
+
+    def write(path: Path) -> None:
+        path.write_text(text)
+        path.chmod(0o755)
+
+    atomic_write(shim / "python", write)
     return shim
 
 
@@ -287,9 +292,11 @@ def run_agent(sweep_id: str, count: int | None, *, name: str, runs_root: Path,
 def sweep_project(cfg: dict, project: str | None, entity: str | None):
     """(project, entity) of an online sweep: the command line, else the sweep file, else the
     experiment defaults (`logger.wandb`)."""
-    from fair_lightning.config import load_config
+    from omegaconf import OmegaConf
 
-    w = load_config("baseline", []).logger.wandb  # logger defaults live in base.yaml
+    from fair_lightning.config import EXPERIMENTS_DIR
+
+    w = OmegaConf.load(EXPERIMENTS_DIR / "base.yaml").logger.wandb
     return (project or cfg.get("project") or w.project,
             entity or cfg.get("entity") or w.entity)
 

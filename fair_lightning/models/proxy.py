@@ -54,14 +54,13 @@ class ProxyComponents(nn.Module):
         # a deterministic sign: the largest coordinate of each direction is positive
         sign = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
         basis = basis * sign
-        spread = s[: self.k] / (len(people) - 1) ** 0.5
-        if float(spread.min()) <= 1e-12 * max(float(s[0]), 1e-300):
+        if not float(s[self.k - 1]) > 1e-12 * float(s[0]):  # also when s is all zero
             raise ValueError("proxy components: the person means do not vary along "
                              f"{self.k} directions (the embedding is near-constant)")
         share = (s[: self.k] ** 2) / (s ** 2).sum()
         self.mean.copy_(center.to(self.mean))
         self.basis.copy_(basis.to(self.basis))
-        self.scale.copy_(spread.to(self.scale))
+        self.scale.copy_((s[: self.k] / (len(people) - 1) ** 0.5).to(self.scale))
         self.explained.copy_(share.to(self.explained))
         self.is_fitted.fill_(True)
         return {"proxy/components_variance_share": float(share.sum())}
