@@ -15,7 +15,7 @@ EXPS     ?= baseline face_discriminator adversarial label_adversary
 # trajectory; one thread gives the same numbers on any machine (the README's tables)
 SEED_THREADS ?= 1
 
-.PHONY: install train preprocess bench sweep pareto audit compare seeds realface realface-setup test test-all lint clean help
+.PHONY: install train preprocess bench sweep pareto sync audit compare seeds realface realface-setup test test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench [BENCH=train|preprocess] [ARGS=...]      benchmarks -> runs/bench/bench.json, preprocess.json"
 	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
+	@echo "make sync RUN=runs/<run dir>                         upload its offline W&B runs (each run once, however often resumed)"
 	@echo "make realface [RUNS='baseline adversarial'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface] [ARGS=...]  real-face development benchmark"
 	@echo "make test | make test-all                          fast suite | with slow tests"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
@@ -57,6 +58,10 @@ COUNT ?=
 sweep: install
 	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=experiments/sweeps/<file>.yaml [COUNT=n] [ARGS='k=v ...']"; exit 2; }
 	$(BIN)/python -m fair_lightning.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT)) $(if $(ARGS),--args "$(ARGS)")
+
+sync: install
+	@test -n "$(RUN)" || { echo "usage: make sync RUN=runs/<run dir> [ARGS=--dry-run]"; exit 2; }
+	$(BIN)/python -m fair_lightning.sync $(RUN) $(ARGS)
 
 pareto: install
 	@test -n "$(SWEEP_DIR)" || { echo "usage: make pareto SWEEP_DIR=runs/sweeps/<name>"; exit 2; }

@@ -86,7 +86,12 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     import lightning as L
 
     from fair_lightning.report import write_run_report
-    from fair_lightning.tracking import collect_summary, make_loggers, write_json_atomic
+    from fair_lightning.tracking import (
+        collect_summary,
+        finish_wandb,
+        make_loggers,
+        write_json_atomic,
+    )
     from fair_lightning.train import analysis_callbacks, build_datamodule
 
     if not ckpt.is_file():
@@ -119,7 +124,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the data, as in train
     callbacks = analysis_callbacks(cfg, dm)
     trainer = L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
-                        devices=1, logger=make_loggers(cfg, out), callbacks=callbacks,
+                        devices=1, logger=make_loggers(cfg, out, job_type="audit"), callbacks=callbacks,
                         enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, deterministic=cfg.trainer.deterministic)
     results = trainer.test(module, datamodule=dm, verbose=False)
@@ -128,6 +133,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     summary["audit/checkpoint"] = str(ckpt.resolve())
     write_json_atomic(out / "summary.json", summary)
     write_run_report(out, cfg, summary, callbacks)
+    finish_wandb(trainer, summary, out)
     return out
 
 

@@ -453,8 +453,10 @@ class SensitiveAttributeProbe(L.Callback):
         cols = ["layer", "attr", "attacker", "level", "selected", "params", "cv_bal_acc",
                 "bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "chance", "majority_rate",
                 "macro_f1", "roc_auc", "n_fit", "n_eval"]
+        from lightning.pytorch.loggers import WandbLogger
+
         for lg in trainer.loggers:
-            if lg.__class__.__name__ == "WandbLogger":
+            if isinstance(lg, WandbLogger):
                 lg.log_table(key=f"{prefix}/table", columns=cols,
                              data=[[r[c] for c in cols] for r in rows])
                 lg.log_image(key=f"{prefix}/leakage_plot", images=[str(path)])

@@ -183,6 +183,7 @@ class WandbConfig:
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_model: Any = MISSING  # false | true | all
 
 
 @dataclass
@@ -550,6 +551,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ConfigError(f"key '{key}' must be {what}, got {value!r}")
+    if cfg.logger.wandb.log_model not in (True, False, "all"):
+        raise ConfigError("key 'logger.wandb.log_model' must be false, true or all, got "
+                          f"{cfg.logger.wandb.log_model!r}")
     if cfg.trainer.enable_progress_bar not in (True, False, "auto"):
         raise ConfigError("key 'trainer.enable_progress_bar' must be true, false or auto, got "
                           f"{cfg.trainer.enable_progress_bar!r}")

@@ -39,7 +39,8 @@ RUN_RECORD = "run.json"
 CSV_ROWS_KEY = "csv_rows"
 REQUEUE_CKPT = "requeue.ckpt"
 # keys a resumed run may set differently: how it is watched, not what it computes
-MAY_CHANGE = ("resume", "output_dir", "trainer.enable_progress_bar", "logger.wandb.mode")
+MAY_CHANGE = ("resume", "output_dir", "trainer.enable_progress_bar", "logger.wandb.mode",
+              "logger.wandb.log_model")
 
 
 class ResumeError(ValueError):

@@ -29,7 +29,6 @@ import fcntl
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from data_modules.files import atomic_write, pid_alive
+from fair_lightning.tracking import wandb_command
 
 TRIAL = "trial.json"
 
@@ -210,19 +210,6 @@ def with_fixed_args(cfg: dict, extra: list[str]) -> dict:
             raise ValueError(f"--args: {item!r} is not key=value")
         params[key] = {"value": yaml.safe_load(value)}
     return {**cfg, "parameters": params}
-
-
-def wandb_command() -> str:
-    """The `wandb` executable installed beside this interpreter (a virtualenv's bin/), else
-    the one on PATH."""
-    own = Path(sys.executable).parent / "wandb"
-    if own.is_file() and os.access(own, os.X_OK):
-        return str(own)
-    found = shutil.which("wandb")
-    if found is None:
-        raise ValueError(f"no `wandb` command beside {sys.executable} or on PATH: install "
-                         "wandb into this environment (pip install wandb)")
-    return found
 
 
 def interpreter_dir(shim_root: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import netrc
+import numbers
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +22,22 @@ def has_wandb_credentials() -> bool:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+def wandb_command() -> str:
+    """The `wandb` executable installed beside this interpreter (a virtualenv's bin/, which
+    make and sbatch do not put on PATH), else the one on PATH."""
+    import shutil
+    import sys
+
+    own = Path(sys.executable).parent / "wandb"
+    if own.is_file() and os.access(own, os.X_OK):
+        return str(own)
+    found = shutil.which("wandb")
+    if found is None:
+        raise ValueError(f"no `wandb` command beside {sys.executable} or on PATH: install "
+                         "wandb into this environment (pip install wandb)")
+    return found
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -75,12 +92,56 @@ def _resumable_csv_logger(save_dir: str, resume_rows: int | None):
     return ContinuingCSVLogger(save_dir=save_dir, name="csv", version="")
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None,
-                 csv_rows: int | None = None) -> list:
-    """W&B (unless disabled; `wandb_id` continues that run: a resumed run is the same W&B
-    run) and CSV (`csv_rows`: a resumed run's rows written before its checkpoint)."""
+def wandb_headline(metrics: dict) -> dict:
+    """The scalars W&B charts: every metric except the per-attacker figures (`probe/...`,
+    in the W&B leakage table), the selected attacker's fields other than its balanced
+    accuracy (interval, chance, CV score: in the table too) and the per-group fairness
+    figures (`fair/gender/mae/0`). Tables and images pass. summary.json and metrics.csv keep
+    everything."""
+    out = {}
+    for key, value in metrics.items():
+        if not isinstance(value, numbers.Number | str):  # tables and images pass
+            out[key] = value
+            continue
+        head, _, rest = key.partition("/")
+        if head.endswith("probe"):
+            continue
+        if head.endswith("leak") and not (key.endswith("/bal_acc") or
+                                          rest.startswith(("skipped/", "refused/"))):
+            continue
+        if head.endswith("fair") and rest.count("/") > 1:
+            continue
+        out[key] = value
+    return out
+
+
+def _headline_wandb_logger(**kwargs):
+    """Lightning's WandbLogger, charting `wandb_headline` of what it is given."""
     from lightning.pytorch.loggers import WandbLogger
 
+    class HeadlineWandbLogger(WandbLogger):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics(wandb_headline(metrics), step)
+
+    return HeadlineWandbLogger(**kwargs)
+
+
+def data_cache_key(cfg: DictConfig) -> str:
+    """The data's cache folder name (`<source>-<key>`): runs on the same data share it."""
+    from data_modules.sources import shard_root
+
+    return shard_root(cfg.data).name
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None,
+                 csv_rows: int | None = None, job_type: str = "train") -> list:
+    """W&B (unless disabled; `wandb_id` continues that run: a resumed run is the same W&B
+    run) and CSV (`csv_rows`: a resumed run's rows written before its checkpoint).
+
+    W&B: grouped by `logger.wandb.group`, else by a sweep's group (`WANDB_RUN_GROUP`), else
+    by the experiment, so a run's seeds and audits sit together; `job_type` train or audit;
+    the data's cache key in the config (`data.cache_key`); checkpoints as model artifacts
+    with `logger.wandb.log_model`."""
     loggers = []
     mode = resolve_wandb_mode(cfg.logger.wandb.mode)
     if mode != "disabled":
@@ -88,15 +149,35 @@ def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None,
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ["WANDB_DISABLE_CODE"] = "true"
         w = cfg.logger.wandb
-        loggers.append(WandbLogger(
-            project=w.project, entity=w.entity, group=w.group, tags=list(w.tags),
-            name=f"{cfg.experiment}-{run_dir.name}", save_dir=str(run_dir), mode=mode,
-            config=OmegaConf.to_container(cfg, resolve=True), job_type="train",
-            id=wandb_id, resume="allow" if wandb_id else None,
+        group = w.group or os.environ.get("WANDB_RUN_GROUP") or cfg.experiment
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config["data"]["cache_key"] = data_cache_key(cfg)
+        name = run_dir.name if run_dir.name.startswith(cfg.experiment) else (
+            f"{cfg.experiment}-{run_dir.name}")
+        loggers.append(_headline_wandb_logger(
+            project=w.project, entity=w.entity, group=group, tags=list(w.tags),
+            name=name, save_dir=str(run_dir), mode=mode, config=config, job_type=job_type,
+            log_model=w.log_model, id=wandb_id, resume="allow" if wandb_id else None,
         ))
     if cfg.logger.csv:
         loggers.append(_resumable_csv_logger(str(run_dir), csv_rows))
     return loggers
+
+
+def finish_wandb(trainer, summary: dict, run_dir: Path) -> None:
+    """Close the W&B run with the headline of `summary` as its summary, and summary.json
+    and report.md as its files (every figure, for whoever reads the run in W&B)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if not isinstance(lg, WandbLogger):
+            continue
+        run = lg.experiment
+        run.summary.update(wandb_headline(summary))
+        for name in ("summary.json", "report.md"):
+            if (Path(run_dir) / name).is_file():
+                run.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
+        run.finish()
 
 
 def write_atomic(path: Path, write) -> None:

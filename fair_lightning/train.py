@@ -340,7 +340,12 @@ def run(cfg) -> Path:
     from fair_lightning.report import write_run_report
     from fair_lightning.resume import read_record
     from fair_lightning.runtime import ensure_data, global_rank, resolve_run_dir
-    from fair_lightning.tracking import collect_summary, make_loggers, write_json_atomic
+    from fair_lightning.tracking import (
+        collect_summary,
+        finish_wandb,
+        make_loggers,
+        write_json_atomic,
+    )
 
     run_dir = resolve_run_dir(cfg.output_dir, cfg.experiment)
     rank0 = global_rank() == 0
@@ -409,10 +414,7 @@ def run(cfg) -> Path:
         summary.update(selection_metrics(cfg, val, summary))
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir, cfg, summary, callbacks)
-        for lg in trainer.loggers:
-            if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
-                lg.experiment.summary.update(summary)
-                lg.experiment.finish()
+        finish_wandb(trainer, summary, run_dir)
     return run_dir
 
 

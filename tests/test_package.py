@@ -57,7 +57,7 @@ def test_the_wheel_ships_the_experiments_and_no_fixtures(installed):
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry).decode()
     for cmd in ("fair-train", "fair-audit", "fair-preprocess", "fair-sweep", "fair-report",
-                "fair-bench"):
+                "fair-bench", "fair-sync"):
         assert f"{cmd} = " in scripts
 
 

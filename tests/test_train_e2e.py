@@ -138,17 +138,63 @@ def test_same_seed_same_result(tmp_path):
     assert sa["test/pearson"] == sb["test/pearson"] and sa["test/mae"] == sb["test/mae"]
 
 
+def _wandb_inspect(run_dir: Path) -> tuple[dict, list[dict]]:
+    """A W&B offline run as W&B itself reads it back: its summary view, and its records."""
+    wandb = Path(sys.executable).parent / "wandb"
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, offline
+    view = json.loads(subprocess.run([str(wandb), "leet", "inspect", "--summary", "--json",
+                                      str(offline[0])], capture_output=True, text=True,
+                                     check=True, timeout=120).stdout)
+    out = subprocess.run([str(wandb), "leet", "inspect", "--json", str(offline[0])],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return view, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def test_wandb_offline_without_credentials(tmp_path, shared_cache, monkeypatch):
-    """No key, no netrc, no network: W&B writes an offline run and never prompts."""
-    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+    """No key, no netrc, no network: W&B writes an offline run and never prompts. What it
+    holds: the run in its experiment's group, the data's cache key in its config, headline
+    scalars (not one per attacker: those are in its leakage table), summary.json as a
+    file, and with `log_model` the checkpoints as a model artifact. An audit of the run is
+    a run of job type `audit` in the same group."""
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_RUN_GROUP"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
     cfg = _cfg(tmp_path, shared_cache, **{"logger.wandb.mode": "auto",
-                                          "probe.enabled": "false"})
+                                          "logger.wandb.log_model": "true"})
     run_dir = run(cfg)
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    view, records = _wandb_inspect(run_dir)
+    run_rec = next(r["run"] for r in records if r["type"] == "run")
+    assert run_rec["job_type"] == "train" and run_rec["run_group"] == "baseline"
+    assert run_rec["display_name"] == "baseline-run"
+    assert view["config"]["data"]["cache_key"].startswith("synthetic-")
+    assert (shared_cache / view["config"]["data"]["cache_key"] / "meta.json").is_file()
+    charted = set(view["summary"])
+    assert "leak/fused/gender/clip/bal_acc" in charted and "test/pearson" in charted
+    assert {"fair/gender/score_corr", "val_fair/gender/dp_ratio"} <= charted
+    assert {"probe/table", "probe/leakage_plot", "fit_probe/table"} <= charted
+    assert not [k for k in charted if k.startswith(("probe/", "fit_probe/"))
+                and not k.endswith(("/table", "/leakage_plot"))]
+    assert not [k for k in charted if k.endswith(("_ci_low", "/chance", "/attacker"))]
+    assert "fair/gender/mae/0" not in charted
+    assert len(charted) < 150, len(charted)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "probe/fused/gender/linear/bal_acc" in summary  # the full figures stay here
+    assert len(summary) > 3 * len(charted)
+    assert "summary.json" in "\n".join(json.dumps(r) for r in records if r["type"] == "files")
+    artifacts = [r["artifact"] for r in records if r["type"] == "artifact"]
+    model = [a for a in artifacts if a.get("type") == "model"]
+    assert model and any("last.ckpt" in json.dumps(a) or "model.ckpt" in json.dumps(a)
+                         for a in model), artifacts
+
+    from fair_lightning.audit import audit
+
+    out = audit(run_dir / "checkpoints" / "last.ckpt",
+                [("logger.wandb.mode", "offline"), ("output_dir", str(tmp_path / "audit"))])
+    _, records = _wandb_inspect(out)
+    run_rec = next(r["run"] for r in records if r["type"] == "run")
+    assert run_rec["job_type"] == "audit" and run_rec["run_group"] == "baseline"
 
 
 def test_cli_errors_are_clear(tmp_path):
