@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -531,21 +530,11 @@ def preprocess(entries: list[ClipEntry], skipped: list[Skipped], *, store: Store
 def _run_jobs(jobs: list[tuple], workers: int):
     """Yield each job's result as it finishes, with a progress bar on a terminal and a log line
     every ~10% otherwise."""
-    from tqdm import tqdm
+    from data_modules.progress import Progress
 
     if not jobs:
         return
-    bar = tqdm(total=len(jobs), unit="clip", desc="preprocess", disable=not sys.stderr.isatty())
-    step = max(1, len(jobs) // 10)
-    done = 0
-
-    def tick():
-        nonlocal done
-        done += 1
-        bar.update()
-        if bar.disable and (done % step == 0 or done == len(jobs)):
-            log.info("preprocess: %d/%d clips", done, len(jobs))
-
+    bar = Progress(len(jobs), "preprocess", unit="clips", logger=log)
     try:
         if workers <= 1:
             from data_modules.features import torch_threads
@@ -553,7 +542,7 @@ def _run_jobs(jobs: list[tuple], workers: int):
             with torch_threads(1):
                 for job in jobs:
                     result = _media_job(*job)
-                    tick()
+                    bar.update()
                     yield result
             return
         # spawn: a forked child would inherit the parent's torch/OpenMP thread state
@@ -563,7 +552,7 @@ def _run_jobs(jobs: list[tuple], workers: int):
             try:
                 for fut in as_completed(futures):
                     result = fut.result()
-                    tick()
+                    bar.update()
                     yield result
             except BaseException:
                 for fut in futures:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_modules.progress import Progress
 from data_modules.schema import SENSITIVE
-from fair_lightning.fairness import OutputFairness
+from fair_lightning.fairness import OutputFairness, top_q_cutoff
 from fair_lightning.models.adversaries import one_hot_attributes
 from fair_lightning.probes import AttackerResult, AttackSuite
 from fair_lightning.runtime import gather_objects
@@ -277,7 +278,7 @@ class AttackAudit:
         self._suites: dict[tuple[str, str], tuple[str, AttackSuite]] = {}
         self.reused = 0
 
-    def run(self, fit: dict, ev: dict, layers) -> list[dict]:
+    def run(self, fit: dict, ev: dict, layers, name: str = "probe") -> list[dict]:
         rows = []
         self.skipped = {a: why for a in ATTRIBUTES
                         if (why := unauditable(fit[a], ev[a], ev["identity"]))}
@@ -290,19 +291,20 @@ class AttackAudit:
             log.warning("audit: layer %s is not scored: it is constant up to round-off "
                         "(spread %.1e of its scale), so there is nothing left to read and an "
                         "attacker would only read rescaled round-off", layer, spread)
+        todo = [(layer, attr, k) for layer in layers if layer not in self.refused
+                for attr, k in ATTRIBUTES.items() if attr not in self.skipped]
         # Lightning tests under inference mode; the MLP attackers need autograd
-        with torch.inference_mode(False), torch.enable_grad():
-            for layer in layers:
-                for attr, k in ATTRIBUTES.items():
-                    if attr in self.skipped or layer in self.refused:
-                        continue
-                    res = self._suite(layer, attr, k, fit).evaluate(
-                        ev[layer], ev[attr], ev["identity"], bootstrap=self.cfg.bootstrap)
-                    chosen = {id(r): lvl for lvl, r in res.leak.items()}
-                    for r in res.attackers:
-                        rows.append({"layer": layer, "attr": attr, "attacker": r.attacker,
-                                     "level": r.level, "params": r.params,
-                                     "selected": id(r) in chosen, **r.as_dict()})
+        with (torch.inference_mode(False), torch.enable_grad(),
+              Progress(len(todo), f"{name} audit", unit="suites", logger=log) as bar):
+            for layer, attr, k in todo:
+                res = self._suite(layer, attr, k, fit).evaluate(
+                    ev[layer], ev[attr], ev["identity"], bootstrap=self.cfg.bootstrap)
+                bar.update(note=f"{layer}/{attr}")
+                chosen = {id(r): lvl for lvl, r in res.leak.items()}
+                for r in res.attackers:
+                    rows.append({"layer": layer, "attr": attr, "attacker": r.attacker,
+                                 "level": r.level, "params": r.params,
+                                 "selected": id(r) in chosen, **r.as_dict()})
         return rows
 
     def _suite(self, layer: str, attr: str, k: int, fit: dict) -> AttackSuite:
@@ -413,7 +415,7 @@ class SensitiveAttributeProbe(L.Callback):
                             dropped, eval_split, self.cfg.fit_split)
             layers = [name for name in REPRESENTATIONS
                       if name in fit and name in self.cfg.layers]
-            rows = self.audit.run(fit, ev, layers)
+            rows = self.audit.run(fit, ev, layers, prefix)
             self.results[prefix] = rows
             self.timings[prefix] = time.time() - t0
             metrics = rows_to_metrics(rows, prefix)
@@ -497,6 +499,11 @@ class OutputFairnessCallback(L.Callback):
         self.min_group_size = min_group_size
         self.metrics: dict[str, dict[str, OutputFairness]] = {}
         self.test_scores: dict[str, np.ndarray] = {}
+        self.test_cutoff: float | None = None  # the score the invite decision starts at
+
+    def cutoff_label(self) -> str:
+        return ("invite threshold" if self.threshold is not None
+                else f"invite cut-off: top {100 * self.top_q:.0f}%")
 
     def _metric(self, stage, attr, device):
         per = self.metrics.setdefault(stage, {})
@@ -530,6 +537,8 @@ class OutputFairnessCallback(L.Callback):
                         groups = np.where(groups == g, -1, groups)
                 self.test_scores["score"] = scores
                 self.test_scores[attr] = groups
+                self.test_cutoff = (float(self.threshold) if self.threshold is not None
+                                    else top_q_cutoff(scores, self.top_q))
             m.reset()
         if out:
             pl_module.log_dict(out, sync_dist=False, rank_zero_only=True)

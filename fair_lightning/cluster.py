@@ -1,8 +1,8 @@
 """SLURM: requeue before the time limit, at a point a resumed run continues from exactly.
 
 `sbatch --signal=SIGUSR1@90 --requeue` sends SIGUSR1 to every task 90 s before the limit.
-The handler only raises a flag. At the next training-batch boundary the ranks agree (any
-rank flagged counts), all of them save `checkpoints/requeue.ckpt`, rank 0 runs
+The handler only raises a flag. At a training-batch boundary (every 10th under DDP) the
+ranks agree (any rank flagged counts), all of them save `checkpoints/requeue.ckpt`, rank 0 runs
 `scontrol requeue <job>` and the run stops with `Requeued`. The requeued job starts the same
 command with `resume=auto` in the same run directory (`runs/<experiment>/slurm-<job id>`)
 and continues from that checkpoint. A signal after the last training batch (fit-end audit,
@@ -53,9 +53,16 @@ def request_requeue() -> bool:
 
 
 class RequeueOnSignal(L.Callback):
-    def __init__(self, ckpt_path: Path, signum: int = signal.SIGUSR1):
+    """Under DDP the ranks agree on the flag every `check_every_n_batches` batches (one small
+    all-reduce; every rank counts the same batches), not after each: `--signal=...@90`
+    leaves 90 s, far more than 10 batches take. A single process checks every batch."""
+
+    def __init__(self, ckpt_path: Path, signum: int = signal.SIGUSR1,
+                 check_every_n_batches: int = 10):
         self.ckpt_path = Path(ckpt_path)
         self.signum = signum
+        self.check_every = max(1, int(check_every_n_batches))
+        self.batches = 0  # this process's batches since it started
         self.flagged = False
         self.immediate = False  # past the last batch boundary: requeue from the handler
         self._previous = None
@@ -84,6 +91,9 @@ class RequeueOnSignal(L.Callback):
         return bool(flag.item())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        if trainer.world_size > 1 and self.batches % self.check_every:
+            return
         if self._any_rank_flagged(trainer, pl_module.device):
             # every rank: the module gathers what differs by rank
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from data_modules.progress import Progress
 from fair_lightning.models import FaceEncoder
 from fair_lightning.models.adversaries import frames_to_float, frames_to_uint8
+from fair_lightning.runtime import wait_for
 from fair_lightning.tracking import write_atomic
 
 log = logging.getLogger(__name__)
@@ -112,12 +114,13 @@ def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.
         encoder.eval()
         with torch.no_grad():
             x = frames_to_float(images[held])
-            z = torch.cat([encoder.cnn(c) for c in x.split(512)])
+            z = torch.cat([encoder.cnn(c) for c in x.split(512)]).cpu()
         return cross_clip_retrieval(z, person[held], clip[held])
 
     def pick(idx: torch.Tensor) -> torch.Tensor:
         return idx[torch.randint(len(idx), (1,), generator=gen)]
 
+    bar = Progress(epochs, "face encoder pretraining", unit="epochs", logger=log)
     for epoch in range(1, epochs + 1):
         encoder.train()
         for _ in range(steps):
@@ -128,7 +131,7 @@ def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.
                 rows += [pick(clips[a]), pick(clips[b])]
             z = F.normalize(encoder.cnn(frames_to_float(images[torch.cat(rows)])), dim=1)
             sim = (z @ z.T / TEMPERATURE).fill_diagonal_(float("-inf"))
-            partner = torch.arange(len(z)) ^ 1  # rows come in pairs: 0-1, 2-3, ...
+            partner = torch.arange(len(z), device=z.device) ^ 1  # rows in pairs: 0-1, 2-3, ...
             loss = F.cross_entropy(sim, partner)
             opt.zero_grad()
             loss.backward()
@@ -136,6 +139,8 @@ def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.
         acc = retrieval()
         if acc > best[0]:
             best = (acc, epoch, {k: v.clone() for k, v in encoder.state_dict().items()})
+        bar.update(note=f"held-out retrieval {acc:.3f}")
+    bar.close()
     encoder.load_state_dict(best[2])
     log.info("face encoder: cross-clip retrieval %.3f on %d held-out people (epoch %d)",
              best[0], int(person[held].unique().numel()), best[1])
@@ -144,15 +149,21 @@ def pretrain_identity(encoder: FaceEncoder, images: torch.Tensor, person: torch.
 
 
 def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
-                          seed: int) -> tuple[dict, dict[str, float]]:
+                          seed: int, device: str = "cpu", rank: int = 0,
+                          timeout_s: float = 3600) -> tuple[dict, dict[str, float]]:
     """State dict of an identity-pretrained FaceEncoder, cached in `cache_dir` (it is a pure
-    function of the data, the settings and the seed; DDP ranks then share one)."""
+    function of the data, the settings and the seed). Rank 0 pretrains it, on `device`;
+    the other ranks wait for the cached file instead of each pretraining their own."""
     settings = {"data": data_key, "face_dim": model_cfg.face_dim, "seed": seed,
                 "objective": "cross_clip_nt_xent", "temperature": TEMPERATURE,
                 "holdout_people": HOLDOUT_PEOPLE, "batch_size": BATCH_SIZE,
                 "epochs": model_cfg.face_pretrain_epochs, "lr": model_cfg.face_pretrain_lr}
+    if device != "cpu":  # other arithmetic, other weights: a cache of its own
+        settings["device"] = str(device)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"face_encoder-{key}.pt"
+    if rank != 0:
+        wait_for(path, "the pretrained face encoder", timeout_s)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         return saved["state_dict"], saved["stats"]
@@ -161,11 +172,11 @@ def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
         torch.manual_seed(seed)
         encoder = FaceEncoder(model_cfg.face_dim)
         images, person, clip = collect_person_images(loader)
-        stats = pretrain_identity(encoder, images, person, clip,
+        stats = pretrain_identity(encoder.to(device), images.to(device), person, clip,
                                   epochs=model_cfg.face_pretrain_epochs,
                                   lr=model_cfg.face_pretrain_lr,
                                   seed=seed)
-    state = encoder.state_dict()
+    state = {k: v.cpu() for k, v in encoder.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: torch.save({"state_dict": state, "stats": stats}, f))
     return state, stats

@@ -78,27 +78,59 @@ def plot_probe_results(rows: list[dict], path: Path, title: str = "") -> Path:
 
 
 def plot_scores_by_group(scores: np.ndarray, groups: dict[str, np.ndarray], path: Path,
-                         threshold: float | None = None) -> Path:
-    """Histogram of predicted scores for each group of each attribute (aggregates only)."""
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.4), squeeze=False)
-    bins = np.linspace(0, 1, 26)
+                         cutoff: float | None = None, cutoff_label: str = "invite cut-off"
+                         ) -> Path:
+    """Distribution of predicted scores for each group of each attribute (aggregates only):
+    one outlined histogram per group, so three groups stay readable where filled bars
+    would blend, its mean as a dashed line of its colour, and the invite cut-off."""
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.6), squeeze=False)
+    lo, hi = (float(np.min(scores)), float(np.max(scores))) if len(scores) else (0.0, 1.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    bins = np.linspace(min(lo - pad, 0.0), max(hi + pad, 1.0), 26)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (attr, g) in zip(axes[0], groups.items(), strict=True):
         names = ATTR_NAMES.get(attr, ())
         for v in sorted(set(g.tolist()) - {-1}):
             s = scores[g == v]
             label = names[v] if v < len(names) else str(v)
-            ax.hist(s, bins=bins, alpha=0.5, density=True,
-                    label=f"{label} (n={len(s)}, mean={s.mean():.3f})")
-        if threshold is not None:
-            ax.axvline(threshold, color="black", linestyle=":", label="invite threshold")
-        ax.set_xlabel("predicted hireability")
+            color = colors[v % len(colors)]
+            ax.hist(s, bins=bins, density=True, histtype="step", linewidth=1.8, color=color,
+                    label=f"{label} (n={len(s)}, mean {s.mean():.3f})")
+            ax.axvline(s.mean(), color=color, linestyle="--", linewidth=1)
+        if cutoff is not None:
+            ax.axvline(cutoff, color="black", linestyle=":", linewidth=1.5,
+                       label=f"{cutoff_label} ({cutoff:.3f})")
+        ax.set_xlabel("predicted hireability score")
+        ax.set_ylabel("density")
         ax.set_title(f"test scores by {attr}")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        if any(v != -1 for v in set(g.tolist())):
+            ax.legend(fontsize=7, loc="upper left")
         else:  # every group was unknown or too small to show (fairness.min_group_size)
             ax.text(0.5, 0.5, "no group large enough to show", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
     return _save(fig, path)
+
+
+LAYER_WORDS = {"fused": "h", "erased": "erased h", "head": "the head's directions",
+               "score": "the score", "proxy": "the face proxy"}
+
+
+def describe_metric(key: str) -> str:
+    """Words for a summary key on an axis: `leak/fused/gender/clip/bal_acc` -> `gender read
+    from h, clip level (balanced accuracy)`; unknown keys stay as they are."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[0] in ("leak", "fit_leak") and parts[4] == "bal_acc":
+        split = "test" if parts[0] == "leak" else "val"
+        where = LAYER_WORDS.get(parts[1], parts[1])
+        return f"{parts[2]} read from {where}, {parts[3]} level ({split} balanced accuracy)"
+    words = {"test/pearson": "test Pearson r with the label",
+             "test/pearson_merit": "test Pearson r with the true merit",
+             "test/mae": "test mean absolute error", "test/r2": "test R²"}
+    if key in words:
+        return words[key]
+    if len(parts) == 3 and parts[0] == "fair":
+        return f"{parts[2].replace('_', ' ')} of the invite decision by {parts[1]} (test)"
+    return key
 
 
 def plot_tradeoff(runs: list[dict], metric: str, leakage: str, path: Path) -> Path:
@@ -120,12 +152,16 @@ def plot_tradeoff(runs: list[dict], metric: str, leakage: str, path: Path) -> Pa
             xerr = None
         ax.errorbar(x, y, xerr=xerr, fmt="o", color=colors[i % len(colors)], label=exp,
                     capsize=3, alpha=0.85)
+        for r, xi, yi in zip(rs, x, y, strict=True):
+            ax.annotate(r["_name"].split("/")[-1], (xi, yi), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=colors[i % len(colors)])
     chance = next((r.get(leakage.replace("/bal_acc", "/chance")) for r in runs
                    if leakage.replace("/bal_acc", "/chance") in r), None)
     if chance is not None:
         ax.axvline(chance, color="red", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
-    _label(ax, f"leakage: {leakage}  (lower is better)", f"task: {metric}  (higher is better)",
-           "task metric against leakage, one point per run")
+    _label(ax, f"{describe_metric(leakage)}\n(lower is better)",
+           f"{describe_metric(metric)}\n(higher is better)",
+           "task against leakage, one point per run (95% interval)")
     return _save(fig, path)
 
 
@@ -142,6 +178,10 @@ def plot_pareto(points: list[dict], front: list[int], selected: list[int], metri
     if selected:
         ax.scatter(x[selected], y[selected], marker="*", s=260, color="tab:orange",
                    zorder=3, label="selected on validation (its seeds)")
+    for p, xi, yi in zip(points, x, y, strict=True):  # the trial number, as in pareto.md
+        ax.annotate(p["name"].removeprefix("trial-").lstrip("0") or "0", (xi, yi),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
     _label(ax, "worst leakage above chance on h, test (lower is better)",
-           f"{metric} (higher is better)", "sweep: task quality against leakage")
+           f"{describe_metric(metric)} (higher is better)",
+           "sweep: task against leakage, each point a trial")
     return _save(fig, path)

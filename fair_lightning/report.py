@@ -153,7 +153,7 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
         if "score" in scores:
             groups = {a: scores[a] for a in ATTRS if a in scores}
             plot_scores_by_group(scores["score"], groups, run_dir / "plots" / "test_scores_by_group.png",
-                                 threshold=None)
+                                 cutoff=cb.test_cutoff, cutoff_label=cb.cutoff_label())
             plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     s = summary
     lines = [
@@ -241,6 +241,7 @@ def load_run(run_dir: Path) -> dict:
         cfg = OmegaConf.load(cfg_path)
         name = f"{cfg.get('experiment', name)}/s{cfg.get('seed', '?')}"
         summary["_experiment"] = str(cfg.get("experiment", name))
+        summary["_attackers"] = list(OmegaConf.select(cfg, "probe.attackers") or [])
     else:
         summary["_experiment"] = name
     summary["_name"] = name
@@ -344,10 +345,13 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
                         *[r.get(c.replace("/bal_acc", "/bal_acc_ci_high"), "") for c in probe_cols]])
     short = {c: c.replace("leak/fused/", "h ").replace("/bal_acc", "").replace("fair/", "")
                  .replace("/", " ") for c in COMPARE_COLUMNS}
+    families = list(dict.fromkeys(f for r in runs for f in r.get("_attackers", [])))
+    among = (f"among the families {', '.join(FAMILY_NAMES.get(f, f) for f in families)}"
+             if families else "among the run's attacker families")
     lines = ["# Comparison", "",
              "Leakage columns (`h <attribute> <level>`): balanced accuracy, on the test split, "
              "of the attacker that grouped cross-validation on the training split selected "
-             "(linear, MLP, RBF-SVM; clip level, and person level pooling a person's clips) on "
+             f"{among} (clip level, and person level pooling a person's clips) on "
              "the fused representation h, with a 95% bootstrap interval over people. Chance: "
              "gender 0.5, ethnicity 0.333. Fairness gaps are max − min over groups on the test "
              "split.", "",

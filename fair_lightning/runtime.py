@@ -67,20 +67,25 @@ def resolve_run_dir(output_dir: str | None, experiment: str, root: str = "runs")
     return path
 
 
+def wait_for(path: Path, what: str, timeout_s: float, poll_s: float = 2.0) -> None:
+    """Block until `path` exists: rank 0 writes it (atomically) once `what` is complete.
+    A TimeoutError names the file and points at rank 0's log."""
+    deadline = time.time() + timeout_s
+    while not Path(path).exists():
+        if time.time() > deadline:
+            raise TimeoutError(f"rank {global_rank()} waited {timeout_s:.0f}s for {what} "
+                               f"({path}); rank 0 did not finish it: see rank 0's log")
+        time.sleep(poll_s)
+
+
 def ensure_data(datamodule, timeout_s: float = 3600) -> None:
-    """Rank 0 builds the shards; other ranks wait until they are complete."""
+    """Rank 0 builds the shards; the other ranks wait for the cache's meta.json, which is
+    renamed into place with the complete cache. Any error reading it afterwards is real,
+    and raised."""
     if global_rank() == 0:
         datamodule.prepare_data()
         return
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            datamodule.setup("fit")
-            return
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(2)
+    wait_for(datamodule.split_dir("train").parent / "meta.json", "the data", timeout_s)
 
 
 def gather_objects(obj) -> list:

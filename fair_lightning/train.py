@@ -145,13 +145,20 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
     """`model.face_encoder: identity`: load (or first pretrain, label-free) its weights."""
     if cfg.adversary.method != "indirect" or cfg.model.face_encoder != "identity":
         return {}
+    import torch
+
     from fair_lightning.face_pretrain import identity_face_encoder
+    from fair_lightning.runtime import global_rank
 
     data = dm.split_dir("train").parent.name  # the source and its key
+    # rank 0 pretrains, on the run's GPU when it has one; the other ranks wait for its file
+    gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     try:
         state, stats = identity_face_encoder(cfg.model, dm.eval_dataloader("train", sensitive=False),
                                              Path(cfg.data.derived_cache_dir) / data,
-                                             data_key=data, seed=cfg.seed)
+                                             data_key=data, seed=cfg.seed,
+                                             device="cuda" if gpu else "cpu",
+                                             rank=global_rank())
     except ValueError as e:  # e.g. one clip per person: nothing to tell people apart across
         raise ConfigError(f"model.face_encoder=identity: {e}") from None
     module.adversary.face_encoder.load_state_dict(state)
@@ -430,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_argv(argv)
         run_dir = run(cfg)
-    except (ConfigError, ShardError, CorpusError, FileNotFoundError) as e:
+    except (ConfigError, ShardError, CorpusError, FileNotFoundError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Requeued as e:

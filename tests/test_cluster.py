@@ -145,3 +145,56 @@ def test_sbatch_kills_the_job_on_a_bad_rank_and_feeds_the_loader_its_cpus(tmp_pa
     subprocess.run(["bash", str(SBATCH)], env=env, cwd=tmp_path, check=True,
                    capture_output=True)
     assert "data.num_workers=0" in record.read_text().splitlines()
+
+
+class _Trainer:
+    def __init__(self, world_size):
+        self.world_size = world_size
+
+
+def test_ddp_ranks_agree_on_the_requeue_flag_every_tenth_batch_not_every_batch(tmp_path):
+    """The agreement is an all-reduce and a device sync: under DDP it runs every
+    `check_every_n_batches` batches; one process reads its own flag every batch."""
+    from fair_lightning.cluster import RequeueOnSignal
+
+    for world, expected in ((2, [10, 20]), (1, list(range(1, 26)))):
+        cb = RequeueOnSignal(tmp_path / "requeue.ckpt")
+        asked = []
+        cb._any_rank_flagged = (lambda trainer, device, cb=cb, asked=asked:
+                                asked.append(cb.batches) or False)
+        for i in range(25):
+            cb.on_train_batch_end(_Trainer(world), type("M", (), {"device": "cpu"})(), None,
+                                  None, i)
+        assert asked == expected
+
+
+def test_other_ranks_wait_for_the_complete_data_and_raise_what_reading_it_raises(
+        tmp_path, monkeypatch):
+    """A rank > 0 waits for the cache's meta.json (renamed into place with the complete
+    cache), without reading half-built shards or swallowing errors; a rank 0 that never
+    finishes ends the wait with an error naming the file."""
+    import threading
+
+    from fair_lightning.runtime import ensure_data
+
+    class DM:
+        calls = []
+
+        def split_dir(self, split):
+            return tmp_path / "synthetic-abc" / split
+
+        def setup(self, stage):  # the old wait retried this, swallowing every error
+            self.calls.append(stage)
+            raise RuntimeError("read too early")
+
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(TimeoutError, match=r"synthetic-abc/meta\.json.*rank 0's log"):
+        ensure_data(DM(), timeout_s=0.3)
+    (tmp_path / "synthetic-abc").mkdir()
+    later = threading.Timer(0.5, (tmp_path / "synthetic-abc" / "meta.json").write_text,
+                            args=("{}",))
+    later.start()
+    t0 = time.time()
+    ensure_data(DM(), timeout_s=30)
+    later.join()
+    assert time.time() - t0 >= 0.5 and DM.calls == []

@@ -113,3 +113,32 @@ def test_encoder_is_cached_and_reused(tmp_path, monkeypatch):
     assert stats2 == stats and all(torch.equal(state[k], again[k]) for k in state)
     with pytest.raises(AssertionError, match="pretrained again"):  # another seed: new encoder
         identity_face_encoder(cfg, loader, tmp_path, data_key="k", seed=1)
+
+
+def test_other_ranks_wait_for_rank_0s_encoder_instead_of_pretraining(tmp_path, monkeypatch):
+    """Under DDP/SLURM only rank 0 pretrains; a rank > 0 waits for the cached file (here
+    written 1 s later, as rank 0 would) and loads it, and a rank 0 that never writes it
+    ends the wait with an error naming the file."""
+    import threading
+
+    cfg = OmegaConf.create({"face_dim": 8, "face_pretrain_epochs": 2, "face_pretrain_lr": 0.01})
+    loader = _loader(_person_coloured(5, 2))
+    monkeypatch.setattr(face_pretrain, "FaceEncoder", lambda d: FaceEncoder(d, channels=4))
+    rank0 = tmp_path / "rank0"
+    state, stats = identity_face_encoder(cfg, loader, rank0, data_key="k", seed=0)
+    written = next(rank0.glob("face_encoder-*.pt"))
+
+    def boom(*a, **k):
+        raise AssertionError("a rank other than 0 pretrained")
+
+    monkeypatch.setattr(face_pretrain, "pretrain_identity", boom)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    later = threading.Timer(1.0, lambda: written.rename(shared / written.name))
+    later.start()
+    got, got_stats = identity_face_encoder(cfg, None, shared, data_key="k", seed=0, rank=1,
+                                           timeout_s=30)
+    later.join()
+    assert got_stats == stats and all(torch.equal(state[k], got[k]) for k in state)
+    with pytest.raises(TimeoutError, match=r"face_encoder-.*\.pt.*rank 0's log"):
+        identity_face_encoder(cfg, None, shared, data_key="k", seed=5, rank=1, timeout_s=0.5)

@@ -54,6 +54,10 @@ class Source:
         """(split, record) pairs; every split of `SPLITS` must get at least one record."""
         raise NotImplementedError
 
+    def size_hint(self) -> int | None:
+        """How many records `records` will yield, when known ahead (for progress lines)."""
+        return None
+
     def shuffle_seed(self) -> int:
         """Seed of the one shuffle of the training shards (litdata streams chunks in order)."""
         return int(self.cache_key()[:8], 16)
@@ -69,16 +73,21 @@ class Source:
         `tmp` as the source yields it, and the shard writer loads them back in the order it
         needs (the train split is written shuffled), so memory does not grow with the
         corpus. `tmp` is the build's atomic folder, so a killed build leaves no scratch."""
+        from data_modules.progress import Progress
+
         scratch = tmp / ".records"
         scratch.mkdir(parents=True)
         splits: dict[str, list[Spilled]] = {s: [] for s in SPLITS}
         try:
-            for i, (split, record) in enumerate(self.records()):
-                if split not in splits:
-                    raise ValueError(f"source {self.name!r} gave split {split!r}; "
-                                     f"expected {SPLITS}")
-                check_record(record, f"source {self.name!r}")
-                splits[split].append(Spilled.save(record, scratch / f"{i}.npz"))
+            with Progress(self.size_hint(), f"{self.name} data", unit="clips",
+                          logger=log) as bar:
+                for i, (split, record) in enumerate(self.records()):
+                    if split not in splits:
+                        raise ValueError(f"source {self.name!r} gave split {split!r}; "
+                                         f"expected {SPLITS}")
+                    check_record(record, f"source {self.name!r}")
+                    splits[split].append(Spilled.save(record, scratch / f"{i}.npz"))
+                    bar.update()
             empty = [s for s in SPLITS if not splits[s]]
             if empty:
                 raise ValueError(f"source {self.name!r} gave no clip for split(s) {empty}")

@@ -625,6 +625,9 @@ class SyntheticSource(Source):
     def shuffle_seed(self) -> int:
         return int(self.cfg.synthetic.seed)
 
+    def size_hint(self) -> int:
+        return int(self.cfg.synthetic.num_identities) * int(self.cfg.synthetic.clips_per_identity)
+
     def records(self):
         # clip order, not split order: the default `write` files each record by its split
         return synthetic_records(self.cfg.synthetic, self.cfg.text_model)
