@@ -70,7 +70,13 @@ def _measure(clips_dir: Path, n: int, workers: int) -> dict:
 
 def bench_preprocess(args) -> dict:
     from data_modules.preprocess import Settings, decode_only
-    from data_modules.rawmedia import write_throughput_clips
+
+    try:
+        from benchmarks.rawmedia import write_throughput_clips
+    except ImportError:
+        raise SystemExit("error: the preprocessing benchmark draws its clips with "
+                         "benchmarks/rawmedia.py, which the installed package does not ship; "
+                         "run it from a source checkout (make bench BENCH=preprocess)") from None
 
     clips_dir = Path(args.cache) / "bench" / "clips-1280x720-15s"
     if len(list(clips_dir.glob("tp_*.mp4"))) < args.clips:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from data_modules.rawmedia import make_chalearn_corpus
+from benchmarks.rawmedia import make_chalearn_corpus
 from fair_lightning.config import load_config
 from fair_lightning.train import run
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.rawmedia import (
+from benchmarks.rawmedia import (
     TRAITS,
     _sigmoid,
     _youtube_ids,

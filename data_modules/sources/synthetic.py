@@ -90,6 +90,7 @@ MERIT_JITTER = 0.25
 LABEL_TEMPERATURE = 1.5
 F0_POOLED = math.sqrt(120.0 * 210.0)  # geometric middle of typical male / female f0
 F0_GENDER_HALF_GAP = 0.5 * math.log(210.0 / 120.0)  # ~0.28 in log-Hz
+F0_PERSON_SD = 0.09  # a person's own pitch, in log-Hz, around their gender's mean
 _SKIN_BASE = np.array([-0.3, 0.1, 0.4])
 SKIN_OFFSETS = _SKIN_BASE - float(np.dot(_SKIN_BASE, ETHNICITY_SHARES))  # zero pooled mean
 # accent: each group's shift of log F1 and log F2 (vowel quality); not an ordering of the
@@ -230,7 +231,7 @@ def _population(p: _Params, rng: np.random.Generator) -> dict[str, np.ndarray]:
     pop["glasses"] = (rng.random(n) < 0.2).astype(float)
     pop["glasses_col"] = rng.uniform(10, 120, (n, 1)) * np.ones((1, 3))
     # Voice: only mean pitch depends on gender; timbre is personal.
-    pop["log_f0"] = math.log(F0_POOLED) - p.audio_gender * F0_GENDER_HALF_GAP * sg + 0.09 * z()
+    pop["log_f0"] = math.log(F0_POOLED) - p.audio_gender * F0_GENDER_HALF_GAP * sg + F0_PERSON_SD * z()
     pop["formants"] = (np.array([650.0, 1500.0, 2600.0]) * np.exp(0.06 * z())[:, None]
                        * np.exp(0.05 * rng.standard_normal((n, 3))))
     # Accent: the group shifts the first two formants (no draw, so knob 0 changes nothing).

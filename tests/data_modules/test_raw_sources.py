@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.rawmedia import make_chalearn_corpus, make_manifest_corpus, write_clip
 from data_modules.errors import CorpusError
-from data_modules.rawmedia import make_chalearn_corpus, make_manifest_corpus, write_clip
 from data_modules.safe_pickle import UnsafePickleError, load_pickle
 from data_modules.schema import SPLITS
 from data_modules.shards import open_streaming

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules import rawmedia
+from benchmarks import rawmedia
 from data_modules.features.audio import audio_features, pitch_hz
 
 CASCADE = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks.rawmedia import make_chalearn_corpus, make_manifest_corpus
 from data_modules.batch import SensitiveAccessError
 from data_modules.collate import collate_records, strip_sensitive
-from data_modules.rawmedia import make_chalearn_corpus, make_manifest_corpus
 from data_modules.schema import FIELDS, SENSITIVE, SPLITS, check_record
 from data_modules.shards import open_streaming
 from data_modules.sources import SOURCES, build_shards, get_source, shard_root

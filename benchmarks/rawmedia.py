@@ -1,6 +1,8 @@
 """Tiny raw interview corpora (mp4 + annotations) with known ground truth.
 
-For tests and throughput measurements of the raw-video preprocessing path (PyAV decode,
+Test and benchmark fixtures, not part of the installed package: the tests of the raw-media
+sources, `make bench BENCH=preprocess` and the real-face corpus (`benchmarks/realface`) use
+them. For tests and throughput measurements of the raw-video preprocessing path (PyAV decode,
 Haar face detection, 16 kHz mono audio). Everything is drawn or synthesised here, no assets.
 
 Video: a drawn frontal face (hair, brows, shaded eye sockets, nose bridge, mouth) on a
@@ -42,8 +44,15 @@ import numpy as np
 
 from data_modules.files import atomic_write
 
-F0_POOLED = math.sqrt(120.0 * 210.0)  # ~158.7 Hz, geometric middle of male / female f0
-F0_HALF_GAP = 0.5 * math.log(210.0 / 120.0)  # ~0.28 in log-Hz
+# the voice and skin ground truth is the synthetic benchmark's, not a copy of it
+from data_modules.sources.synthetic import (
+    F0_GENDER_HALF_GAP,
+    F0_PERSON_SD,
+    F0_POOLED,
+    SKIN_DARK,
+    SKIN_LIGHT,
+)
+
 AUDIO_RATE = 44100  # like the original clips; consumers resample to 16 kHz
 # mbtree off: with it, x264 output sometimes differed from run to run for identical frames
 # (looks like a read of uninitialised memory; asm=0 or no lookahead also cured it)
@@ -51,8 +60,6 @@ X264_OPTIONS = {"preset": "veryfast", "crf": "23", "x264-params": "mbtree=0"}
 X264_THREADS = 2
 NOISE_SD = 2.0
 
-_SKIN_LIGHT = np.array([238.0, 200.0, 172.0])
-_SKIN_DARK = np.array([112.0, 74.0, 52.0])
 _HAIR = np.array([[35.0, 25.0, 20.0], [70.0, 45.0, 25.0], [110.0, 75.0, 40.0],
                   [135.0, 100.0, 60.0], [55.0, 50.0, 50.0]])
 
@@ -91,13 +98,13 @@ def _person(identity_seed: int, gender: int, video_gender: float, audio_gender: 
         hair_len=_sigmoid(1.5 * (z[1] - 1.6 * video_gender * s)),
         hair_rgb=_HAIR[int(rng.integers(len(_HAIR)))],
         fringe=float(np.clip(0.5 + 0.3 * z[2], 0.0, 1.0)),
-        skin_rgb=(1 - tone) * _SKIN_LIGHT + tone * _SKIN_DARK,
+        skin_rgb=(1 - tone) * SKIN_LIGHT + tone * SKIN_DARK,
         eye_sep=0.40 + 0.02 * z[4],
         eye_y=-0.17 + 0.02 * z[5],
         brow=math.exp(0.15 * z[6] + 0.2 * video_gender * s),
         nose=1.0 + 0.08 * z[7],
         mouth_w=0.33 + 0.03 * z[8],
-        log_f0=math.log(F0_POOLED) - audio_gender * F0_HALF_GAP * s + 0.08 * z[9],
+        log_f0=math.log(F0_POOLED) - audio_gender * F0_GENDER_HALF_GAP * s + F0_PERSON_SD * z[9],
         formants=np.array([650.0, 1500.0, 2600.0]) * np.exp(0.07 * rng.standard_normal(3)),
         rate=4.0 * math.exp(0.1 * z[10]),
     )
