@@ -12,7 +12,7 @@ PYTEST   := $(BIN)/python -m pytest
 SEEDS    ?= 0 1 2
 EXPS     ?= baseline face_discriminator adversarial label_adversary
 # torch threads per seed run: the thread count changes float summation order and so the
-# trajectory; one thread gives the same numbers on any machine (the README's tables)
+# trajectory; one thread gives the same numbers on any machine (the tables of docs/results.md)
 SEED_THREADS ?= 1
 
 .PHONY: install train preprocess bench sweep pareto sync audit compare seeds realface realface-setup test test-all lint clean help

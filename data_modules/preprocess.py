@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PREPROCESS_VERSION = 2  # bump when a clip's arrays change for the same settings
 SAMPLE_RATE = 16000
 
-# skip reason -> what it means (the README and the report print these)
+# skip reason -> what it means (docs/data.md and the report print these)
 SKIP_REASONS = {
     "empty_file": "the video file has zero bytes",
     "decode_error": "PyAV could not open or decode the file (truncated or not a video)",

@@ -393,11 +393,11 @@ def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None)
 
 
 REAL_SOURCES = ("chalearn", "manifest")
-REAL_PROXY_COMPONENTS = 2  # chosen on the real-face benchmark's validation split (README)
+REAL_PROXY_COMPONENTS = 2  # chosen on the real-face benchmark's validation split (docs/results.md)
 
 
 def resolve_auto(cfg: DictConfig) -> None:
-    """`auto` values -> what measures best on the source (README "The real-face development
+    """`auto` values -> what measures best on the source (docs/results.md, "The real-face development
     benchmark").
 
     Real video (chalearn, manifest): dlib's detector with Haar's cascade for the frames it

@@ -26,7 +26,7 @@ crops the face, computes audio features, embeds the transcript, and writes the s
 training streams. Each clip is cached on its own: a killed run resumes where it stopped.
 
   data.source=chalearn data.chalearn.root=DIR   ChaLearn First Impressions V2 download
-  data.source=manifest data.manifest.path=CSV   your own clips (README "Your own data")
+  data.source=manifest data.manifest.path=CSV   your own clips (docs/data.md)
   data.preprocess.workers=N                     clip-parallel processes (0 = all cores)
   data.preprocess.detector=haar|dlib            face detector
   any other data.* key of fair_lightning/experiments/base.yaml

@@ -42,7 +42,7 @@ unless resume continues it).
   resume=PATH.ckpt    continue that checkpoint's run, in its run directory
 
 Run dir: config.yaml, run.json, checkpoints/, csv/metrics.csv, summary.json, report.md,
-plots/, wandb/. SLURM: experiments/cluster/train.sbatch (README "Running on a cluster").
+plots/, wandb/. SLURM: experiments/cluster/train.sbatch (docs/running.md "Running on a cluster").
 """
 
 log = logging.getLogger("fair_lightning")

@@ -50,7 +50,7 @@ class ManifestSource(RawSource):
         if not path or not Path(path).expanduser().is_file():
             raise CorpusError(
                 f"data.manifest.path: {path!r} is not a file. Write a CSV with the columns "
-                f"{', '.join(REQUIRED)}[, gender, ethnicity], one row per clip (README, "
+                f"{', '.join(REQUIRED)}[, gender, ethnicity], one row per clip (docs/data.md, "
                 "'Your own data').")
         return Path(path).expanduser()
 
