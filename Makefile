@@ -15,7 +15,7 @@ EXPS     ?= baseline face_discriminator adversarial label_adversary
 # trajectory; one thread gives the same numbers on any machine (the tables of docs/results.md)
 SEED_THREADS ?= 1
 
-.PHONY: install train preprocess bench sweep pareto sync audit compare seeds realface realface-setup test test-all lint clean help
+.PHONY: install train preprocess bench sweep pareto sync audit compare seeds realface realface-setup test test-integration test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
@@ -25,7 +25,7 @@ help:
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
 	@echo "make sync RUN=runs/<run dir>                         upload its offline W&B runs (each run once, however often resumed)"
 	@echo "make realface [RUNS='baseline adversarial'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface] [ARGS=...]  real-face development benchmark"
-	@echo "make test | make test-all                          fast suite | with slow tests"
+	@echo "make test | make test-integration | make test-all     unit tests and a smoke run | end-to-end tests | everything, slow ones too"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
 	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [SEED_JOBS=2] [ARGS=...]  every experiment x seed (one thread each), then compare"
@@ -101,10 +101,13 @@ realface: install realface-setup
 	  --photos $(PHOTOS) --out $(REALFACE_OUT) $(if $(ARGS),--args "$(ARGS)")
 
 test: install
-	$(PYTEST) -q
+	$(PYTEST) -q tests/unit tests/smoke
+
+test-integration: install
+	$(PYTEST) -q tests/integration
 
 test-all: install
-	$(PYTEST) -q -m "" 
+	$(PYTEST) -q -m "" tests
 
 lint: install
 	$(BIN)/ruff check fair_lightning data_modules tests benchmarks

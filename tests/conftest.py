@@ -57,3 +57,17 @@ def tiny_overrides(tmp_path, **extra) -> list[tuple[str, str]]:
     }
     base.update(extra)
     return list(base.items())
+
+
+UNIT_TIMEOUT_S = 60  # a unit test that needs longer belongs in tests/integration
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/integration/: marked `integration`; tests/unit/: a per-test timeout of a minute
+    (pyproject.toml's `timeout` bounds every other test)."""
+    for item in items:
+        parts = item.path.parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        elif "unit" in parts and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))

@@ -13,7 +13,7 @@ from fair_lightning.config import load_config
 from fair_lightning.train import main, run
 from tests.conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

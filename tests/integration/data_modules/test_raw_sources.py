@@ -26,7 +26,7 @@ from data_modules.shards import open_streaming
 from data_modules.sources import build_shards, get_source
 from fair_lightning.config import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def chalearn_cfg(root: Path, cache: Path, **extra):

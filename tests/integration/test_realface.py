@@ -16,7 +16,7 @@ import pytest
 from benchmarks.realface import build as rf
 from benchmarks.realface import run as rfrun
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ROOT.parent / "shared" / "data" / "lfw-dev"
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ddp import _train as train_single
-from tests.test_resume import _same, _slurm_env
+from tests.integration.test_ddp import _train as train_single
+from tests.integration.test_resume import _same, _slurm_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "experiments" / "cluster" / "train.sbatch"
 
 SRUN = """#!/bin/sh

@@ -15,7 +15,7 @@ import yaml
 from fair_lightning.sweep import expand_command, load_sweep, main, next_trial, trial_args
 from tests.conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tiny_args(tmp_path) -> str:

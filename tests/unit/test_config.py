@@ -10,7 +10,7 @@ from fair_lightning.config import (
     parse_overrides,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_experiment_files_override_base():

@@ -76,21 +76,6 @@ def test_cross_clip_retrieval_ignores_the_same_clip():
     assert cross_clip_retrieval(z, torch.tensor([0, 0, 1, 1, 1, 0]), clip) < 0.5
 
 
-def test_pretraining_learns_to_recognise_new_people_across_clips():
-    torch.manual_seed(0)
-    images, person, clip = collect_person_images(
-        _loader(_person_coloured(n_ids=20, background=True)))
-    enc = FaceEncoder(8, channels=4)
-    held = holdout_people(person, clip, face_pretrain.HOLDOUT_PEOPLE, seed=0)
-    with torch.no_grad():
-        before = cross_clip_retrieval(enc.cnn(images[held].float() / 255.0), person[held],
-                                      clip[held])
-    stats = pretrain_identity(enc, images, person, clip, epochs=15, lr=0.01, batch_size=16)
-    # 4 held-out people, 3 clips each: chance is 2 of the 11 other clips
-    assert stats["face_pretrain/heldout_retrieval_acc"] > max(0.8, before + 0.2)
-    assert 1 <= stats["face_pretrain/best_epoch"] <= 15
-
-
 def test_needs_two_clips_per_person():
     images, person, clip = collect_person_images(_loader(make_records(6, 1)))
     with pytest.raises(ValueError, match="two clips"):

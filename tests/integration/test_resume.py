@@ -20,7 +20,7 @@ import torch
 from fair_lightning.config import load_config
 from tests.conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _overrides(tmp_path, cache: Path, **extra) -> dict[str, str]:

@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fair_lightning", "data_modules")
 # the checkout's benchmark fixtures: `make bench BENCH=preprocess` imports them, and says
 # with an error line that a source checkout is needed where they are absent

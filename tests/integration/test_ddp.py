@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from tests.conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hsic_rank(rank, world, init_file, out_dir):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # two starts of one run (the second resumes it), then an audit of it: what W&B writes
 WRITE_RUNS = """

@@ -13,7 +13,7 @@ import pytest
 
 from data_modules.files import atomic_dir, atomic_write, remove_stale
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _dead_pid() -> int:
