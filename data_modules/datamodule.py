@@ -80,6 +80,12 @@ class InterviewDataModule(L.LightningDataModule):
     def split_dir(self, split: str) -> Path:
         return self._root() / split
 
+    @property
+    def cache_name(self) -> str:
+        """The data's cache folder name, `<source>-<key>`: runs with one name read the same
+        clips (it keys what runs derive from the data, and W&B's `data.cache_key`)."""
+        return self._root().name
+
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             check_shard_dir(self.split_dir(split))

@@ -124,7 +124,8 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the data, as in train
     callbacks = analysis_callbacks(cfg, dm)
     trainer = L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
-                        devices=1, logger=make_loggers(cfg, out, job_type="audit"), callbacks=callbacks,
+                        devices=1, logger=make_loggers(cfg, out, dm.cache_name,
+                                                       job_type="audit"), callbacks=callbacks,
                         enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, deterministic=cfg.trainer.deterministic)
     results = trainer.test(module, datamodule=dm, verbose=False)

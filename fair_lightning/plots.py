@@ -117,7 +117,7 @@ LAYER_WORDS = {"fused": "h", "erased": "erased h", "head": "the head's direction
 
 def describe_metric(key: str) -> str:
     """Words for a summary key on an axis: `leak/fused/gender/clip/bal_acc` -> `gender read
-    from h, clip level (balanced accuracy)`; unknown keys stay as they are."""
+    from h, clip level (test balanced accuracy)`; unknown keys stay as they are."""
     parts = key.split("/")
     if len(parts) == 5 and parts[0] in ("leak", "fit_leak") and parts[4] == "bal_acc":
         split = "test" if parts[0] == "leak" else "val"

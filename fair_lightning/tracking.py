@@ -126,21 +126,15 @@ def _headline_wandb_logger(**kwargs):
     return HeadlineWandbLogger(**kwargs)
 
 
-def data_cache_key(cfg: DictConfig) -> str:
-    """The data's cache folder name (`<source>-<key>`): runs on the same data share it."""
-    from data_modules.sources import shard_root
-
-    return shard_root(cfg.data).name
-
-
-def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None,
+def make_loggers(cfg: DictConfig, run_dir: Path, data_key: str, wandb_id: str | None = None,
                  csv_rows: int | None = None, job_type: str = "train") -> list:
     """W&B (unless disabled; `wandb_id` continues that run: a resumed run is the same W&B
     run) and CSV (`csv_rows`: a resumed run's rows written before its checkpoint).
 
     W&B: grouped by `logger.wandb.group`, else by a sweep's group (`WANDB_RUN_GROUP`), else
     by the experiment, so a run's seeds and audits sit together; `job_type` train or audit;
-    the data's cache key in the config (`data.cache_key`); checkpoints as model artifacts
+    `data_key`, the data's cache folder name (`<source>-<key>`, as the datamodule found it),
+    in the config as `data.cache_key`; checkpoints as model artifacts
     with `logger.wandb.log_model`."""
     loggers = []
     mode = resolve_wandb_mode(cfg.logger.wandb.mode)
@@ -151,7 +145,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str | None = None,
         w = cfg.logger.wandb
         group = w.group or os.environ.get("WANDB_RUN_GROUP") or cfg.experiment
         config = OmegaConf.to_container(cfg, resolve=True)
-        config["data"]["cache_key"] = data_cache_key(cfg)
+        config["data"]["cache_key"] = data_key
         name = run_dir.name if run_dir.name.startswith(cfg.experiment) else (
             f"{cfg.experiment}-{run_dir.name}")
         loggers.append(_headline_wandb_logger(

@@ -150,7 +150,7 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
     from fair_lightning.face_pretrain import identity_face_encoder
     from fair_lightning.runtime import global_rank
 
-    data = dm.split_dir("train").parent.name  # the source and its key
+    data = dm.cache_name  # the source and its key
     # rank 0 pretrains, on the run's GPU when it has one; the other ranks wait for its file
     gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     try:
@@ -388,7 +388,8 @@ def run(cfg) -> Path:
 
         callbacks.insert(0, ErasureStage(dm, run_dir / "checkpoints" / "last.ckpt"))
     trainer = build_trainer(cfg, run_dir, module, callbacks,
-                            make_loggers(cfg, run_dir, wandb_id, csv_rows))
+                            make_loggers(cfg, run_dir, dm.cache_name,
+                                         wandb_id, csv_rows))
     t1 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None,
                 weights_only=True)
