@@ -555,10 +555,6 @@ def _py2_pickle(obj) -> bytes:
     return bytes(out)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def _youtube_ids(rng: np.random.Generator, n: int) -> list[str]:
     ids: list[str] = []
     while len(ids) < n:
@@ -676,8 +672,8 @@ def write_chalearn_annotations(root: Path, clips: dict[str, dict]) -> None:
             annotations[c["official_split"]][t][f"{clip}.mp4"] = c["traits"][t]
         transcripts[c["official_split"]][f"{clip}.mp4"] = c["transcript"]
     for split in OFFICIAL_SPLITS:
-        _write_atomic(root / f"annotation_{split}.pkl", _py2_pickle(annotations[split]))
-        _write_atomic(root / f"transcription_{split}.pkl", _py2_pickle(transcripts[split]))
+        atomic_write(root / f"annotation_{split}.pkl", _py2_pickle(annotations[split]))
+        atomic_write(root / f"transcription_{split}.pkl", _py2_pickle(transcripts[split]))
     for name, splits in (("dev", ("training", "validation")), ("test", ("test",))):
         lines = ["VideoName;YouTubeID;Ethnicity;Gender"]
         for clip, t in clips.items():
@@ -685,7 +681,7 @@ def write_chalearn_annotations(root: Path, clips: dict[str, dict]) -> None:
                 code = 1 if t["gender"] == 1 else 2
                 eth = "" if t["ethnicity"] is None else t["ethnicity"] + 1
                 lines.append(f"{clip}.mp4;{t['identity']};{eth};{code}")
-        _write_atomic(root / f"eth_gender_annotations_{name}.csv",
+        atomic_write(root / f"eth_gender_annotations_{name}.csv",
                       ("\n".join(lines) + "\n").encode())
 
 
@@ -719,7 +715,7 @@ def make_manifest_corpus(root: str | os.PathLike, *, people: int = 8, clips_per_
             r = len(rows)
             if r % 2:  # every other transcript lives in its own file
                 txt = Path("transcripts") / f"{name}_{n}.txt"
-                _write_atomic(root / txt, text.encode("utf-8"))
+                atomic_write(root / txt, text.encode("utf-8"))
                 text = txt.as_posix()
             label = _sigmoid(person["merit"] + 0.35 * float(rng.standard_normal()))
             # some annotations are missing; rows 1 and 2 always, so both cases exist
@@ -734,7 +730,7 @@ def make_manifest_corpus(root: str | os.PathLike, *, people: int = 8, clips_per_
     writer.writeheader()
     writer.writerows(rows)
     manifest = root / "manifest.csv"
-    _write_atomic(manifest, buf.getvalue().encode("utf-8"))
+    atomic_write(manifest, buf.getvalue().encode("utf-8"))
     return manifest
 
 

@@ -9,6 +9,7 @@ still writing.
 from __future__ import annotations
 
 import ctypes
+import json
 import multiprocessing.util
 import os
 import shutil
@@ -51,16 +52,28 @@ def remove_stale(final: Path) -> int:
     return removed
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp_path)` then rename: a reader sees the whole file or none of it."""
+def atomic_write(path: Path, data: str | bytes | Callable[[Path], object]) -> None:
+    """The one way files are written: `data` (text, bytes, or a function that writes the
+    file at the path it is given) goes to a temporary sibling, which is then renamed to
+    `path`. A reader sees the whole file or none of it; a failed write leaves nothing."""
     path = Path(path)
     tmp = _tmp_name(path)
     try:
-        write(tmp)
+        if isinstance(data, str):
+            tmp.write_text(data)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def json_text(obj) -> str:
+    """JSON as every summary and report file holds it: indented, keys sorted, NaN kept."""
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n"
 
 
 @contextmanager

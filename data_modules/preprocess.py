@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.files import atomic_write, peak_rss_mb, remove_stale
+from data_modules.files import atomic_write, json_text, peak_rss_mb, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def _media_job(entry: ClipEntry, s: Settings, out: str, skip: str
         arrays, times = process_media(Path(entry.path), s)
     except SkipClip as e:
         info = json.dumps({"clip_id": entry.clip_id, "reason": e.reason, "detail": e.detail})
-        atomic_write(Path(skip), lambda p: p.write_text(info))
+        atomic_write(Path(skip), info)
         return entry.clip_id, e.reason, {}, peak_rss_mb()
     atomic_write(Path(out), lambda p: np.savez(open(p, "wb"), **arrays))
     return entry.clip_id, "done", times, peak_rss_mb()
@@ -573,9 +573,8 @@ def _write_report(store: Store, report: Report, skips: list[Skipped]) -> None:
                 w.writerow([sk.clip_id, sk.reason, sk.detail])
 
     atomic_write(store.root / "skipped.csv", write_csv)
-    atomic_write(store.root / "report.json",
-                 lambda p: p.write_text(json.dumps(asdict(report), indent=2)))
-    atomic_write(store.root / "report.md", lambda p: p.write_text(report.to_markdown()))
+    atomic_write(store.root / "report.json", json_text(asdict(report)))
+    atomic_write(store.root / "report.md", report.to_markdown())
 
 
 def load_record(entry: ClipEntry, store: Store) -> dict:

@@ -85,12 +85,12 @@ def with_erasure(module, cfg):
 def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     import lightning as L
 
+    from data_modules.files import atomic_write, json_text
     from fair_lightning.report import write_run_report
     from fair_lightning.tracking import (
         collect_summary,
         finish_wandb,
         make_loggers,
-        write_json_atomic,
     )
     from fair_lightning.train import analysis_callbacks, build_datamodule
 
@@ -114,13 +114,12 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
         import torch
 
         from fair_lightning.callbacks import ErasureStage
-        from fair_lightning.tracking import write_atomic
 
         erase = ErasureStage(dm, out / "erased.ckpt").fit_head(module)
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         saved["state_dict"] = module.state_dict()
         saved["hyper_parameters"] = dict(module.hparams)
-        write_atomic(out / "erased.ckpt", lambda f: torch.save(saved, f))
+        atomic_write(out / "erased.ckpt", lambda p: torch.save(saved, p))
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the data, as in train
     callbacks = analysis_callbacks(cfg, dm)
     trainer = L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
@@ -132,7 +131,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     summary = collect_summary(trainer, results, callbacks)
     summary.update(erase)
     summary["audit/checkpoint"] = str(ckpt.resolve())
-    write_json_atomic(out / "summary.json", summary)
+    atomic_write(out / "summary.json", json_text(summary))
     write_run_report(out, cfg, summary, callbacks)
     finish_wandb(trainer, summary, out)
     return out

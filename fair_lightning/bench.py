@@ -153,9 +153,9 @@ def _train_bench(args) -> int:
     import logging
     import warnings
 
+    from data_modules.files import atomic_write, json_text
     from fair_lightning.bench_train import markdown, run
     from fair_lightning.runtime import quiet_warnings, set_offline_env
-    from fair_lightning.tracking import write_json_atomic
 
     set_offline_env()
     quiet_warnings()
@@ -167,9 +167,9 @@ def _train_bench(args) -> int:
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "bench.json", result)
+    atomic_write(out / "bench.json", json_text(result))
     md = markdown(result)
-    (out / "bench.md").write_text(md)
+    atomic_write(out / "bench.md", md)
     print(md)
     print(f"written: {out / 'bench.json'}")
     return 0
@@ -213,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "train":
         return _train_bench(args)
+    from data_modules.files import atomic_write, json_text
+
     result = bench_preprocess(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "preprocess.json").write_text(json.dumps(result, indent=2))
+    atomic_write(out / "preprocess.json", json_text(result))
     md = _markdown(result)
-    (out / "preprocess.md").write_text(md)
+    atomic_write(out / "preprocess.md", md)
     print(md)
     print(f"written: {out / 'preprocess.json'}")
     return 0

@@ -99,71 +99,20 @@ def plain_epochs(module, loader, epochs: int, parts: dict | None = None) -> list
 
 
 def plain_epoch(module, loader, opts, parts: dict | None = None) -> float:
-    """One epoch of the same computation without Lightning: the module's networks and
-    optimizers, the same alternation (k_disc adversary steps on the detached h, then one
-    main step with the adversary frozen), gradient clipping, no logging or metrics."""
-    import torch
+    """One epoch without Lightning: the module's own training step strategy
+    (`fair_lightning.steps`) driven by a plain PyTorch engine (backward, clipping,
+    toggling, a constant lambda, no logging); `parts` adds up seconds by part of the step."""
+    from fair_lightning.steps import PlainEngine
 
-    clip = module.optim_cfg.grad_clip
     module.train()
-
-    def step(opt, loss, params):
-        opt.zero_grad()
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-
-    main_params = list(module.scorer.parameters())
-    parts = {} if parts is None else parts  # seconds by part of the step (adversarial)
-
-    def lap(name, since):
-        now = time.perf_counter()
-        parts[name] = parts.get(name, 0.0) + now - since
-        return now
-
+    params = [list(module.scorer.parameters())]
+    if module.adversary is not None:
+        params.append(module.adversary_parameters())
+    engine = PlainEngine(opts, params, module.optim_cfg.grad_clip, module.adv_cfg.weight, parts)
     t = time.perf_counter()
-    mark = t
     for batch in loader:
-        mark = lap("loading", mark)
-        out = module.scorer(batch)
-        task = module.task_loss(out.score, batch.label)
-        mark = lap("scorer forward", mark)
-        if module.adversary is None:
-            step(opts[0], task, main_params)
-            mark = lap("main backward and step", mark)
-            continue
-        adv_params = module.adversary_parameters()
-        lam = module.adv_cfg.weight
-        if module.objective.joint_step:
-            obs = module.adversary.observe(batch, "train")
-            adv = module.objective.joint_loss(module.adversary, out.h, obs, lam)
-            for o in opts:
-                o.zero_grad()
-            (task + adv.loss).backward()
-            for o, ps in zip(opts, (main_params, adv_params), strict=True):
-                if clip > 0:
-                    torch.nn.utils.clip_grad_norm_(ps, clip)
-                o.step()
-        else:
-            h = out.h.detach()
-            for p in main_params:  # as Lightning's toggled_optimizer: only the stepped net
-                p.requires_grad_(False)
-            for _ in range(module.adv_cfg.k_disc):
-                obs = module.adversary.observe(batch, "train")
-                step(opts[1], module.adversary(h, obs).loss, adv_params)
-            mark = lap(f"adversary: {module.adv_cfg.k_disc} steps", mark)
-            for p in main_params:
-                p.requires_grad_(True)
-            for p in adv_params:
-                p.requires_grad_(False)
-            term = module.objective.term(module.adversary, out.h, batch, obs.detach())
-            mark = lap("adversarial term", mark)
-            step(opts[0], task + lam * term, main_params)
-            for p in adv_params:
-                p.requires_grad_(True)
-        module.adversary.remember(batch, "train")
-        mark = lap("main backward and step", mark)
+        engine.lap("loading")
+        module.step_strategy(module, batch, engine)
     return time.perf_counter() - t
 
 

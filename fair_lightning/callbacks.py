@@ -590,11 +590,11 @@ class TestPredictions(L.Callback):
         import csv
         import io
 
-        from fair_lightning.tracking import write_atomic
+        from data_modules.files import atomic_write
 
         buf = io.StringIO()
         out = csv.writer(buf, lineterminator="\n")  # quotes a clip name holding a comma
         out.writerow(["clip_id", "identity", "score", "label"])
         out.writerows([c, p, f"{s:.6f}", f"{y:.6f}"] for c, p, s, y in
                       (rows[k] for k in sorted(rows)))
-        write_atomic(self.path, lambda f: f.write(buf.getvalue().encode()))
+        atomic_write(self.path, buf.getvalue())

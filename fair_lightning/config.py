@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from data_modules.files import atomic_write
 from data_modules.sources import SOURCES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"  # package data: ships in the wheel
@@ -706,4 +707,29 @@ def config_from_argv(argv: list[str] | None = None,
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def flat_config(node: dict, prefix: str = "") -> dict[str, Any]:
+    """A plain (nested) config as {dotted key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out.update(flat_config(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def differing_keys(configs: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between plain configs (a key that one of them lacks
+    differs), sorted; keys in `ignore`, and the keys under them, are left out."""
+    flats = [flat_config(c) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if not any(k == i or k.startswith(i + ".") for i in ignore)
+            and any(f.get(k, "<unset>") != flats[0].get(k, "<unset>") for f in flats)]
+
+
+def config_differences(saved: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: old -> new` for each dotted key in which `new` differs from `saved`."""
+    old, now = flat_config(saved), flat_config(new)
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
+            for k in differing_keys([saved, new], ignore)]

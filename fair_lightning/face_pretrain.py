@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from data_modules.files import atomic_write
 from data_modules.progress import Progress
 from fair_lightning.models import FaceEncoder
 from fair_lightning.models.adversaries import frames_to_float, frames_to_uint8
 from fair_lightning.runtime import wait_for
-from fair_lightning.tracking import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,5 +178,5 @@ def identity_face_encoder(model_cfg, loader, cache_dir: Path, *, data_key: str,
                                   seed=seed)
     state = {k: v.cpu() for k, v in encoder.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: torch.save({"state_dict": state, "stats": stats}, f))
+    atomic_write(path, lambda p: torch.save({"state_dict": state, "stats": stats}, p))
     return state, stats

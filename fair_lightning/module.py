@@ -1,7 +1,7 @@
 """The LightningModule: task training plus an optional adversary.
 
 Per batch with an adversary (manual optimization, in the manner of Lightning's GAN example;
-the algorithm is `training_step`):
+the algorithm is `fair_lightning.steps`, shared with the benchmark's plain loop):
   1. forward the scorer once -> score and h;
   2. `k_disc` adversary steps on h.detach() (face discriminator D or attribute adversary A);
   3. one main step on task loss + lambda * the objective's term, with the adversary frozen.
@@ -33,6 +33,7 @@ from fair_lightning.models import MultimodalScorer
 from fair_lightning.models.adversaries import ADVERSARIES, AdversaryOutput
 from fair_lightning.models.erasure import ErasedHead
 from fair_lightning.models.objectives import OBJECTIVES
+from fair_lightning.steps import training_step_for
 
 TASK_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
 
@@ -51,6 +52,40 @@ class RegressionMetrics(MetricCollection):
     def __init__(self, prefix: str):
         super().__init__({"mae": MeanAbsoluteError(), "pearson": PearsonCorrCoef(),
                           "r2": R2Score()}, prefix=prefix)
+
+
+class LightningEngine:
+    """The module as the training step's engine (`fair_lightning.steps`): Lightning's
+    backward, clipping (`configure_gradient_clipping`), optimizer toggling and logging; the
+    task alone is Lightning's automatic optimization, which steps, clips and schedules."""
+
+    def __init__(self, module: L.LightningModule):
+        self.m = module
+
+    def optimizers(self):
+        return self.m.optimizers()
+
+    def adversary_weight(self) -> float:
+        return self.m.adversary_weight()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.m.manual_backward(loss)
+
+    def clip_and_step(self, opt) -> None:
+        self.m.configure_gradient_clipping(opt)
+        opt.step()
+
+    def toggled(self, opt):
+        return self.m.toggled_optimizer(opt)
+
+    def log(self, values: dict, batch_size: int) -> None:
+        self.m.log_dict(values, batch_size=batch_size)
+
+    def automatic(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def lap(self, name: str) -> None:
+        pass
 
 
 class FairScorerModule(L.LightningModule):
@@ -87,6 +122,8 @@ class FairScorerModule(L.LightningModule):
                                        fit_on=e["fit_on"], seed=seed)
                             if e.get("enabled") else None)
         self.erasure_proxy = e.get("proxy", "face")
+        self.step_strategy = training_step_for(self.adversary, self.objective,
+                                               self.adv_cfg.k_disc)
         # alternating steps need manual optimization; the task alone is Lightning's own loop
         self.automatic_optimization = self.adversary is None
         self._trained_batches = 0
@@ -108,9 +145,7 @@ class FairScorerModule(L.LightningModule):
 
     @property
     def optimizer_steps_per_batch(self) -> int:
-        if self.adversary is None:
-            return 1
-        return 2 if self.objective.joint_step else self.adv_cfg.k_disc + 1
+        return self.step_strategy.optimizer_steps
 
     def adversary_parameters(self):
         return [p for p in self.adversary.parameters() if p.requires_grad]
@@ -253,71 +288,11 @@ class FairScorerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int):
-        if self.adversary is None:
-            return self._task_step(batch)
-        if self.objective.joint_step:
-            return self._joint_step(batch)
-        opt_main, opt_adv = self.optimizers()
-        out = self.scorer(batch)
-        task = self.task_loss(out.score, batch.label)
-        lam = self.adversary_weight()
-        h = out.h.detach()
-        # 1) k_disc adversary steps on the detached representation, fresh pairs each
-        with self.toggled_optimizer(opt_adv):
-            for _ in range(self.adv_cfg.k_disc):
-                obs = self.adversary.observe(batch, "train")
-                adv = self.adversary(h, obs)
-                self._track(adv, "train")
-                self._step(opt_adv, adv.loss)
-        # 2) one main step: task + lambda * adversarial term, adversary frozen
-        with self.toggled_optimizer(opt_main):
-            term = self.objective.term(self.adversary, out.h, batch, obs.detach())
-            self._step(opt_main, task + lam * term)
-        self.log_dict({"train/loss": task, "adv/loss": adv.loss, "adv/main_term": term,
-                       "adv/weight": lam}, batch_size=len(batch))
-        self.adversary.remember(batch, "train")
-        self._batch_done(batch, out.score)
+        return self.step_strategy(self, batch, LightningEngine(self))
 
-    def _task_step(self, batch: Batch) -> torch.Tensor:
-        """No adversary: Lightning steps, clips (`configure_gradient_clipping`) and
-        schedules."""
-        out = self.scorer(batch)
-        task = self.task_loss(out.score, batch.label)
-        self.log("train/loss", task, batch_size=len(batch))
-        self._batch_done(batch, out.score)
-        return task
-
-    def _joint_step(self, batch: Batch) -> None:
-        """One step for both networks: the objective's joint loss reaches h reversed."""
-        opts = self.optimizers()
-        out = self.scorer(batch)
-        task = self.task_loss(out.score, batch.label)
-        lam = self.adversary_weight()
-        adv = self.objective.joint_loss(self.adversary, out.h,
-                                        self.adversary.observe(batch, "train"), lam)
-        self._track(adv, "train")
-        for opt in opts:
-            opt.zero_grad()
-        self.manual_backward(task + adv.loss)
-        for opt in opts:
-            self._clip_and_step(opt)
-        self.log_dict({"train/loss": task, "adv/loss": adv.loss, "adv/weight": lam},
-                      batch_size=len(batch))
-        self.adversary.remember(batch, "train")
-        self._batch_done(batch, out.score)
-
-    def _batch_done(self, batch: Batch, score: torch.Tensor) -> None:
+    def batch_done(self, batch: Batch, score: torch.Tensor) -> None:
         self.task_metrics["train_"].update(score.detach(), batch.label)
         self._trained_batches += 1
-
-    def _step(self, opt, loss: torch.Tensor) -> None:
-        opt.zero_grad()
-        self.manual_backward(loss)
-        self._clip_and_step(opt)
-
-    def _clip_and_step(self, opt) -> None:
-        self.configure_gradient_clipping(opt)
-        opt.step()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
@@ -326,7 +301,7 @@ class FairScorerModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.optim_cfg.grad_clip,
                                 gradient_clip_algorithm="norm")
 
-    def _track(self, adv: AdversaryOutput, stage: str) -> None:
+    def track(self, adv: AdversaryOutput, stage: str) -> None:
         if adv.logits is not None:  # a matching adversary: D's accuracy and AUC
             self.d_auc[f"{stage}_"].update(adv.logits, adv.target.long())
             self.d_acc[f"{stage}_"].update(((adv.logits > 0).float() == adv.target).float().mean())
@@ -352,7 +327,7 @@ class FairScorerModule(L.LightningModule):
             self.merit_pearson[f"{stage}_"].update(out.score[known], batch.merit[known])
         if self.adversary is not None:
             obs = self.adversary.observe(batch, stage)
-            self._track(self.adversary(out.h, obs), stage)
+            self.track(self.adversary(out.h, obs), stage)
             self.adversary.remember(batch, stage)
             self.objective.eval_update(self.adversary, out.h, batch, obs)
         return {"score": out.score}

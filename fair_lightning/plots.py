@@ -10,12 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from data_modules.files import atomic_write  # noqa: E402
+
 ATTR_NAMES = {"gender": ("women", "men"), "ethnicity": ("group 0", "group 1", "group 2")}
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:]))
     plt.close(fig)
     return path
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_modules.files import atomic_write
 from data_modules.schema import SENSITIVE
 
 LAYERS = ("text", "audio", "video", "fused", "erased", "head", "score", "proxy")
@@ -219,7 +221,7 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -295,22 +297,14 @@ _DATA_KEYS_IGNORED = ("data.batch_size", "data.num_workers", "data.cache_dir",
 _RUN_KEYS_IGNORED = ("seed", "output_dir", "experiment", "description")
 
 
-def _flat(node, prefix: str = "") -> dict:
-    out = {}
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def config_differences(run_dirs: list[Path]) -> tuple[list[str], list[str]]:
+def runs_config_differences(run_dirs: list[Path]) -> tuple[list[str], list[str]]:
     """(data keys, other keys) whose values differ between the runs' config.yaml files."""
     from omegaconf import OmegaConf
 
-    flats = [_flat(OmegaConf.to_container(OmegaConf.load(Path(d) / "config.yaml")))
-             for d in run_dirs if (Path(d) / "config.yaml").is_file()]
-    keys = sorted({k for f in flats for k in f})
-    differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+    from fair_lightning.config import differing_keys
+
+    differ = differing_keys([OmegaConf.to_container(OmegaConf.load(Path(d) / "config.yaml"))
+                                 for d in run_dirs if (Path(d) / "config.yaml").is_file()])
     data = [k for k in differ if k.startswith("data.") and k not in _DATA_KEYS_IGNORED]
     other = [k for k in differ if not k.startswith("data.") and k not in _RUN_KEYS_IGNORED]
     return data, other
@@ -325,7 +319,7 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
     if len(unique) < len(run_dirs):
         print(f"warning: {len(run_dirs) - len(unique)} run director(ies) given more than once; "
               "each run counts once", file=sys.stderr)
-    data_keys, other_keys = config_differences(unique)
+    data_keys, other_keys = runs_config_differences(unique)
     if data_keys and not allow_mixed_data:
         raise ValueError(f"the runs were made on different data ({', '.join(data_keys)} "
                          "differ); their numbers are not comparable. Pass --allow-mixed-data "
@@ -333,16 +327,17 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
     runs = [load_run(d) for d in unique]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "comparison.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["run", "experiment", "dir", *COMPARE_COLUMNS,
-                    *[c + "_ci_low" for c in COMPARE_COLUMNS if c.startswith("leak/")],
-                    *[c + "_ci_high" for c in COMPARE_COLUMNS if c.startswith("leak/")]])
-        for r in runs:
-            probe_cols = [c for c in COMPARE_COLUMNS if c.startswith("leak/")]
-            w.writerow([r["_name"], r["_experiment"], r["_dir"], *[r.get(c, "") for c in COMPARE_COLUMNS],
-                        *[r.get(c.replace("/bal_acc", "/bal_acc_ci_low"), "") for c in probe_cols],
-                        *[r.get(c.replace("/bal_acc", "/bal_acc_ci_high"), "") for c in probe_cols]])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run", "experiment", "dir", *COMPARE_COLUMNS,
+                *[c + "_ci_low" for c in COMPARE_COLUMNS if c.startswith("leak/")],
+                *[c + "_ci_high" for c in COMPARE_COLUMNS if c.startswith("leak/")]])
+    for r in runs:
+        probe_cols = [c for c in COMPARE_COLUMNS if c.startswith("leak/")]
+        w.writerow([r["_name"], r["_experiment"], r["_dir"], *[r.get(c, "") for c in COMPARE_COLUMNS],
+                    *[r.get(c.replace("/bal_acc", "/bal_acc_ci_low"), "") for c in probe_cols],
+                    *[r.get(c.replace("/bal_acc", "/bal_acc_ci_high"), "") for c in probe_cols]])
+    atomic_write(out_dir / "comparison.csv", buf.getvalue())
     short = {c: c.replace("leak/fused/", "h ").replace("/bal_acc", "").replace("fair/", "")
                  .replace("/", " ") for c in COMPARE_COLUMNS}
     families = list(dict.fromkeys(f for r in runs for f in r.get("_attackers", [])))
@@ -381,7 +376,7 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
                      for c in COMPARE_COLUMNS]
             lines.append(f"| {a['_name']} | {a['_n']} | " + " | ".join(cells) + " |")
     lines += ["", "![trade-off](tradeoff.png)", ""]
-    (out_dir / "comparison.md").write_text("\n".join(lines))
+    atomic_write(out_dir / "comparison.md", "\n".join(lines))
     plot_tradeoff(runs, metric, leakage, out_dir / "tradeoff.png")
     return {"markdown": out_dir / "comparison.md", "csv": out_dir / "comparison.csv",
             "plot": out_dir / "tradeoff.png"}
@@ -501,13 +496,14 @@ def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Pat
                      + ("yes" if i in front else "") + " | " + ("yes" if i in chosen else "")
                      + " |")
     lines += ["", "![pareto](pareto.png)", ""]
-    (out_dir / "pareto.md").write_text("\n".join(lines))
-    with open(out_dir / "pareto.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["trial", *keys, metric, "worst_leak", "select_score", "front", "selected"])
-        for i, p in enumerate(points):
-            w.writerow([p["name"], *[p["params"].get(k, "") for k in keys], p["task"],
-                        p["leak"], p["select"], i in front, i in chosen])
+    atomic_write(out_dir / "pareto.md", "\n".join(lines))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["trial", *keys, metric, "worst_leak", "select_score", "front", "selected"])
+    for i, p in enumerate(points):
+        w.writerow([p["name"], *[p["params"].get(k, "") for k in keys], p["task"],
+                    p["leak"], p["select"], i in front, i in chosen])
+    atomic_write(out_dir / "pareto.csv", buf.getvalue())
     return {"markdown": out_dir / "pareto.md", "csv": out_dir / "pareto.csv", "plot": plot}
 
 

@@ -149,25 +149,13 @@ def run_dir_of(ckpt: Path) -> Path:
                       "checkpoints/ folder of a run directory)")
 
 
-def config_differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(new)):
-        full = f"{prefix}{key}"
-        if full in MAY_CHANGE:
-            continue
-        a, b = saved.get(key, "<unset>"), new.get(key, "<unset>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, full + ".")
-        elif a != b:
-            out.append(f"{full}: {a!r} -> {b!r}")
-    return out
-
-
 def plan(cfg, run_dir: Path) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume from or None) for `cfg.resume`; raises
     ResumeError when the resume would not continue the same run."""
     import yaml
     from omegaconf import OmegaConf
+
+    from fair_lightning.config import config_differences
 
     how = cfg.resume
     if how != "auto":
@@ -190,7 +178,7 @@ def plan(cfg, run_dir: Path) -> tuple[Path, Path | None]:
         raise ResumeError(f"{run_dir} holds no config.yaml: it is not a run this framework "
                           "started (or it was stopped before its data passed the checks)")
     saved = yaml.safe_load(saved_path.read_text())
-    diff = config_differences(saved, OmegaConf.to_container(cfg, resolve=True))
+    diff = config_differences(saved, OmegaConf.to_container(cfg, resolve=True), MAY_CHANGE)
     if diff:
         raise ResumeError(f"resume into {run_dir} with a different configuration would mix "
                           f"two runs: {'; '.join(diff[:6])}" + (" ..." if len(diff) > 6 else "")
@@ -246,7 +234,7 @@ def record_start(run_dir: Path, ckpt: Path | None) -> dict:
                              "resumed_from": str(ckpt) if ckpt else None,
                              "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     text = json.dumps(record, indent=1)
-    atomic_write(path, lambda p: p.write_text(text))
+    atomic_write(path, text)
     return record
 
 

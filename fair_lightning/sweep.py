@@ -116,7 +116,7 @@ def locked(path: Path):
 
 def _save(path: Path, trial: dict) -> None:
     text = json.dumps(trial, indent=1)
-    atomic_write(path, lambda p, t=text: p.write_text(t))
+    atomic_write(path, text)
 
 
 def read_trials(root: Path, metric: str) -> list[dict]:
@@ -188,7 +188,7 @@ def run_offline(sweep_file: Path, cfg: dict, *, name: str, count: int | None,
         run_dir = folder / "run"
         if rc == 0 and (run_dir / "summary.json").is_file():
             text = (run_dir / "summary.json").read_text()
-            atomic_write(folder / "summary.json", lambda p, t=text: p.write_text(t))
+            atomic_write(folder / "summary.json", text)
         trial.update(state="finished" if rc == 0 else "failed", exitcode=rc,
                      ended=time.time())
         _save(folder / TRIAL, trial)  # other agents read it: never half a file
@@ -254,7 +254,7 @@ def create_online(sweep_file: Path, cfg: dict, extra: list[str], runs_root: Path
         sweep_file = runs_root / name / "sweep.yaml"
         sweep_file.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(with_fixed_args(cfg, extra), sort_keys=False)
-        atomic_write(sweep_file, lambda p: p.write_text(text))
+        atomic_write(sweep_file, text)
     out = subprocess.run([wandb_command(), "sweep", *project_args(project, entity),
                           str(sweep_file)], capture_output=True, text=True)
     text = out.stdout + out.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import netrc
 import numbers
@@ -172,23 +171,6 @@ def finish_wandb(trainer, summary: dict, run_dir: Path) -> None:
             if (Path(run_dir) / name).is_file():
                 run.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
         run.finish()
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call `write(binary_file)` on a temporary sibling, then rename it to `path`: readers
-    never see half a file, and a failed write leaves nothing behind."""
-    from data_modules.files import atomic_write
-
-    def to_file(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            write(f)
-
-    atomic_write(Path(path), to_file)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n"
-    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def flat_metrics(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:

@@ -344,6 +344,7 @@ def data_summary(dm) -> dict[str, int]:
 def run(cfg) -> Path:
     import lightning as L
 
+    from data_modules.files import atomic_write, json_text
     from fair_lightning.report import write_run_report
     from fair_lightning.resume import read_record
     from fair_lightning.runtime import ensure_data, global_rank, resolve_run_dir
@@ -351,7 +352,6 @@ def run(cfg) -> Path:
         collect_summary,
         finish_wandb,
         make_loggers,
-        write_json_atomic,
     )
 
     run_dir = resolve_run_dir(cfg.output_dir, cfg.experiment)
@@ -420,7 +420,7 @@ def run(cfg) -> Path:
                         **pretrain_stats, **erase, **proxy_components_summary(module),
                         **data_summary(dm), **setup_summary(cfg)})
         summary.update(selection_metrics(cfg, val, summary))
-        write_json_atomic(run_dir / "summary.json", summary)
+        atomic_write(run_dir / "summary.json", json_text(summary))
         write_run_report(run_dir, cfg, summary, callbacks)
         finish_wandb(trainer, summary, run_dir)
     return run_dir

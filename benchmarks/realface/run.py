@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.realface.build import DEFAULT_CACHE, DEFAULT_PHOTOS, BuildError, Settings, build
+from data_modules.files import atomic_write, json_text
 
 # name -> (experiment, extra overrides): what RUNS may name
 RUNS = {
@@ -210,21 +211,19 @@ def stale_settings(run: str, run_dir: Path, keys: list[str]) -> list[str]:
     """The settings in which a finished run differs from what this command asks for."""
     from omegaconf import OmegaConf
 
-    from fair_lightning.config import load_config, load_config_file, parse_overrides
-    from fair_lightning.resume import config_differences
+    from fair_lightning.config import (
+        config_differences,
+        load_config,
+        load_config_file,
+        parse_overrides,
+    )
+    from fair_lightning.resume import MAY_CHANGE
 
     _, pairs = parse_overrides(keys)
     wanted = OmegaConf.to_container(load_config(RUNS[run][0], pairs), resolve=True)
     # a key added since the run takes today's default, as when the product reads it
     saved = OmegaConf.to_container(load_config_file(run_dir / "config.yaml"), resolve=True)
-    return [d for d in config_differences(saved, wanted)
-            if not d.startswith(tuple(f"{k}:" for k in RUN_ONLY_KEYS))]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    from data_modules.files import atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return config_differences(saved, wanted, MAY_CHANGE + RUN_ONLY_KEYS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,10 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = summary
             if reference is None:
                 reference = label_reference(sorted(pred), truth)
-            write_text_atomic(results_path, json.dumps(results, indent=2, sort_keys=True,
-                                                       allow_nan=True) + "\n")
+            atomic_write(results_path, json_text(results))
     chosen = {k: v for k, v in results.items() if k.rsplit("-s", 1)[0] in a.runs}
-    write_text_atomic(a.out / "table.md", table(chosen, reference))
+    atomic_write(a.out / "table.md", table(chosen, reference))
     print((a.out / "table.md").read_text())
     print(f"realface: {results_path}, {a.out / 'table.md'}")
     if failed:

@@ -16,6 +16,7 @@ from fair_lightning.config import load_config
 from fair_lightning.models import kernel_dependence
 from fair_lightning.models.objectives import occurrence_index
 from fair_lightning.module import FairScorerModule, dann_weight
+from fair_lightning.steps import PlainEngine
 from tests.conftest import make_records
 
 
@@ -78,17 +79,29 @@ def _changed(before, mod):
     return {n for n, p in mod.named_parameters() if not torch.equal(before[n], p)}
 
 
+@pytest.mark.parametrize("engine", ["lightning", "plain"])
 @pytest.mark.parametrize("method,objective", [("indirect", "confusion"), ("label", "confusion"),
                                               ("indirect", "hsic"), ("label", "hsic")])
-def test_alternating_steps_update_the_right_parameters(method, objective, records):
+def test_alternating_steps_update_the_right_parameters(method, objective, engine, records):
+    """Through the Trainer's engine and the benchmark's plain one alike: the same strategy
+    steps the adversary alone, then the scorer alone."""
     torch.manual_seed(0)
     m = _module(method, objective=objective)
-    _attach(m)
-    m.train()
     batch = collate_records(records if method == "label"
                             else [strip_sensitive(r) for r in records])
     adv_mods = [m.adversary]
-    opt_main, opt_adv = m.optimizers()
+    if engine == "lightning":
+        _attach(m)
+        opt_main, opt_adv = m.optimizers()
+        run = lambda: m.training_step(batch, 0)  # noqa: E731
+    else:
+        opts = m.configure_optimizers()
+        opt_main, opt_adv = opts[0] if isinstance(opts, tuple) else opts
+        plain = PlainEngine([opt_main, opt_adv], [list(m.scorer.parameters()),
+                                                  m.adversary_parameters()],
+                            clip=1.0, weight=1.0)
+        run = lambda: m.step_strategy(m, batch, plain)  # noqa: E731
+    m.train()
     calls = []
     real_main, real_adv = opt_main.step, opt_adv.step
 
@@ -103,8 +116,9 @@ def test_alternating_steps_update_the_right_parameters(method, objective, record
         return step
 
     opt_main.step, opt_adv.step = spy("main", real_main), spy("adv", real_adv)
-    m.training_step(batch, 0)
+    run()
     assert calls == [("adv", False, True), ("main", True, False)]
+    assert all(p.requires_grad for p in m.scorer.parameters())  # toggling restored
 
 
 def test_k_disc_adversary_steps_per_batch(records):
