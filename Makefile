@@ -42,38 +42,38 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 train: install
-	$(BIN)/python -m fair_lightning.train experiment=$(EXP) $(ARGS)
+	$(BIN)/python -m fair_lightning.cli.train experiment=$(EXP) $(ARGS)
 
 preprocess: install
-	$(BIN)/python -m fair_lightning.preprocess $(ARGS)
+	$(BIN)/python -m fair_lightning.cli.preprocess $(ARGS)
 
 # benchmarks that write JSON under runs/bench: train (ratios, memory, growth) or preprocess
 BENCH ?= train
 bench: install
-	$(BIN)/python -m fair_lightning.bench $(BENCH) $(ARGS)
+	$(BIN)/python -m fair_lightning.cli.bench $(BENCH) $(ARGS)
 
 # a W&B sweep file: on the server with a login, else offline through W&B's engine
 SWEEP ?=
 COUNT ?=
 sweep: install
 	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=experiments/sweeps/<file>.yaml [COUNT=n] [ARGS='k=v ...']"; exit 2; }
-	$(BIN)/python -m fair_lightning.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT)) $(if $(ARGS),--args "$(ARGS)")
+	$(BIN)/python -m fair_lightning.cli.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT)) $(if $(ARGS),--args "$(ARGS)")
 
 sync: install
 	@test -n "$(RUN)" || { echo "usage: make sync RUN=runs/<run dir> [ARGS=--dry-run]"; exit 2; }
-	$(BIN)/python -m fair_lightning.sync $(RUN) $(ARGS)
+	$(BIN)/python -m fair_lightning.cli.sync $(RUN) $(ARGS)
 
 pareto: install
 	@test -n "$(SWEEP_DIR)" || { echo "usage: make pareto SWEEP_DIR=runs/sweeps/<name>"; exit 2; }
-	$(BIN)/python -m fair_lightning.report --sweep $(SWEEP_DIR)
+	$(BIN)/python -m fair_lightning.cli.report --sweep $(SWEEP_DIR)
 
 audit: install
 	@test -n "$(CKPT)" || { echo "usage: make audit CKPT=path/to/checkpoint.ckpt [ARGS='...']"; exit 2; }
-	$(BIN)/python -m fair_lightning.audit ckpt=$(CKPT) $(ARGS)
+	$(BIN)/python -m fair_lightning.cli.audit ckpt=$(CKPT) $(ARGS)
 
 compare: install
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS='run_dir1 run_dir2 ...' [OUT=dir]"; exit 2; }
-	$(BIN)/python -m fair_lightning.report $(RUNS) --out $(OUT)
+	$(BIN)/python -m fair_lightning.cli.report $(RUNS) --out $(OUT)
 
 # every experiment on every seed, on the same data, then one comparison (mean, std, worst);
 # SEED_JOBS runs go at once (each on SEED_THREADS threads: 2 x 1 fills 2 cores)
@@ -81,9 +81,9 @@ SEED_JOBS ?= 1
 seeds: install
 	@set -e; mkdir -p runs/seeds; for e in $(EXPS); do for s in $(SEEDS); do echo "$$e $$s"; done; done | \
 	  xargs -P $(SEED_JOBS) -L 1 sh -c 'OMP_NUM_THREADS=$(SEED_THREADS) $(BIN)/python -m \
-	    fair_lightning.train experiment=$$0 seed=$$1 output_dir=runs/seeds/$$0-s$$1 $(ARGS) \
+	    fair_lightning.cli.train experiment=$$0 seed=$$1 output_dir=runs/seeds/$$0-s$$1 $(ARGS) \
 	    > runs/seeds/$$0-s$$1.log 2>&1 || { echo "failed: $$0 seed $$1 (runs/seeds/$$0-s$$1.log)"; exit 255; }'
-	$(BIN)/python -m fair_lightning.report $(foreach e,$(EXPS),$(foreach s,$(SEEDS),runs/seeds/$(e)-s$(s))) \
+	$(BIN)/python -m fair_lightning.cli.report $(foreach e,$(EXPS),$(foreach s,$(SEEDS),runs/seeds/$(e)-s$(s))) \
 	  --out runs/seeds/comparison
 
 # real-face development benchmark: a ChaLearn-layout corpus from real photographs (never part of

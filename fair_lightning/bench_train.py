@@ -49,8 +49,8 @@ def _prepare(exp: str, overrides):
     import lightning as L
 
     from fair_lightning.config import load_config
-    from fair_lightning.runtime import ensure_data
-    from fair_lightning.train import build_datamodule, build_module, prepare_face_encoder
+    from fair_lightning.experiment import build_datamodule, build_module, prepare_face_encoder
+    from fair_lightning.ops.runtime import ensure_data
 
     cfg = load_config(exp, list(overrides))
     dm = build_datamodule(cfg)
@@ -141,7 +141,7 @@ def _median_rest(times: list[float]) -> float:
 
 
 def bench_speed(cache: str, epochs: int, people: int) -> dict:
-    from fair_lightning.train import data_summary
+    from fair_lightning.experiment import data_summary
 
     out: dict = {"epoch_s": {}, "samples_per_s": {}, "plain_samples_per_s": {}}
     for exp in ("baseline", "adversarial"):
@@ -216,7 +216,7 @@ def bench_memory(scale: int, batches: int, base: int) -> dict:
                 f"trainer.limit_train_batches={batches}", f"output_dir={tmp}/run"]
             train = _in_fresh_process(
                 "import json, time, sys\n"
-                "from fair_lightning.train import main\n"
+                "from fair_lightning.cli.train import main\n"
                 f"t = time.perf_counter(); rc = main({args!r})\n"
                 "print(json.dumps({'rc': rc, 's': time.perf_counter() - t}))\n")
             print(f"  training {mult}x: {train['peak_rss_mb']:.0f} MB, {train['s']:.0f} s",
@@ -235,12 +235,11 @@ def bench_audit(cache: str, people: int, run_dir: Path) -> dict:
     table): its audits against its training."""
     import shutil
 
-    from fair_lightning.train import main
+    from fair_lightning.config import load_config
+    from fair_lightning.experiment import run
 
     shutil.rmtree(run_dir, ignore_errors=True)
-    if main([f"{k}={v}" for k, v in _overrides(cache, people)]
-            + ["experiment=adversarial", f"output_dir={run_dir}"]):
-        raise RuntimeError("the default adversarial run failed")
+    run(load_config("adversarial", [*_overrides(cache, people), ("output_dir", str(run_dir))]))
     s = json.loads((run_dir / "summary.json").read_text())
     audits = s["time/fit_probe_audit_s"] + s["time/probe_audit_s"]
     training = s["time/fit_s"] - s["time/fit_probe_audit_s"]  # fit includes its end audit
@@ -258,7 +257,7 @@ def bench_audit(cache: str, people: int, run_dir: Path) -> dict:
 
 def audit_once(cfg, dm, module) -> float:
     """One end-of-fit audit (train -> val, every layer and attribute), extraction included."""
-    from fair_lightning.callbacks import AttackAudit, extract_representations
+    from fair_lightning.lightning.callbacks import AttackAudit, extract_representations
     from fair_lightning.models import REPRESENTATIONS
 
     t = time.perf_counter()

@@ -91,7 +91,7 @@ def label_reference(test_clips: list[str], truth: dict[str, dict], seed: int = 0
     """The biased label itself, on the same test clips: r(label, merit) and gender read from
     the label alone (a linear attacker fitted on every other person's clips, scored on the
     test people): the floor a score that copies the label would sit at."""
-    from fair_lightning.probes import AttackSuite
+    from fair_lightning.audit.probes import AttackSuite
 
     ev = sorted(test_clips)
     # fit on the other people (a test person's clip skipped at preprocessing stays out too)
@@ -111,7 +111,7 @@ def label_reference(test_clips: list[str], truth: dict[str, dict], seed: int = 0
                                          [float(truth[c]["merit_clip"]) for c in ev])
     # what the invite decision's DP ratio is when the true merit (or the label) is the score:
     # a score faithful to merit cannot do better on these few people
-    from fair_lightning.fairness import output_fairness
+    from fair_lightning.audit.fairness import output_fairness
 
     gender = np.array([int(truth[c]["gender"]) for c in ev])
     labels = np.array([float(truth[c]["label"]) for c in ev])
@@ -217,7 +217,7 @@ def stale_settings(run: str, run_dir: Path, keys: list[str]) -> list[str]:
         load_config_file,
         parse_overrides,
     )
-    from fair_lightning.resume import MAY_CHANGE
+    from fair_lightning.lightning.resume import MAY_CHANGE
 
     _, pairs = parse_overrides(keys)
     wanted = OmegaConf.to_container(load_config(RUNS[run][0], pairs), resolve=True)

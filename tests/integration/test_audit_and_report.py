@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fair_lightning.audit import main as audit_main
+from fair_lightning.cli.audit import main as audit_main
+from fair_lightning.cli.report import main as report_main
 from fair_lightning.config import load_config
-from fair_lightning.report import main as report_main
-from fair_lightning.train import run
+from fair_lightning.experiment import run
 from tests.conftest import tiny_overrides
 
 NO_SIGNAL = {
@@ -108,7 +108,7 @@ def test_audit_refits_another_erasure_on_the_trained_weights(runs, tmp_path, cap
     assert a["leak/fused/gender/clip/bal_acc"] == pytest.approx(t["leak/fused/gender/clip/bal_acc"])
     assert 0.0 < a["erase/kept_variance"] < 1.0 and a["erase/rank"] == 3.0  # 1 + 2 centred
     assert "leak/erased/ethnicity/person/bal_acc" in a
-    from fair_lightning.audit import load_checkpoint
+    from fair_lightning.experiment import load_checkpoint
 
     refit = load_checkpoint(out / "erased.ckpt")
     assert refit.erased_head.fitted and refit.hparams["erasure"]["proxy"] == "labels"
@@ -158,7 +158,7 @@ def test_compare_counts_a_run_once_and_refuses_mixed_data(runs, tmp_path, capsys
 
 
 def test_aggregate_gives_mean_std_and_the_worst_run():
-    from fair_lightning.report import aggregate
+    from fair_lightning.audit.report import aggregate
 
     runs = [{"_experiment": "adv", "test/pearson_merit": m, "leak/fused/gender/clip/bal_acc": g,
              "fair/gender/score_corr": c} for m, g, c in ((0.8, 0.6, 0.1), (0.7, 0.7, -0.3))]
@@ -200,7 +200,7 @@ def test_tiny_splits_publish_no_individual_and_the_report_warns(tmp_path):
 def test_the_fit_split_is_extracted_again_only_when_the_weights_change(monkeypatch):
     import torch
 
-    import fair_lightning.callbacks as cb
+    import fair_lightning.lightning.callbacks as cb
     from fair_lightning.config import load_config
 
     calls = []
@@ -228,8 +228,8 @@ def test_the_fit_split_is_extracted_again_only_when_the_weights_change(monkeypat
 
 
 def test_an_attribute_annotated_for_one_group_is_a_counted_skip_not_a_crash():
-    from fair_lightning.callbacks import AttackAudit, unauditable
     from fair_lightning.config import load_config
+    from fair_lightning.lightning.callbacks import AttackAudit, unauditable
 
     rng = np.random.default_rng(0)
     person = np.repeat(np.arange(24), 2)
@@ -250,7 +250,7 @@ def test_an_attribute_annotated_for_one_group_is_a_counted_skip_not_a_crash():
 
 
 def test_a_layer_erased_to_round_off_is_refused_not_scored():
-    from fair_lightning.callbacks import AttackAudit, relative_spread
+    from fair_lightning.lightning.callbacks import AttackAudit, relative_spread
 
     rng = np.random.default_rng(1)
     person = np.repeat(np.arange(20), 2)

@@ -155,7 +155,7 @@ class _Trainer:
 def test_ddp_ranks_agree_on_the_requeue_flag_every_tenth_batch_not_every_batch(tmp_path):
     """The agreement is an all-reduce and a device sync: under DDP it runs every
     `check_every_n_batches` batches; one process reads its own flag every batch."""
-    from fair_lightning.cluster import RequeueOnSignal
+    from fair_lightning.lightning.cluster import RequeueOnSignal
 
     for world, expected in ((2, [10, 20]), (1, list(range(1, 26)))):
         cb = RequeueOnSignal(tmp_path / "requeue.ckpt")
@@ -175,7 +175,7 @@ def test_other_ranks_wait_for_the_complete_data_and_raise_what_reading_it_raises
     finishes ends the wait with an error naming the file."""
     import threading
 
-    from fair_lightning.runtime import ensure_data
+    from fair_lightning.ops.runtime import ensure_data
 
     class DM:
         calls = []

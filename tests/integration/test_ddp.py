@@ -78,7 +78,7 @@ def _train(tmp_path, cache, devices, exp="adversarial"):
                                                           "trainer.max_epochs": "2"}))
     env = {k: v for k, v in os.environ.items() if k != "FAIR_LIGHTNING_RUN_DIR"}
     env["PYTHONPATH"] = str(ROOT)
-    r = subprocess.run([sys.executable, "-m", "fair_lightning.train", f"experiment={exp}",
+    r = subprocess.run([sys.executable, "-m", "fair_lightning.cli.train", f"experiment={exp}",
                         *[f"{k}={v}" for k, v in ov.items()]],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -2,14 +2,13 @@
 
 import torch
 
-from fair_lightning import face_pretrain
-from fair_lightning.face_pretrain import (
+from fair_lightning.models import FaceEncoder, face_pretrain
+from fair_lightning.models.face_pretrain import (
     collect_person_images,
     cross_clip_retrieval,
     holdout_people,
     pretrain_identity,
 )
-from fair_lightning.models import FaceEncoder
 from tests.unit.test_face_pretrain import _loader, _person_coloured
 
 

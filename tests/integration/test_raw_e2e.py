@@ -9,7 +9,7 @@ import json
 
 from benchmarks.rawmedia import make_chalearn_corpus
 from fair_lightning.config import load_config
-from fair_lightning.train import run
+from fair_lightning.experiment import run
 
 PEOPLE = 100  # 20 test people: with 12, the video interval reached down to chance at times
 

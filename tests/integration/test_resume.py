@@ -40,7 +40,7 @@ def _env(**extra) -> dict[str, str]:
 
 
 def _command(exp: str, ov: dict[str, str], *more: str) -> list[str]:
-    return [sys.executable, "-m", "fair_lightning.train", f"experiment={exp}",
+    return [sys.executable, "-m", "fair_lightning.cli.train", f"experiment={exp}",
             *[f"{k}={v}" for k, v in ov.items()], *more]
 
 
@@ -190,7 +190,7 @@ def test_sigusr1_checkpoints_at_a_batch_boundary_requeues_and_the_job_continues(
 
 
 def test_array_jobs_requeue_their_own_task(monkeypatch):
-    from fair_lightning.cluster import slurm_job_id
+    from fair_lightning.lightning.cluster import slurm_job_id
 
     monkeypatch.setenv("SLURM_JOB_ID", "901")
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "900")
@@ -213,7 +213,7 @@ def _saved_run(tmp_path) -> Path:
 
 
 def test_resume_refuses_what_would_mix_two_runs(tmp_path):
-    from fair_lightning.resume import ResumeError, plan
+    from fair_lightning.lightning.resume import ResumeError, plan
 
     run_dir = _saved_run(tmp_path)
     with pytest.raises(ResumeError, match=r"adversary.weight: 0.15 -> 2"):
@@ -238,7 +238,7 @@ def test_resume_refuses_what_would_mix_two_runs(tmp_path):
 
 
 def test_resume_auto_starts_a_fresh_run_and_picks_the_furthest_checkpoint(tmp_path):
-    from fair_lightning.resume import latest_checkpoint, plan
+    from fair_lightning.lightning.resume import latest_checkpoint, plan
 
     fresh = tmp_path / "fresh"
     assert plan(_cfg(tmp_path, resume="auto"), fresh) == (fresh, None)
@@ -254,7 +254,7 @@ def test_resume_auto_starts_a_fresh_run_and_picks_the_furthest_checkpoint(tmp_pa
 
 
 def test_checkpoints_are_written_whole_or_not_at_all(tmp_path):
-    from fair_lightning.resume import AtomicCheckpointIO
+    from fair_lightning.lightning.resume import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "ckpts" / "a.ckpt"
@@ -274,7 +274,7 @@ def test_checkpoints_are_written_whole_or_not_at_all(tmp_path):
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     import random
 
-    from fair_lightning.resume import rng_state, set_rng_state
+    from fair_lightning.lightning.resume import rng_state, set_rng_state
 
     torch.manual_seed(1)
     np.random.seed(2)
@@ -291,7 +291,7 @@ def test_metric_states_round_trip(tmp_path):
     from torchmetrics import MeanMetric, PearsonCorrCoef
     from torchmetrics.classification import BinaryAUROC
 
-    from fair_lightning.resume import load_metric_states, metric_states
+    from fair_lightning.lightning.resume import load_metric_states, metric_states
 
     def metrics():
         return torch.nn.ModuleList([PearsonCorrCoef(), BinaryAUROC(), MeanMetric()])
@@ -310,7 +310,7 @@ def test_metric_states_round_trip(tmp_path):
 
 
 def test_resumed_csv_keeps_what_will_not_be_logged_again(tmp_path):
-    from fair_lightning.resume import csv_rows_written, merge_resumed_csv
+    from fair_lightning.lightning.resume import csv_rows_written, merge_resumed_csv
 
     path = tmp_path / "csv" / "metrics.csv"
     path.parent.mkdir()
@@ -324,7 +324,7 @@ def test_resumed_csv_keeps_what_will_not_be_logged_again(tmp_path):
 
 def test_progress_bar_follows_the_terminal(monkeypatch):
     from fair_lightning.config import ConfigError
-    from fair_lightning.train import progress_bar_on
+    from fair_lightning.experiment import progress_bar_on
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert progress_bar_on("auto") is False
@@ -338,7 +338,7 @@ def test_progress_bar_follows_the_terminal(monkeypatch):
 def test_a_resume_with_another_process_count_is_refused_before_any_work(tmp_path):
     """The process count is trainer.devices x trainer.num_nodes, both settings of the run:
     a resume that changes either is refused with the key, as any other change is."""
-    from fair_lightning.resume import ResumeError, plan
+    from fair_lightning.lightning.resume import ResumeError, plan
 
     run_dir = _saved_run(tmp_path)
     with pytest.raises(ResumeError, match=r"trainer.devices: 1 -> 2"):

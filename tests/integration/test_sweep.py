@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fair_lightning.sweep import expand_command, load_sweep, main, next_trial, trial_args
+from fair_lightning.cli.sweep import expand_command, load_sweep, main, next_trial, trial_args
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,10 +26,10 @@ def _tiny_args(tmp_path) -> str:
 
 
 def _grid(tmp_path, values) -> Path:
-    cfg = {"name": "tiny", "program": "fair_lightning/train.py", "method": "grid",
+    cfg = {"name": "tiny", "program": "fair_lightning/cli/train.py", "method": "grid",
            "metric": {"name": "select/score", "goal": "maximize"},
            "parameters": {"optim.lr": {"values": values}},
-           "command": ["${env}", "${interpreter}", "-m", "fair_lightning.train",
+           "command": ["${env}", "${interpreter}", "-m", "fair_lightning.cli.train",
                        "experiment=baseline", "${args_no_hyphens}"]}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -64,7 +64,7 @@ def test_an_offline_grid_runs_continues_and_shares_the_work(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     runs = tmp_path / "runs"
     # two agents at once: the lock hands each configuration to one of them
-    agents = [subprocess.Popen([sys.executable, "-m", "fair_lightning.sweep", str(sweep),
+    agents = [subprocess.Popen([sys.executable, "-m", "fair_lightning.cli.sweep", str(sweep),
                                 "--offline", "--runs", str(runs), "--args",
                                 _tiny_args(tmp_path)], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -94,7 +94,7 @@ def test_an_offline_grid_runs_continues_and_shares_the_work(tmp_path, capsys):
     assert "0 trial(s) run now" in capsys.readouterr().out
     assert len(list((runs / "tiny").glob("trial-*"))) == 3
     # the Pareto report reads the sweep
-    from fair_lightning.report import main as report_main
+    from fair_lightning.cli.report import main as report_main
 
     assert report_main([str(runs / "tiny"), "--sweep"]) == 0
     md = (runs / "tiny" / "pareto" / "pareto.md").read_text()
@@ -104,7 +104,7 @@ def test_an_offline_grid_runs_continues_and_shares_the_work(tmp_path, capsys):
 
 
 def test_pareto_front_keeps_the_non_dominated():
-    from fair_lightning.report import pareto_front
+    from fair_lightning.audit.report import pareto_front
 
     pts = [(0.1, 0.5), (0.2, 0.7), (0.15, 0.4), (0.3, 0.7), (0.1, 0.5)]
     assert pareto_front(pts) == [0, 1, 4]  # (0.15,.4) and (0.3,.7) are beaten
@@ -129,7 +129,7 @@ def test_run_cap_is_honoured(tmp_path):
 
 def test_select_score_is_nan_without_an_audit_and_ignores_leakage_below_chance():
     from fair_lightning.config import load_config
-    from fair_lightning.train import selection_metrics
+    from fair_lightning.experiment import selection_metrics
 
     cfg = load_config("adversarial", [])
     none = selection_metrics(cfg, {"val/pearson": 0.8}, {})
@@ -142,7 +142,7 @@ def test_select_score_is_nan_without_an_audit_and_ignores_leakage_below_chance()
 
 def test_select_score_ranks_runs_that_all_leak_fully_at_person_level():
     from fair_lightning.config import load_config
-    from fair_lightning.train import selection_metrics
+    from fair_lightning.experiment import selection_metrics
 
     cfg = load_config("adversarial", [])
 
@@ -163,7 +163,7 @@ def test_select_score_ranks_runs_that_all_leak_fully_at_person_level():
 
 def test_online_settings_become_fixed_parameters_and_need_a_login(tmp_path, capsys,
                                                                    monkeypatch):
-    from fair_lightning.sweep import with_fixed_args
+    from fair_lightning.cli.sweep import with_fixed_args
 
     cfg = load_sweep(ROOT / "experiments" / "sweeps" / "adversarial_grid.yaml")
     fixed = with_fixed_args(cfg, ["trainer.accelerator=gpu", "data.batch_size=64"])
@@ -262,7 +262,7 @@ def test_sbatch_agents_join_a_sweep_by_id_with_the_venv(tmp_path, user_venv):
 
 def test_a_bare_sweep_id_is_looked_up_in_the_project(tmp_path, user_venv):
     env = _online_env(tmp_path)
-    out = subprocess.run([str(user_venv / "bin" / "python"), "-m", "fair_lightning.sweep",
+    out = subprocess.run([str(user_venv / "bin" / "python"), "-m", "fair_lightning.cli.sweep",
                           "experiments/sweeps/adversarial_grid.yaml", "--sweep-id", "abc123",
                           "--project", "hiring", "--entity", "lab"],
                          cwd=ROOT, env=env, capture_output=True, text=True)
@@ -272,7 +272,7 @@ def test_a_bare_sweep_id_is_looked_up_in_the_project(tmp_path, user_venv):
 
 
 def test_a_trial_records_the_run_id_its_agent_gave(tmp_path, monkeypatch):
-    from fair_lightning.resume import record_start
+    from fair_lightning.lightning.resume import record_start
 
     monkeypatch.setenv("WANDB_RUN_ID", "agent42")
     assert record_start(tmp_path, None)["wandb_id"] == "agent42"

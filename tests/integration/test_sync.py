@@ -46,7 +46,7 @@ def test_sync_sends_every_start_of_a_run_in_one_call_oldest_first(tmp_path):
 
 
 def test_sync_without_offline_runs_is_a_clear_error(tmp_path, capsys):
-    from fair_lightning.sync import main
+    from fair_lightning.cli.sync import main
 
     assert main([str(tmp_path)]) == 2
     assert f"no W&B offline run (wandb/offline-run-*) under {tmp_path}" in capsys.readouterr().err

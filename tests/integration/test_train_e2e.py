@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from fair_lightning.cli.train import main
 from fair_lightning.config import load_config
-from fair_lightning.train import main, run
+from fair_lightning.experiment import run
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert s["setup/erasure"].startswith("proxy face, LEACE rank 0, residual off")
     # the identity-pretrained face encoder: cached next to the data, frozen through training,
     # and restored from the checkpoint
-    from fair_lightning.module import FairScorerModule
+    from fair_lightning.lightning.module import FairScorerModule
 
     assert 0.0 <= s["face_pretrain/heldout_retrieval_acc"] <= 1.0
     # derived from the data, kept apart from it: the data cache may be a read-only copy
@@ -188,7 +189,7 @@ def test_wandb_offline_without_credentials(tmp_path, shared_cache, monkeypatch):
     assert model and any("last.ckpt" in json.dumps(a) or "model.ckpt" in json.dumps(a)
                          for a in model), artifacts
 
-    from fair_lightning.audit import audit
+    from fair_lightning.experiment import audit
 
     out = audit(run_dir / "checkpoints" / "last.ckpt",
                 [("logger.wandb.mode", "offline"), ("output_dir", str(tmp_path / "audit"))])
@@ -201,7 +202,7 @@ def test_cli_errors_are_clear(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "fair_lightning.train", *args],
+        return subprocess.run([sys.executable, "-m", "fair_lightning.cli.train", *args],
                               capture_output=True, text=True, cwd=tmp_path, env=env)
 
     r = cli("experiment=nope")
@@ -241,7 +242,7 @@ def test_corrupt_cached_shards_name_the_path(tmp_path, shared_cache, capsys):
 
 
 def test_run_dir_resolution(tmp_path, monkeypatch):
-    from fair_lightning.runtime import RUN_DIR_ENV, resolve_run_dir
+    from fair_lightning.ops.runtime import RUN_DIR_ENV, resolve_run_dir
 
     monkeypatch.chdir(tmp_path)
     for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_JOB_ID", RUN_DIR_ENV):

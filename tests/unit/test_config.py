@@ -87,7 +87,7 @@ def test_a_saved_config_from_before_a_key_existed_takes_todays_default(tmp_path)
 
 
 def test_list_vocabularies_match_the_model_and_the_attackers():
-    from fair_lightning.attackers import FAMILIES
+    from fair_lightning.audit.attackers import FAMILIES
     from fair_lightning.config import LIST_CHOICES
     from fair_lightning.models import REPRESENTATIONS
 
@@ -159,7 +159,7 @@ def test_a_real_data_run_without_dlib_stops_with_the_install_line(tmp_path, monk
 
 
 def test_one_default_experiment_for_every_entry_point():
-    """`python -m fair_lightning.train` with no experiment runs what `make train` runs."""
+    """`python -m fair_lightning.cli.train` with no experiment runs what `make train` runs."""
     import re
 
     from fair_lightning.config import DEFAULT_EXPERIMENT, config_from_argv

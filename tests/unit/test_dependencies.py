@@ -74,3 +74,57 @@ def test_the_constraints_file_pins_what_is_declared():
         if "==" in req:
             name, version = req.split("==", 1)
             assert pins.get(_norm(name)) == version.strip(), req
+
+
+def _imports_of(f: Path) -> set[str]:
+    """Every absolute module a file imports, at the top or inside a function."""
+    out = set()
+    for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _layer_violations() -> list[str]:
+    pkg = ROOT / "fair_lightning"
+    bad = []
+    for f in sorted([*pkg.rglob("*.py"), *(ROOT / "data_modules").rglob("*.py")]):
+        rel = f.relative_to(ROOT).as_posix()
+        mods = _imports_of(f)
+        if not rel.startswith("fair_lightning/cli/"):  # entry points: imported by nothing
+            bad += [f"{rel} imports {m}" for m in mods if m.startswith("fair_lightning.cli")]
+        if rel.startswith(("fair_lightning/audit/", "fair_lightning/models/", "fair_lightning/ops/")) \
+                or rel == "fair_lightning/steps.py":  # plain torch and numpy, no Lightning
+            bad += [f"{rel} imports {m}" for m in mods
+                    if m.split(".")[0] == "lightning" or m.startswith("fair_lightning.lightning")
+                    or m.startswith("fair_lightning.experiment")]
+        if rel.startswith("data_modules/"):  # the data layer stands alone
+            bad += [f"{rel} imports {m}" for m in mods if m.startswith("fair_lightning")]
+    return bad
+
+
+def test_layers_import_downwards_only():
+    """cli -> experiment -> lightning -> audit, models, steps, ops -> data_modules: no entry
+    point is imported by library code, and the audit, the networks, the training step and the
+    plumbing run without Lightning."""
+    assert _layer_violations() == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
+    """The check reads imports inside functions too."""
+    fake = tmp_path / "fair_lightning" / "audit"
+    fake.mkdir(parents=True)
+    (fake / "x.py").write_text("def f():\n    from fair_lightning.cli.train import main\n"
+                               "    import lightning\n")
+    (tmp_path / "data_modules").mkdir()
+    (tmp_path / "data_modules" / "y.py").write_text("from fair_lightning import config\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert sorted(_layer_violations()) == [
+        "data_modules/y.py imports fair_lightning",
+        "data_modules/y.py imports fair_lightning.config",
+        "fair_lightning/audit/x.py imports fair_lightning.cli.train",
+        "fair_lightning/audit/x.py imports fair_lightning.cli.train.main",
+        "fair_lightning/audit/x.py imports lightning"]

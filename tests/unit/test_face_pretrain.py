@@ -6,15 +6,14 @@ import torch
 from omegaconf import OmegaConf
 
 from data_modules.collate import collate_records, strip_sensitive
-from fair_lightning import face_pretrain
-from fair_lightning.face_pretrain import (
+from fair_lightning.models import FaceEncoder, face_pretrain
+from fair_lightning.models.face_pretrain import (
     collect_person_images,
     cross_clip_retrieval,
     holdout_people,
     identity_face_encoder,
     pretrain_identity,
 )
-from fair_lightning.models import FaceEncoder
 from tests.conftest import make_records
 
 

@@ -15,7 +15,7 @@ from fairlearn.metrics import (
 )
 from torchmetrics.classification import BinaryFairness
 
-from fair_lightning.fairness import OutputFairness, output_fairness, top_q_cutoff
+from fair_lightning.audit.fairness import OutputFairness, output_fairness, top_q_cutoff
 
 # Hand example. Eight known candidates (two groups of four) and one unknown.
 #   idx  group  score  label

@@ -13,9 +13,9 @@ from data_modules.collate import collate_records, strip_sensitive
 from data_modules.datamodule import InterviewDataModule
 from data_modules.shards import write_shards
 from fair_lightning.config import load_config
+from fair_lightning.lightning.module import FairScorerModule, dann_weight
 from fair_lightning.models import kernel_dependence
 from fair_lightning.models.objectives import occurrence_index
-from fair_lightning.module import FairScorerModule, dann_weight
 from fair_lightning.steps import PlainEngine
 from tests.conftest import make_records
 
@@ -228,7 +228,7 @@ def test_training_step_batches_are_label_free_through_the_trainer(tmp_path):
 
 def test_max_steps_counts_batches(tmp_path):
     """Config max_steps is in batches; Lightning's global_step counts optimizer steps."""
-    from fair_lightning.train import build_trainer
+    from fair_lightning.experiment import build_trainer
 
     for i, split in enumerate(("train", "val", "test")):
         write_shards(make_records(10, 2, seed=i, prefix=split[:2]), tmp_path / split)
@@ -256,7 +256,7 @@ def test_dann_schedule():
 
 def test_adversary_weight_is_zero_during_warmup_then_ramps(tmp_path):
     """lambda = 0 while the adversary warms up, then DANN's ramp over the remaining batches."""
-    from fair_lightning.train import build_trainer
+    from fair_lightning.experiment import build_trainer
 
     for i, split in enumerate(("train", "val", "test")):
         write_shards(make_records(8, 2, seed=i, prefix=split[:2]), tmp_path / split)
@@ -367,7 +367,7 @@ def test_trained_batches_survive_checkpoints(records, tmp_path):
                                            ("label", "adversary.classifier.")])
 def test_checkpoints_from_before_the_adversary_classes_load(method, prefix):
     """Older checkpoints hold the adversary's weights at the top level and no batch count."""
-    from fair_lightning.module import LEGACY_KEYS
+    from fair_lightning.lightning.module import LEGACY_KEYS
 
     old = {v: k for k, v in LEGACY_KEYS.items()}
     src = _module(method, k_disc=3)

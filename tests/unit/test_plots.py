@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fair_lightning import plots
+from fair_lightning.audit import plots
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_tradeoff_and_pareto_points_are_named(figures, tmp_path):
 
 
 def test_comparison_names_the_families_the_runs_used(tmp_path):
-    from fair_lightning.report import compare
+    from fair_lightning.audit.report import compare
 
     dirs = []
     for seed in (0, 1):

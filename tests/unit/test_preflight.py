@@ -9,9 +9,10 @@ import os
 import pytest
 import torch
 
-from fair_lightning.audit import main as audit_main
+from fair_lightning.cli.audit import main as audit_main
+from fair_lightning.cli.train import main
 from fair_lightning.config import load_config
-from fair_lightning.train import main, run
+from fair_lightning.experiment import run
 from tests.conftest import tiny_overrides
 
 
@@ -86,7 +87,7 @@ def test_ddp_on_small_data_is_caught_before_launch(tmp_path, capsys):
     _fails_cleanly(capsys, args, "gives 1 of the 2 processes no batch at data.batch_size=32",
                    tmp_path / "run")
     from data_modules.sources import build_shards
-    from fair_lightning.train import rank_lengths
+    from fair_lightning.experiment import rank_lengths
 
     cfg = load_config("baseline", [tuple(a.split("=", 1)) for a in args[1:]])
     val = build_shards(cfg.data) / "val"

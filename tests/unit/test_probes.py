@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from fair_lightning.probes import (
+from fair_lightning.audit.probes import (
     AttackerResult,
     AttackSuite,
     attack_attribute,
@@ -214,7 +214,7 @@ def test_kernel_attackers_match_scikit_learn():
     from sklearn.kernel_ridge import KernelRidge
     from sklearn.svm import SVC
 
-    from fair_lightning.attackers import (
+    from fair_lightning.audit.attackers import (
         KernelRidgeFamily,
         SVMFamily,
         _pm_targets,
@@ -249,7 +249,7 @@ def test_kernel_attackers_match_scikit_learn():
 def test_batched_mlps_do_not_interact():
     """Every network of the batch trains on its own rows only: changing one network's rows
     leaves the other's trained weights exactly as they were."""
-    from fair_lightning.attackers import MLPFamily
+    from fair_lightning.audit.attackers import MLPFamily
 
     rng = np.random.default_rng(33)
     x, y, _ = make_split(rng, 40, 2, dim=6, shift=1.0)
@@ -376,7 +376,7 @@ def test_accepts_tensors_and_one_fit_identity():
 
 
 def test_large_kernel_fits_use_nystroem_which_is_exact_with_every_row_a_landmark():
-    from fair_lightning.attackers import KernelRidgeFamily
+    from fair_lightning.audit.attackers import KernelRidgeFamily
 
     rng = np.random.default_rng(0)
     n = 400

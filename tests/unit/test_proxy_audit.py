@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fair_lightning.proxy_audit import (
+from fair_lightning.audit.proxy_audit import (
     chance_retrieval,
     clip_retrieval,
     face_ellipse,

@@ -240,7 +240,7 @@ def test_manifest_transcript_files_missing_or_not_utf8_are_counted_skips(tmp_pat
 # --------------------------------------------------------------------------- resume
 def test_a_killed_preprocess_resumes_without_redoing_a_clip(tmp_path):
     path = make_manifest_corpus(tmp_path / "mine", people=6, clips_per_person=3, seed=4)
-    args = [sys.executable, "-m", "fair_lightning.preprocess", "data.source=manifest",
+    args = [sys.executable, "-m", "fair_lightning.cli.preprocess", "data.source=manifest",
             f"data.manifest.path={path}", f"data.cache_dir={tmp_path / 'cache'}",
             "data.preprocess.workers=2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

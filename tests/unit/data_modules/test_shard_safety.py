@@ -110,8 +110,8 @@ def test_a_cache_without_checksums_asks_for_a_rebuild(shards):
 
 
 def test_train_stops_on_a_corrupt_cache_before_any_work(tmp_path, capsys):
+    from fair_lightning.cli.train import main
     from fair_lightning.config import load_config
-    from fair_lightning.train import main
     from tests.conftest import tiny_overrides
 
     ov = tiny_overrides(tmp_path, **{"probe.enabled": "false"})

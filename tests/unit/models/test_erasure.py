@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from fair_lightning.audit.probes import AttackSuite
 from fair_lightning.models.erasure import (
     ConceptEraser,
     ErasedHead,
@@ -12,7 +13,6 @@ from fair_lightning.models.erasure import (
     group_means,
     task_subspace,
 )
-from fair_lightning.probes import AttackSuite
 
 
 def planted(n_people=160, clips=4, seed=0, nonlinear=0.0):

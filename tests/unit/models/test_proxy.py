@@ -118,7 +118,7 @@ def test_a_resumed_run_keeps_its_fitted_components():
     (a refit would read the data; here there is none to read)."""
     from types import SimpleNamespace
 
-    from fair_lightning.callbacks import ProxyComponentsFit
+    from fair_lightning.lightning.callbacks import ProxyComponentsFit
 
     x, ident, _, _ = _people()
     comp = ProxyComponents(32, 2)

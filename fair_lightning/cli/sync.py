@@ -1,6 +1,6 @@
 """Upload offline W&B runs to the server, each as one run however often it was resumed.
 
-    python -m fair_lightning.sync <run dir> [<run dir> ...] [--dry-run]
+    python -m fair_lightning.cli.sync <run dir> [<run dir> ...] [--dry-run]
     make sync RUN=<run dir>
 
 Every start of a run writes its own `wandb/offline-run-<time>-<id>` folder with the run's
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fair_lightning.runtime import start_cli
+from fair_lightning.ops.runtime import start_cli
 
 HELP = __doc__
 
@@ -33,7 +33,7 @@ def offline_folders(paths: list[Path]) -> list[Path]:
 
 
 def sync_command(paths: list[Path], dry_run: bool = False) -> list[str]:
-    from fair_lightning.tracking import wandb_command
+    from fair_lightning.lightning.tracking import wandb_command
 
     folders = offline_folders(paths)
     if not folders:

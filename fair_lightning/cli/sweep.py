@@ -1,7 +1,7 @@
 """Run a W&B sweep file: on the W&B server with a login, else offline through W&B's own
 sweep engine (the `sweeps` package: grid, random, bayes), with the same YAML.
 
-    python -m fair_lightning.sweep experiments/sweeps/adversarial_grid.yaml [--count N]
+    python -m fair_lightning.cli.sweep experiments/sweeps/adversarial_grid.yaml [--count N]
         [--name NAME] [--args "key=value ..."] [--offline] [--sweep-id ID | --create-only]
 
 Online, the sweep is created on the server (`--args` become fixed parameters of it) in
@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from data_modules.files import atomic_write, pid_alive
-from fair_lightning.tracking import wandb_command
+from fair_lightning.lightning.tracking import wandb_command
 
 TRIAL = "trial.json"
 
@@ -289,7 +289,7 @@ def sweep_project(cfg: dict, project: str | None, entity: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fair_lightning.sweep",
+    p = argparse.ArgumentParser(prog="python -m fair_lightning.cli.sweep",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="a W&B sweep YAML (experiments/sweeps/)")
     p.add_argument("--count", type=int, default=None, help="trials for this agent")
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from fair_lightning.tracking import has_wandb_credentials
+    from fair_lightning.lightning.tracking import has_wandb_credentials
 
     name = a.name or cfg.get("name") or a.sweep.stem
     extra = shlex.split(a.args)

@@ -64,7 +64,7 @@ def _resumable_csv_logger(save_dir: str, resume_rows: int | None):
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-    from fair_lightning.resume import merge_resumed_csv
+    from fair_lightning.lightning.resume import merge_resumed_csv
 
     class ContinuingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
@@ -195,7 +195,11 @@ def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, f
     """Final flat metrics: test metrics, fairness, the test-time attacker suite (every
     attacker and the selected leakage), the end-of-fit leakage on val, and the name of
     each selected attacker."""
-    from fair_lightning.callbacks import audit_time_key, rows_to_metrics, selected_attackers
+    from fair_lightning.lightning.callbacks import (
+        audit_time_key,
+        rows_to_metrics,
+        selected_attackers,
+    )
 
     metrics = dict(trainer.callback_metrics)
     for d in test_results or []:

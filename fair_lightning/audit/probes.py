@@ -28,7 +28,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
 from data_modules.schema import UNKNOWN
-from fair_lightning.attackers import FAMILIES, Candidate
+from fair_lightning.audit.attackers import FAMILIES, Candidate
 
 __all__ = [
     "AttackSuite",
@@ -215,7 +215,7 @@ class _Fitted:
 class AttackSuite:
     r"""The strongest attacker we can select without looking at the eval split.
 
-    Families (:mod:`fair_lightning.attackers`): ``linear`` (ridge classification),
+    Families (:mod:`fair_lightning.audit.attackers`): ``linear`` (ridge classification),
     ``kernel`` (RBF kernel ridge classification), ``mlp`` (two hidden layers) and ``svm``
     (RBF SVM), every hyperparameter chosen by grouped ``StratifiedGroupKFold``
     cross-validation on the fit split (folds of whole people). The default pair is the

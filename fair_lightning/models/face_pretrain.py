@@ -27,7 +27,7 @@ from data_modules.files import atomic_write
 from data_modules.progress import Progress
 from fair_lightning.models import FaceEncoder
 from fair_lightning.models.adversaries import frames_to_float, frames_to_uint8
-from fair_lightning.runtime import wait_for
+from fair_lightning.ops.runtime import wait_for
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Benchmarks that write JSON: costs measured side by side, as ratios where possible.
 
-    python -m fair_lightning.bench [train] [--threads N] [--memory-scale 10] ...
-    python -m fair_lightning.bench preprocess [--clips 8] [--scale 4] [--workers 1 2]
+    python -m fair_lightning.cli.bench [train] [--threads N] [--memory-scale 10] ...
+    python -m fair_lightning.cli.bench preprocess [--clips 8] [--scale 4] [--workers 1 2]
 
 `train` (the default): framework overhead, adversary cost, loader headroom, memory against
 data size, audit cost and growth; see `fair_lightning.bench_train`. Writes
@@ -60,7 +60,7 @@ def _run_once(args) -> None:
 
 def _measure(clips_dir: Path, n: int, workers: int) -> dict:
     print(f"  preprocessing {n} clips with {workers} worker(s) ...", flush=True)
-    out = subprocess.run([sys.executable, "-m", "fair_lightning.bench", "_run_once",
+    out = subprocess.run([sys.executable, "-m", "fair_lightning.cli.bench", "_run_once",
                           "--clips-dir", str(clips_dir), "--n", str(n), "--workers",
                           str(workers)], capture_output=True, text=True, check=False)
     if out.returncode:
@@ -153,9 +153,8 @@ def _train_bench(args) -> int:
     import logging
     import warnings
 
-    from data_modules.files import atomic_write, json_text
     from fair_lightning.bench_train import markdown, run
-    from fair_lightning.runtime import quiet_warnings, set_offline_env
+    from fair_lightning.ops.runtime import quiet_warnings, set_offline_env
 
     set_offline_env()
     quiet_warnings()
@@ -164,19 +163,24 @@ def _train_bench(args) -> int:
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     logging.getLogger("lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    result = run(args)
-    out = Path(args.out)
+    return _write(Path(args.out), "bench", run(args), markdown)
+
+
+def _write(out: Path, name: str, result: dict, markdown) -> int:
+    """<name>.json and <name>.md under `out`; the markdown is printed too."""
+    from data_modules.files import atomic_write, json_text
+
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "bench.json", json_text(result))
+    atomic_write(out / f"{name}.json", json_text(result))
     md = markdown(result)
-    atomic_write(out / "bench.md", md)
+    atomic_write(out / f"{name}.md", md)
     print(md)
-    print(f"written: {out / 'bench.json'}")
+    print(f"written: {out / f'{name}.json'}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fair_lightning.bench",
+    parser = argparse.ArgumentParser(prog="python -m fair_lightning.cli.bench",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what")
     t = sub.add_parser("train", help="training-side ratios and memory (the default)")
@@ -213,17 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "train":
         return _train_bench(args)
-    from data_modules.files import atomic_write, json_text
-
-    result = bench_preprocess(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "preprocess.json", json_text(result))
-    md = _markdown(result)
-    atomic_write(out / "preprocess.md", md)
-    print(md)
-    print(f"written: {out / 'preprocess.json'}")
-    return 0
+    return _write(Path(args.out), "preprocess", bench_preprocess(args), _markdown)
 
 
 if __name__ == "__main__":

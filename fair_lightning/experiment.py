@@ -1,9 +1,8 @@
-"""Train, test, probe and report one experiment.
+"""The composition root: config -> data -> module -> callbacks -> trainer, built here
+once and used by every entry point (train, audit, sweep trials through train, the bench).
 
-    python -m fair_lightning.train experiment=<name> [key=value ...]
-
-Overrides use dotted keys from fair_lightning/experiments/base.yaml (`--key=value` works too, as the W&B
-agent passes them). The last line printed is `run dir: <path>`.
+`run(cfg)` trains, tests, audits and reports one experiment into its run directory;
+`audit(ckpt, overrides)` re-runs the audit on a saved checkpoint.
 """
 
 from __future__ import annotations
@@ -11,39 +10,18 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
-from fair_lightning.runtime import quiet_warnings, set_offline_env, start_cli
+from fair_lightning.ops.runtime import set_offline_env
 
-set_offline_env()
+set_offline_env()  # before anything imports W&B or a hub client
 
 from fair_lightning.config import (  # noqa: E402
-    DEFAULT_EXPERIMENT,
     ConfigError,
-    available_experiments,
-    config_from_argv,
+    load_config_file,
     save_config,
 )
-
-HELP = f"""usage: python -m fair_lightning.train experiment=NAME [key=value ...]
-
-Trains the multimodal scorer of experiment NAME, tests the checkpoint named by
-trainer.test_checkpoint (the last one by default), probes its representations for
-gender/ethnicity and writes a run directory (a new one: an existing run's is refused,
-unless resume continues it).
-
-  experiment=NAME     one of: {', '.join(available_experiments())} (default: {DEFAULT_EXPERIMENT}),
-                      or path/to/yours.yaml (keys of base.yaml it changes; its stem names it)
-  key=value           any dotted key of fair_lightning/experiments/base.yaml, e.g.
-                        trainer.max_epochs=5 adversary.weight=2 data.batch_size=64
-                        output_dir=runs/mine logger.wandb.mode=disabled
-  --key=value         same, as passed by a W&B sweep agent
-  resume=auto         continue output_dir's run from its latest checkpoint (or start it)
-  resume=PATH.ckpt    continue that checkpoint's run, in its run directory
-
-Run dir: config.yaml, run.json, checkpoints/, csv/metrics.csv, summary.json, report.md,
-plots/, wandb/. SLURM: experiments/cluster/train.sbatch (docs/running.md "Running on a cluster").
-"""
 
 log = logging.getLogger("fair_lightning")
 
@@ -54,8 +32,8 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
     from lightning.pytorch.strategies import DDPStrategy
 
-    from fair_lightning.cluster import RequeueOnSignal
-    from fair_lightning.resume import REQUEUE_CKPT, AtomicCheckpointIO, EndResumedEpoch
+    from fair_lightning.lightning.cluster import RequeueOnSignal
+    from fair_lightning.lightning.resume import REQUEUE_CKPT, AtomicCheckpointIO, EndResumedEpoch
 
     t = cfg.trainer
     per_batch = module.optimizer_steps_per_batch
@@ -106,13 +84,23 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     )
 
 
+def build_audit_trainer(cfg, out: Path, callbacks, loggers):
+    """One process testing a saved model: no checkpoints, no bar."""
+    import lightning as L
+
+    return L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
+                     devices=1, logger=loggers, callbacks=callbacks,
+                     enable_progress_bar=False, enable_model_summary=False,
+                     enable_checkpointing=False, deterministic=cfg.trainer.deterministic)
+
+
 def progress_bar_on(setting) -> bool:
     """`auto`: a bar on a terminal, none in a log file (a cluster job's output)."""
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
 def build_module(cfg, dims: dict):
-    from fair_lightning.module import FairScorerModule
+    from fair_lightning.lightning.module import FairScorerModule
 
     return FairScorerModule(cfg.model, cfg.adversary, cfg.optim,
                             text_dim=dims["text"], audio_dim=dims["audio"],
@@ -129,7 +117,7 @@ def build_datamodule(cfg):
 
 
 def analysis_callbacks(cfg, datamodule) -> list:
-    from fair_lightning.callbacks import OutputFairnessCallback, SensitiveAttributeProbe
+    from fair_lightning.lightning.callbacks import OutputFairnessCallback, SensitiveAttributeProbe
 
     cbs = []
     if cfg.probe.enabled:
@@ -147,8 +135,8 @@ def prepare_face_encoder(cfg, dm, module) -> dict[str, float]:
         return {}
     import torch
 
-    from fair_lightning.face_pretrain import identity_face_encoder
-    from fair_lightning.runtime import global_rank
+    from fair_lightning.models.face_pretrain import identity_face_encoder
+    from fair_lightning.ops.runtime import global_rank
 
     data = dm.cache_name  # the source and its key
     # rank 0 pretrains, on the run's GPU when it has one; the other ranks wait for its file
@@ -172,7 +160,7 @@ def preflight(cfg, run_dir: Path) -> None:
 
     import torch
 
-    from fair_lightning.tracking import resolve_wandb_mode
+    from fair_lightning.lightning.tracking import resolve_wandb_mode
 
     if run_dir.exists():
         if not run_dir.is_dir():
@@ -201,7 +189,7 @@ def resume_point(cfg, run_dir: Path, rank0: bool) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to continue from (None: start at step 0).
     Rank 0 checks that the resume continues the same run; the other ranks, which may start
     while rank 0 writes, take the same latest checkpoint (nothing trains before they join)."""
-    from fair_lightning.resume import ResumeError, latest_checkpoint, plan, run_dir_of
+    from fair_lightning.lightning.resume import ResumeError, latest_checkpoint, plan, run_dir_of
 
     if cfg.resume is None:
         return run_dir, None
@@ -226,7 +214,7 @@ def start_record(run_dir: Path, ckpt: Path | None) -> tuple[str, int | None]:
     CSV rows written before its checkpoint."""
     import torch
 
-    from fair_lightning.resume import CSV_ROWS_KEY, RESUME_KEY, record_start
+    from fair_lightning.lightning.resume import CSV_ROWS_KEY, RESUME_KEY, record_start
 
     rows = None
     if ckpt is not None:
@@ -288,7 +276,7 @@ def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
     rank by the rest. NaN when the audit is off."""
     import math
 
-    from fair_lightning.report import leak_excess
+    from fair_lightning.audit.report import leak_excess
 
     task = val.get(cfg.selection.task_metric, math.nan)
     # after the erasure stage the head scoring val is the refitted one
@@ -345,14 +333,10 @@ def run(cfg) -> Path:
     import lightning as L
 
     from data_modules.files import atomic_write, json_text
-    from fair_lightning.report import write_run_report
-    from fair_lightning.resume import read_record
-    from fair_lightning.runtime import ensure_data, global_rank, resolve_run_dir
-    from fair_lightning.tracking import (
-        collect_summary,
-        finish_wandb,
-        make_loggers,
-    )
+    from fair_lightning.audit.report import write_run_report
+    from fair_lightning.lightning.resume import read_record
+    from fair_lightning.lightning.tracking import collect_summary, finish_wandb, make_loggers
+    from fair_lightning.ops.runtime import ensure_data, global_rank, resolve_run_dir
 
     run_dir = resolve_run_dir(cfg.output_dir, cfg.experiment)
     rank0 = global_rank() == 0
@@ -376,15 +360,15 @@ def run(cfg) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm.feature_dims())
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
-    from fair_lightning.callbacks import TestPredictions
+    from fair_lightning.lightning.callbacks import TestPredictions
 
     callbacks = analysis_callbacks(cfg, dm) + [TestPredictions(run_dir / "predictions.csv")]
     if getattr(module.adversary, "components", None) is not None:
-        from fair_lightning.callbacks import ProxyComponentsFit
+        from fair_lightning.lightning.callbacks import ProxyComponentsFit
 
         callbacks.insert(0, ProxyComponentsFit(dm))
     if module.erased_head is not None:  # before the probes: the end-of-fit audit sees it
-        from fair_lightning.callbacks import ErasureStage
+        from fair_lightning.lightning.callbacks import ErasureStage
 
         callbacks.insert(0, ErasureStage(dm, run_dir / "checkpoints" / "last.ckpt"))
     trainer = build_trainer(cfg, run_dir, module, callbacks,
@@ -426,30 +410,99 @@ def run(cfg) -> Path:
     return run_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = start_cli(argv, HELP)
-    if argv is None:
-        return 0
-    quiet_warnings()
-    from data_modules.errors import CorpusError
-    from data_modules.shards import ShardError
-    from fair_lightning.cluster import Requeued
+def load_checkpoint(ckpt: Path):
+    """The module, rebuilt from the checkpoint's own hyperparameters; a file that is not
+    one of our checkpoints is a ConfigError naming it."""
+    from fair_lightning.lightning.module import FairScorerModule
 
     try:
-        cfg = config_from_argv(argv)
-        run_dir = run(cfg)
-    except (ConfigError, ShardError, CorpusError, FileNotFoundError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Requeued as e:
-        print(str(e), file=sys.stderr)
-        return 0
-    from fair_lightning.runtime import global_rank
-
-    if global_rank() == 0:
-        print(f"run dir: {run_dir}")
-    return 0
+        return FairScorerModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    except Exception as e:  # torch, pickle and key errors alike: the file is not usable
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{ckpt}: not a fair_lightning checkpoint ({type(e).__name__}: "
+                          f"{first})") from None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def check_config_matches(module, cfg, ckpt: Path) -> None:
+    """The report describes the config; refuse one that disagrees with the model it audits."""
+    from omegaconf import OmegaConf
+
+    differ = []
+    for group in ("model", "adversary", "optim"):
+        saved = module.hparams.get(group) or {}
+        for key, value in saved.items():
+            now = OmegaConf.select(cfg, f"{group}.{key}")
+            now = OmegaConf.to_container(now) if OmegaConf.is_config(now) else now
+            if now is not None and now != value:
+                differ.append(f"{group}.{key}={value!r} (config: {now!r})")
+    if differ:
+        raise ConfigError(f"{ckpt} was trained with {', '.join(differ)}; audit it with the "
+                          "run's own config or override those keys to match")
+
+
+def with_erasure(module, cfg):
+    """The checkpoint's model with `cfg.erasure` in place of its own (unfitted): the same
+    trained weights, another erasure stage to fit. The module itself when they agree."""
+    from omegaconf import OmegaConf
+
+    from fair_lightning.lightning.module import FairScorerModule
+
+    wanted = OmegaConf.to_container(cfg.erasure, resolve=True)
+    if module.hparams.get("erasure") == wanted:
+        return module, False
+    hp = dict(module.hparams)
+    hp["erasure"] = wanted
+    fresh = FairScorerModule(**hp)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("erased_head.")}
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("erased_head.") for k in missing):
+        raise ConfigError(f"cannot carry the trained weights over: missing {missing}, "
+                          f"unexpected {unexpected}")
+    return fresh, fresh.erased_head is not None
+
+
+def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
+    import lightning as L
+
+    from data_modules.files import atomic_write, json_text
+    from fair_lightning.audit.report import write_run_report
+    from fair_lightning.lightning.tracking import collect_summary, finish_wandb, make_loggers
+
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    cfg_path = ckpt.resolve().parent.parent / "config.yaml"
+    cfg = load_config_file(cfg_path, overrides)
+    out = Path(cfg.output_dir) if any(k == "output_dir" for k, _ in overrides) else (
+        cfg_path.parent / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out = out.resolve()
+    module = load_checkpoint(ckpt)
+    check_config_matches(module, cfg, ckpt)
+    module, refit = with_erasure(module, cfg)
+    out.mkdir(parents=True, exist_ok=True)  # only once the checkpoint and config agree
+    save_config(cfg, out / "config.yaml")
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("test")
+    erase = {}
+    if refit:
+        import torch
+
+        from fair_lightning.lightning.callbacks import ErasureStage
+
+        erase = ErasureStage(dm, out / "erased.ckpt").fit_head(module)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        saved["state_dict"] = module.state_dict()
+        saved["hyper_parameters"] = dict(module.hparams)
+        atomic_write(out / "erased.ckpt", lambda p: torch.save(saved, p))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the data, as in train
+    callbacks = analysis_callbacks(cfg, dm)
+    trainer = build_audit_trainer(cfg, out, callbacks,
+                                  make_loggers(cfg, out, dm.cache_name, job_type="audit"))
+    results = trainer.test(module, datamodule=dm, verbose=False)
+    summary = collect_summary(trainer, results, callbacks)
+    summary.update(erase)
+    summary["audit/checkpoint"] = str(ckpt.resolve())
+    atomic_write(out / "summary.json", json_text(summary))
+    write_run_report(out, cfg, summary, callbacks)
+    finish_wandb(trainer, summary, out)
+    return out

@@ -171,8 +171,8 @@ class FairScorerModule(L.LightningModule):
         return w * dann_weight(min(max(done / max(total - start, 1), 0.0), 1.0))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from fair_lightning.resume import RESUME_KEY
-        from fair_lightning.runtime import gather_objects
+        from fair_lightning.lightning.resume import RESUME_KEY
+        from fair_lightning.ops.runtime import gather_objects
 
         checkpoint["trained_batches"] = self._trained_batches
         # every rank saves (Lightning writes rank 0's dict): gather what differs by rank
@@ -180,7 +180,7 @@ class FairScorerModule(L.LightningModule):
                                   **self._log_position()}
 
     def _resume_state(self) -> dict:
-        from fair_lightning.resume import metric_states, rng_state
+        from fair_lightning.lightning.resume import metric_states, rng_state
 
         state = {"rng": rng_state(),
                  "train_metrics": metric_states(torch.nn.ModuleList(
@@ -200,7 +200,7 @@ class FairScorerModule(L.LightningModule):
     def _log_position(self) -> dict:
         """Rows of csv/metrics.csv written so far (after a flush): what a resume keeps; and
         the last validation metrics."""
-        from fair_lightning.resume import CSV_ROWS_KEY, csv_rows_written
+        from fair_lightning.lightning.resume import CSV_ROWS_KEY, csv_rows_written
 
         if not self.trainer.is_global_zero:
             return {}
@@ -219,7 +219,7 @@ class FairScorerModule(L.LightningModule):
         on from."""
         from lightning.fabric.utilities.apply_func import move_data_to_device
 
-        from fair_lightning.resume import load_metric_states, set_rng_state
+        from fair_lightning.lightning.resume import load_metric_states, set_rng_state
 
         saved, self._pending_resume = self._pending_resume, None
         ranks = saved["ranks"]
@@ -247,7 +247,7 @@ class FairScorerModule(L.LightningModule):
         self._pending_resume = None  # testing a checkpoint restores its weights only
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from fair_lightning.resume import RESUME_KEY
+        from fair_lightning.lightning.resume import RESUME_KEY
 
         self._pending_resume = checkpoint.get(RESUME_KEY)
         self.resumed_val_metrics = (self._pending_resume or {}).get("val_metrics", {})

@@ -1,13 +1,9 @@
-"""Human-readable reports: one run (report.md + plots) and a comparison of several runs.
-
-    python -m fair_lightning.report RUN_DIR [RUN_DIR ...] [--out DIR] [--metric test/pearson_merit]
-
-writes comparison.md, comparison.csv and tradeoff.png (task metric against leakage).
-"""
+"""Human-readable reports: one run (report.md + plots), a comparison of several runs
+(comparison.md, comparison.csv, tradeoff.png) and a sweep's Pareto front; the command line
+is `fair_lightning.cli.report`."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -121,7 +117,7 @@ def _erasure_lines(cfg, s: dict) -> list[str]:
 def _proxy_lines(cfg, s: dict) -> list[str]:
     """The face proxy's retrieval against the setting alone, what it carries of gender, and
     the attributes the audit could not score."""
-    from fair_lightning.proxy_audit import proxy_line
+    from fair_lightning.audit.proxy_audit import proxy_line
 
     lines = []
     if "setup/face_proxy" in s:
@@ -145,7 +141,7 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
 
 def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
     """report.md for one run, plus a scores-by-group plot from the fairness callback."""
-    from fair_lightning.plots import plot_scores_by_group
+    from fair_lightning.audit.plots import plot_scores_by_group
 
     run_dir = Path(run_dir)
     (run_dir / "plots").mkdir(exist_ok=True)
@@ -313,7 +309,7 @@ def runs_config_differences(run_dirs: list[Path]) -> tuple[list[str], list[str]]
 def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_merit",
             leakage: str = "leak/fused/gender/clip/bal_acc", *,
             allow_mixed_data: bool = False) -> dict[str, Path]:
-    from fair_lightning.plots import plot_tradeoff
+    from fair_lightning.audit.plots import plot_tradeoff
 
     unique = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))
     if len(unique) < len(run_dirs):
@@ -442,7 +438,7 @@ def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Pat
     """A sweep's trials: the test front of task against leakage, every trial with its
     hyperparameters, and the configuration whose mean `select/score` over its seeds
     (validation only) is best, with its test numbers."""
-    from fair_lightning.plots import plot_pareto
+    from fair_lightning.audit.plots import plot_pareto
 
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir or sweep_dir / "pareto")
@@ -505,37 +501,3 @@ def pareto_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Pat
                     p["leak"], p["select"], i in front, i in chosen])
     atomic_write(out_dir / "pareto.csv", buf.getvalue())
     return {"markdown": out_dir / "pareto.md", "csv": out_dir / "pareto.csv", "plot": plot}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fair_lightning.report",
-                                description="Compare finished runs: table (markdown, CSV) and a "
-                                            "task-metric-against-leakage plot.")
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (each with summary.json), "
-                   "or with --sweep one sweep directory (runs/sweeps/<name>)")
-    p.add_argument("--sweep", action="store_true",
-                   help="a sweep's Pareto report: front, every trial, the selected one")
-    p.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output directory")
-    p.add_argument("--metric", default="test/pearson_merit", help="task metric on the y axis")
-    p.add_argument("--leakage", default="leak/fused/gender/clip/bal_acc",
-                   help="leakage metric on the x axis")
-    p.add_argument("--allow-mixed-data", action="store_true",
-                   help="compare runs made on different data (refused otherwise)")
-    args = p.parse_args(argv)
-    try:
-        if args.sweep:
-            paths = pareto_report(args.runs[0], None if args.out == Path("runs/comparison")
-                                  else args.out)
-        else:
-            paths = compare(args.runs, args.out, args.metric, args.leakage,
-                            allow_mixed_data=args.allow_mixed_data)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for k, v in paths.items():
-        print(f"{k}: {v}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Preprocess a raw corpus (ChaLearn or a CSV manifest) into cached shards.
 
-    python -m fair_lightning.preprocess data.source=chalearn data.chalearn.root=DIR [key=value ...]
+    python -m fair_lightning.cli.preprocess data.source=chalearn data.chalearn.root=DIR [key=value ...]
 
 Training runs the same step on first use; running it alone lets a cluster job start from
 ready shards, and shows the report first. Interrupted, it resumes where it stopped.
@@ -13,13 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
-from fair_lightning.runtime import set_offline_env, start_cli
+from fair_lightning.ops.runtime import set_offline_env, start_cli
 
 set_offline_env()
 
 from fair_lightning.config import ConfigError, config_from_argv  # noqa: E402
 
-HELP = """usage: python -m fair_lightning.preprocess data.source=SOURCE [key=value ...]
+HELP = """usage: python -m fair_lightning.cli.preprocess data.source=SOURCE [key=value ...]
 
 Decodes every clip of a raw corpus (PyAV, a few evenly spaced frames and the audio track),
 crops the face, computes audio features, embeds the transcript, and writes the shards that

@@ -19,10 +19,10 @@ import torch.distributed as dist
 
 from data_modules.progress import Progress
 from data_modules.schema import SENSITIVE
-from fair_lightning.fairness import OutputFairness, top_q_cutoff
+from fair_lightning.audit.fairness import OutputFairness, top_q_cutoff
+from fair_lightning.audit.probes import AttackerResult, AttackSuite
 from fair_lightning.models.adversaries import one_hot_attributes
-from fair_lightning.probes import AttackerResult, AttackSuite
-from fair_lightning.runtime import gather_objects
+from fair_lightning.ops.runtime import gather_objects
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = SENSITIVE  # attribute -> number of groups
@@ -79,7 +79,7 @@ def collect_rows(module, loader, rows, max_clips: int = 0) -> dict[str, np.ndarr
 
 def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.ndarray]:
     """Named representations, attributes and identities of every clip of a loader."""
-    from fair_lightning.proxy_audit import setting_descriptor
+    from fair_lightning.audit.proxy_audit import setting_descriptor
 
     def rows(batch):
         out = {name: r.float().cpu().numpy() for name, r in module.representations(batch).items()}
@@ -355,7 +355,7 @@ class SensitiveAttributeProbe(L.Callback):
 
     Elazar & Goldberg (2018): an adversary at chance can hide information that a fresh
     classifier still recovers, and a probe we chose can miss what another finds. So each
-    layer and attribute gets the attacker suite of :class:`fair_lightning.probes.AttackSuite`
+    layer and attribute gets the attacker suite of :class:`fair_lightning.audit.probes.AttackSuite`
     (families tuned by grouped cross-validation on `fit_split`, at clip and person level),
     scored on an identity-disjoint split with a 95% bootstrap interval over people.
 
@@ -437,14 +437,14 @@ class SensitiveAttributeProbe(L.Callback):
             dist.barrier()
 
     def _proxy_retrieval(self, ev: dict) -> None:
-        from fair_lightning.proxy_audit import proxy_figures, proxy_line
+        from fair_lightning.audit.proxy_audit import proxy_figures, proxy_line
 
         self.proxy = proxy_figures(ev["proxy"], ev["setting"], ev["identity"])
         (log.warning if self.proxy["proxy/setting_explains"] else log.info)(
             proxy_line(self.proxy))
 
     def _log_table_and_plot(self, trainer, rows, prefix):
-        from fair_lightning.plots import plot_probe_results
+        from fair_lightning.audit.plots import plot_probe_results
 
         run_dir = Path(trainer.default_root_dir)
         (run_dir / "plots").mkdir(parents=True, exist_ok=True)
@@ -486,7 +486,7 @@ class SensitiveAttributeProbe(L.Callback):
 
 class OutputFairnessCallback(L.Callback):
     """Per-group error and score gaps, demographic parity and equal opportunity of the
-    invite decision, on val (`val_fair/`) and test (`fair/`). See `fair_lightning.fairness`.
+    invite decision, on val (`val_fair/`) and test (`fair/`). See `fair_lightning.audit.fairness`.
 
     Also `<prefix>/gender/score_corr`: Pearson correlation between the predicted score and
     gender (0/1, point-biserial), clips with unknown gender left out.

@@ -1,0 +1,1 @@
+"""Process and run-time plumbing: offline environment, ranks, run directories, waits."""
