@@ -18,13 +18,57 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from data_modules.files import atomic_write
-from data_modules.sources import SOURCES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"  # package data: ships in the wheel
 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; the message names the key or file."""
+
+
+# --------------------------------------------------------------------------- rules
+# Each key's rule sits on its field: `one_of` a closed vocabulary, `each_of` the same for
+# every item of a list, `check` a (test, what it must be) pair. A vocabulary that a registry
+# defines (adversaries, objectives, losses, sources, representations, attacker families) is
+# read from that registry when a config is validated, so adding an entry there is enough.
+# Defaults live in base.yaml, with a comment each; the schema fixes structure, types, rules.
+
+
+def rule(default: Any = MISSING, *, one_of=None, each_of=None, check=None):
+    meta = {k: v for k, v in (("one_of", one_of), ("each_of", each_of), ("check", check))
+            if v is not None}
+    return field(default=default, metadata=meta)
+
+
+def registry(module: str, name: str):
+    """The names of a registry, read when needed (validating imports it, loading does not)."""
+    def names() -> tuple:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(module), name))
+    return names
+
+
+def synthetic_range(key: str):
+    """The synthetic source's own range for one of its parameters (one table for both)."""
+    def check() -> tuple:
+        from data_modules.sources.synthetic import RANGES
+
+        return RANGES[key]
+    return check
+
+
+def at_least(n, why: str = "") -> tuple:
+    return (lambda v: v >= n), f">= {n}" + (f" ({why})" if why else "")
+
+
+def above(n, why: str = "") -> tuple:
+    return (lambda v: v > n), f"> {n}" + (f" ({why})" if why else "")
+
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_FRACTIONS = (lambda v: len(v) == 3 and min(v) > 0 and abs(sum(v) - 1.0) <= 1e-6,
+                   "three positive numbers summing to 1")
 
 
 # --------------------------------------------------------------------------- schema
@@ -34,7 +78,7 @@ class LeakageConfig:
     video_ethnicity: float = MISSING
     audio_gender: float = MISSING
     audio_ethnicity: float = MISSING
-    text_gender: float = MISSING
+    text_gender: float = rule(check=synthetic_range("leakage.text_gender"))
 
 
 @dataclass
@@ -45,60 +89,61 @@ class LabelBiasConfig:
 
 @dataclass
 class SyntheticConfig:
-    num_identities: int = MISSING
-    clips_per_identity: int = MISSING
-    split_fractions: list[float] = MISSING
+    num_identities: int = rule(check=synthetic_range("num_identities"))
+    clips_per_identity: int = rule(check=synthetic_range("clips_per_identity"))
+    split_fractions: list[float] = rule(check=SPLIT_FRACTIONS)
     seed: int = MISSING
-    sentences_per_clip: list[int] = MISSING
-    audio_seconds: list[float] = MISSING
-    video_frames: int = MISSING
-    num_faces: int = MISSING
-    image_size: int = MISSING
+    sentences_per_clip: list[int] = rule(check=synthetic_range("sentences_per_clip"))
+    audio_seconds: list[float] = rule(check=synthetic_range("audio_seconds"))
+    video_frames: int = rule(check=synthetic_range("video_frames"))
+    num_faces: int = rule(check=synthetic_range("num_faces"))
+    image_size: int = rule(check=synthetic_range("image_size"))
     merit_in_audio: float = MISSING
     merit_in_text: float = MISSING
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
     label_bias: LabelBiasConfig = field(default_factory=LabelBiasConfig)
-    label_noise: float = MISSING
+    label_noise: float = rule(check=synthetic_range("label_noise"))
 
 
 @dataclass
 class PreprocessConfig:
-    workers: int = MISSING
-    detector: str = MISSING
-    video_frames: int = MISSING
-    num_faces: int = MISSING
-    image_size: int = MISSING
-    face_margin: float = MISSING
-    max_audio_seconds: float = MISSING
-    max_sentences: int = MISSING
-    face_embedding: str = MISSING
+    workers: int = rule(check=at_least(0))
+    detector: str = rule(one_of=("auto", "haar", "dlib", "dlib_then_haar"))
+    video_frames: int = rule(check=at_least(1))
+    num_faces: int = rule(check=at_least(1))
+    image_size: int = rule(check=at_least(1))
+    face_margin: float = rule(check=at_least(0))
+    max_audio_seconds: float = rule(check=above(0))
+    max_sentences: int = rule(check=at_least(1))
+    face_embedding: str = rule(one_of=("auto", "none", "dlib"))
 
 
 @dataclass
 class ChalearnConfig:
     root: str | None = None
-    target: str = MISSING
-    splits: str = MISSING
-    split_fractions: list[float] = MISSING
+    target: str = rule(one_of=("interview", "extraversion", "neuroticism", "agreeableness",
+                                       "conscientiousness", "openness"))
+    splits: str = rule(one_of=("identity", "official"))
+    split_fractions: list[float] = rule(check=SPLIT_FRACTIONS)
     split_seed: int = MISSING
 
 
 @dataclass
 class ManifestConfig:
     path: str | None = None
-    split_fractions: list[float] = MISSING
+    split_fractions: list[float] = rule(check=SPLIT_FRACTIONS)
     split_seed: int = MISSING
 
 
 @dataclass
 class DataConfig:
-    source: str = MISSING
+    source: str = rule(one_of=registry("data_modules.sources", "SOURCES"))
     cache_dir: str = MISSING
     derived_cache_dir: str = MISSING
     text_model: str = MISSING
-    batch_size: int = MISSING
-    num_workers: int = MISSING
-    speaker_norm: str = "none"
+    batch_size: int = rule(check=at_least(1))
+    num_workers: int = rule(check=at_least(0))
+    speaker_norm: str = rule("none", one_of=("none", "person"))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     chalearn: ChalearnConfig = field(default_factory=ChalearnConfig)
@@ -107,84 +152,84 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    hidden_dim: int = MISSING
-    fused_dim: int = MISSING
-    dropout: float = MISSING
-    audio_encoder: str = MISSING
-    video_channels: int = MISSING
-    face_encoder: str = MISSING
+    hidden_dim: int = rule(check=at_least(1))
+    fused_dim: int = rule(check=at_least(1))
+    dropout: float = rule(check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    audio_encoder: str = rule(one_of=("gru", "conv"))
+    video_channels: int = rule(check=at_least(1))
+    face_encoder: str = rule(one_of=("auto", "cnn", "frozen", "identity", "pretrained"))
     face_encoder_checkpoint: str | None = None
-    face_dim: int = MISSING
-    face_proxy_components: Any = MISSING  # auto | int >= 0
-    face_pretrain_epochs: int = MISSING
-    face_pretrain_lr: float = MISSING
+    face_dim: int = rule(check=at_least(1))
+    face_proxy_components: Any = rule(check=at_least(0, "0: the whole face embedding"))  # auto | int >= 0
+    face_pretrain_epochs: int = rule(check=at_least(1))
+    face_pretrain_lr: float = rule(check=above(0))
 
 
 @dataclass
 class AdversaryConfig:
-    method: str = MISSING
-    objective: str = MISSING
-    weight: float = MISSING
-    weight_schedule: str = MISSING
-    warmup_epochs: int = MISSING
-    k_disc: int = MISSING
-    lr: float = MISSING
-    negatives_per_positive: int = MISSING
-    positive_faces: str = MISSING
-    dependence_queue: int = MISSING
-    hsic_h_kernel: str = MISSING
-    dependence_measure: str = MISSING
-    nocco_eps: float = MISSING
-    hidden_dim: int = MISSING
-    heads: int = MISSING
+    method: str = rule(one_of=registry("fair_lightning.models.adversaries", "ADVERSARIES"))
+    objective: str = rule(one_of=registry("fair_lightning.models.objectives", "OBJECTIVES"))
+    weight: float = rule(check=at_least(0))
+    weight_schedule: str = rule(one_of=("constant", "dann"))
+    warmup_epochs: int = rule(check=at_least(0))
+    k_disc: int = rule(check=at_least(1))
+    lr: float = rule(check=above(0))
+    negatives_per_positive: int = rule(check=at_least(1))
+    positive_faces: str = rule(one_of=("own_clip", "other_clip"))
+    dependence_queue: int = rule(check=at_least(0))
+    hsic_h_kernel: str = rule(one_of=("gaussian", "linear"))
+    dependence_measure: str = rule(one_of=("cka", "nocco"))
+    nocco_eps: float = rule(check=above(0, "the centred Gram matrix is singular: eps must lift it"))
+    hidden_dim: int = rule(check=at_least(1))
+    heads: int = rule(check=at_least(1))
 
 
 @dataclass
 class ErasureConfig:
     enabled: bool = MISSING
-    proxy: str = MISSING
-    rank: Any = MISSING  # auto | int >= 0
+    proxy: str = rule(one_of=("face", "labels"))
+    rank: Any = rule(check=at_least(0, "0: no LEACE"))  # auto | int >= 0
     residual: bool = MISSING
-    fit_on: str = MISSING
-    head_dims: int = MISSING
+    fit_on: str = rule(one_of=("clips", "people"))
+    head_dims: int = rule(check=at_least(0, "0: the head reads all of the erased h"))
 
 
 @dataclass
 class OptimConfig:
-    lr: float = MISSING
-    weight_decay: float = MISSING
-    grad_clip: float = MISSING
-    scheduler: str = MISSING
-    loss: str = MISSING
+    lr: float = rule(check=above(0))
+    weight_decay: float = rule(check=at_least(0))
+    grad_clip: float = rule(check=at_least(0))
+    scheduler: str = rule(one_of=("none", "cosine"))
+    loss: str = rule(one_of=registry("fair_lightning.models.objectives", "TASK_LOSSES"))
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = MISSING
+    max_epochs: int = rule(check=at_least(1, "to test a saved model, use make audit"))
     max_steps: int = MISSING
     accelerator: str = MISSING
-    devices: int = MISSING
-    num_nodes: int = MISSING
+    devices: int = rule(check=at_least(1))
+    num_nodes: int = rule(check=at_least(1))
     strategy: str = MISSING
     precision: str = MISSING
     deterministic: bool = MISSING
-    log_every_n_steps: int = MISSING
-    limit_train_batches: float = MISSING
-    limit_val_batches: float = MISSING
-    limit_test_batches: float = MISSING
-    checkpoint_every_n_batches: int = MISSING
-    test_checkpoint: str = MISSING
-    enable_progress_bar: Any = MISSING  # true | false | auto
+    log_every_n_steps: int = rule(check=at_least(1))
+    limit_train_batches: float = rule(check=above(0, "a fraction <= 1.0 or a count"))
+    limit_val_batches: float = rule(check=above(0, "val/loss chooses the best checkpoint"))
+    limit_test_batches: float = rule(check=above(0))
+    checkpoint_every_n_batches: int = rule(check=at_least(0))
+    test_checkpoint: str = rule(one_of=("last", "best"))
+    enable_progress_bar: Any = rule(one_of=(True, False, "auto"))  # true | false | auto
 
 
 @dataclass
 class WandbConfig:
-    mode: str = MISSING
+    mode: str = rule(one_of=("auto", "online", "offline", "disabled"))
     project: str = MISSING
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
-    log_model: Any = MISSING  # false | true | all
+    log_model: Any = rule(one_of=(False, True, "all"))  # false | true | all
 
 
 @dataclass
@@ -196,30 +241,30 @@ class LoggerConfig:
 @dataclass
 class ProbeConfig:
     enabled: bool = MISSING
-    every_n_epochs: int = MISSING
-    fit_split: str = MISSING
-    eval_split: str = MISSING
-    bootstrap: int = MISSING
-    layers: list[str] = MISSING
-    attackers: list[str] = MISSING
+    every_n_epochs: int = rule(check=at_least(0))
+    fit_split: str = rule(one_of=SPLIT_NAMES)
+    eval_split: str = rule(one_of=SPLIT_NAMES)
+    bootstrap: int = rule(check=at_least(0))
+    layers: list[str] = rule(each_of=registry("fair_lightning.models", "REPRESENTATIONS"))
+    attackers: list[str] = rule(each_of=registry("fair_lightning.audit.attackers", "FAMILIES"))
     person_level: bool = MISSING
-    cv_folds: int = MISSING
-    max_clips: int = MISSING
-    min_people: int = MISSING
+    cv_folds: int = rule(check=at_least(2))
+    max_clips: int = rule(check=at_least(0))
+    min_people: int = rule(check=at_least(0))
 
 
 @dataclass
 class FairnessConfig:
     enabled: bool = MISSING
-    threshold: float | None = None
-    top_q: float | None = None
-    min_group_size: int = MISSING
+    threshold: float | None = rule(None, check=(lambda v: v is None or 0 <= v <= 1, "in [0, 1]"))
+    top_q: float | None = rule(None, check=(lambda v: v is None or 0 < v < 1, "in (0, 1)"))
+    min_group_size: int = rule(check=at_least(1))
 
 
 @dataclass
 class SelectionConfig:
-    task_metric: str = MISSING
-    leak_penalty: float = MISSING
+    task_metric: str = rule(one_of=("val/pearson", "val/r2"))
+    leak_penalty: float = rule(check=at_least(0))
 
 
 @dataclass
@@ -239,43 +284,6 @@ class ExperimentConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     fairness: FairnessConfig = field(default_factory=FairnessConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-
-
-# Closed vocabularies, checked after the type check.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": tuple(SOURCES),
-    "data.speaker_norm": ("none", "person"),
-    "data.preprocess.detector": ("auto", "haar", "dlib", "dlib_then_haar"),
-    "data.preprocess.face_embedding": ("auto", "none", "dlib"),
-    "data.chalearn.target": ("interview", "extraversion", "neuroticism", "agreeableness",
-                             "conscientiousness", "openness"),
-    "data.chalearn.splits": ("identity", "official"),
-    "model.audio_encoder": ("gru", "conv"),
-    "model.face_encoder": ("auto", "cnn", "frozen", "identity", "pretrained"),
-    "adversary.method": ("none", "indirect", "label"),
-    "adversary.objective": ("confusion", "minimax", "grl", "hsic"),
-    "adversary.positive_faces": ("own_clip", "other_clip"),
-    "adversary.hsic_h_kernel": ("gaussian", "linear"),
-    "adversary.dependence_measure": ("cka", "nocco"),
-    "adversary.weight_schedule": ("constant", "dann"),
-    "erasure.proxy": ("face", "labels"),
-    "erasure.fit_on": ("clips", "people"),
-    "optim.scheduler": ("none", "cosine"),
-    "optim.loss": ("mse", "mae", "huber"),
-    "trainer.test_checkpoint": ("last", "best"),
-    "probe.fit_split": ("train", "val", "test"),
-    "probe.eval_split": ("train", "val", "test"),
-    "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
-    "selection.task_metric": ("val/pearson", "val/r2"),
-}
-
-
-# Lists whose items come from a closed vocabulary (the model's representations, the attacker
-# families); kept here so loading a config imports no model code, a test checks they agree.
-LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "probe.layers": ("text", "audio", "video", "fused", "erased", "head", "score", "proxy"),
-    "probe.attackers": ("linear", "kernel", "mlp", "svm"),
-}
 
 
 # --------------------------------------------------------------------------- loading
@@ -472,61 +480,6 @@ def _first_leaf(schema: DictConfig, key: str) -> str:
     return key
 
 
-def _positive(v) -> bool:
-    return v > 0
-
-
-def _at_least(n):
-    return lambda v: v >= n
-
-
-# key -> (check, what it must be); ranges that types cannot say. Each bound has a reason:
-# a batch needs a clip, a split needs people, a fraction of batches must be a fraction
-RANGES: dict[str, tuple] = {
-    "data.batch_size": (_at_least(1), ">= 1"),
-    "data.num_workers": (_at_least(0), ">= 0"),
-    "data.synthetic.clips_per_identity": (_at_least(1), ">= 1"),
-    "data.synthetic.video_frames": (_at_least(1), ">= 1"),
-    "data.synthetic.num_faces": (_at_least(1), ">= 1"),
-    "data.synthetic.image_size": (_at_least(8), ">= 8 (the face renderer's smallest size)"),
-    "data.synthetic.label_noise": (_at_least(0), ">= 0"),
-    "model.hidden_dim": (_at_least(1), ">= 1"),
-    "model.fused_dim": (_at_least(1), ">= 1"),
-    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "model.video_channels": (_at_least(1), ">= 1"),
-    "model.face_dim": (_at_least(1), ">= 1"),
-    "model.face_proxy_components": (_at_least(0), ">= 0 (0: the whole face embedding)"),
-    "model.face_pretrain_epochs": (_at_least(1), ">= 1"),
-    "model.face_pretrain_lr": (_positive, "> 0"),
-    "adversary.weight": (_at_least(0), ">= 0"),
-    "adversary.warmup_epochs": (_at_least(0), ">= 0"),
-    "adversary.lr": (_positive, "> 0"),
-    "adversary.negatives_per_positive": (_at_least(1), ">= 1"),
-    "adversary.dependence_queue": (_at_least(0), ">= 0"),
-    "adversary.hidden_dim": (_at_least(1), ">= 1"),
-    "adversary.heads": (_at_least(1), ">= 1"),
-    "erasure.rank": (_at_least(0), ">= 0 (0: no LEACE)"),
-    "erasure.head_dims": (_at_least(0), ">= 0 (0: the head reads all of the erased h)"),
-    "optim.lr": (_positive, "> 0"),
-    "optim.weight_decay": (_at_least(0), ">= 0"),
-    "optim.grad_clip": (_at_least(0), ">= 0"),
-    "trainer.max_epochs": (_at_least(1), ">= 1 (to test a saved model, use make audit)"),
-    "trainer.devices": (_at_least(1), ">= 1"),
-    "trainer.num_nodes": (_at_least(1), ">= 1"),
-    "trainer.log_every_n_steps": (_at_least(1), ">= 1"),
-    "trainer.limit_train_batches": (_positive, "> 0 (a fraction <= 1.0 or a count)"),
-    "trainer.limit_val_batches": (_positive, "> 0 (val/loss chooses the best checkpoint)"),
-    "trainer.limit_test_batches": (_positive, "> 0"),
-    "trainer.checkpoint_every_n_batches": (_at_least(0), ">= 0"),
-    "probe.bootstrap": (_at_least(0), ">= 0"),
-    "probe.every_n_epochs": (_at_least(0), ">= 0"),
-    "probe.max_clips": (_at_least(0), ">= 0"),
-    "probe.min_people": (_at_least(0), ">= 0"),
-    "fairness.min_group_size": (_at_least(1), ">= 1"),
-    "selection.leak_penalty": (_at_least(0), ">= 0"),
-}
-
-
 def _non_finite(node, prefix: str = "") -> list[str]:
     out = []
     for k, v in node.items():
@@ -548,47 +501,9 @@ def validate(cfg: DictConfig) -> None:
     if bad:
         raise ConfigError(f"key '{bad[0]}' must be a finite number, got "
                           f"{OmegaConf.select(cfg, bad[0])!r}")
-    for key, (ok, what) in RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if not ok(value):
-            raise ConfigError(f"key '{key}' must be {what}, got {value!r}")
-    if cfg.logger.wandb.log_model not in (True, False, "all"):
-        raise ConfigError("key 'logger.wandb.log_model' must be false, true or all, got "
-                          f"{cfg.logger.wandb.log_model!r}")
-    if cfg.trainer.enable_progress_bar not in (True, False, "auto"):
-        raise ConfigError("key 'trainer.enable_progress_bar' must be true, false or auto, got "
-                          f"{cfg.trainer.enable_progress_bar!r}")
-    t = cfg.fairness
-    if t.top_q is not None and not 0 < t.top_q < 1:
-        raise ConfigError(f"key 'fairness.top_q' must be in (0, 1), got {t.top_q!r}")
-    if t.threshold is not None and not 0 <= t.threshold <= 1:
-        raise ConfigError(f"key 'fairness.threshold' must be in [0, 1], got {t.threshold!r}")
+    _check_synthetic_sizes(cfg.data.synthetic)  # before its range: the message says more
+    _check_rules(cfg)
     _check_probe_splits(cfg.probe)
-    _check_synthetic_sizes(cfg.data.synthetic)
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"key '{key}' must be one of {allowed}, got {value!r}")
-    for block in ("synthetic", "chalearn", "manifest"):
-        fr = cfg.data[block].split_fractions
-        if len(fr) != 3 or abs(sum(fr) - 1.0) > 1e-6 or min(fr) <= 0:
-            raise ConfigError(f"key 'data.{block}.split_fractions' must be three positive "
-                              "numbers summing to 1")
-    pre = cfg.data.preprocess
-    for key in ("video_frames", "num_faces", "image_size", "max_sentences"):
-        if pre[key] < 1:
-            raise ConfigError(f"key 'data.preprocess.{key}' must be >= 1")
-    if pre.workers < 0 or pre.face_margin < 0 or pre.max_audio_seconds <= 0:
-        raise ConfigError("keys 'data.preprocess.workers' and 'face_margin' must be >= 0, "
-                          "'max_audio_seconds' > 0")
-    for key, allowed in LIST_CHOICES.items():
-        _check_subset(cfg, key, allowed)
-    if cfg.adversary.nocco_eps <= 0:  # the centred Gram matrix is singular: eps must lift it
-        raise ConfigError("key 'adversary.nocco_eps' must be > 0")
-    if cfg.probe.cv_folds < 2:
-        raise ConfigError("key 'probe.cv_folds' must be >= 2")
-    if cfg.adversary.k_disc < 1:
-        raise ConfigError("key 'adversary.k_disc' must be >= 1")
     if cfg.fairness.threshold is not None and cfg.fairness.top_q is not None:
         raise ConfigError("set only one of 'fairness.threshold' and 'fairness.top_q'")
     if cfg.model.face_encoder == "pretrained" and (
@@ -605,6 +520,37 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "
                           "model.face_encoder=frozen")
+
+
+def _rules(cls=None, prefix: str = "") -> dict[str, dict]:
+    """{dotted key: its rule} from the schema's field metadata."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls or ExperimentConfig):
+        if dataclasses.is_dataclass(f.default_factory):
+            out.update(_rules(f.default_factory, f"{prefix}{f.name}."))
+        elif f.metadata:
+            out[prefix + f.name] = dict(f.metadata)
+    return out
+
+
+def _resolved(x):
+    return x() if callable(x) else x
+
+
+def _check_rules(cfg: DictConfig) -> None:
+    for key, r in _rules().items():
+        value = OmegaConf.select(cfg, key)
+        if "check" in r:
+            ok, what = _resolved(r["check"])
+            if not ok(value):
+                shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+                raise ConfigError(f"key '{key}' must be {what}, got {shown!r}")
+        if "one_of" in r and value not in (allowed := _resolved(r["one_of"])):
+            raise ConfigError(f"key '{key}' must be one of {allowed}, got {value!r}")
+        if "each_of" in r:
+            _check_subset(cfg, key, _resolved(r["each_of"]))
 
 
 def _check_face_models(cfg: DictConfig) -> None:

@@ -147,8 +147,8 @@ def _read_params(cfg) -> _Params:
 
     def pair(path, kind):
         v = list(get(path))
-        if len(v) != 2 or kind(v[0]) > kind(v[1]):
-            raise ValueError(f"synthetic.{path} must be [min, max] with min <= max, got {v}")
+        if len(v) != 2:
+            raise ValueError(f"synthetic.{path} must be [min, max], got {v}")
         return kind(v[0]), kind(v[1])
 
     fr = [float(x) for x in get("split_fractions")]
@@ -175,22 +175,28 @@ def _read_params(cfg) -> _Params:
         bias_ethnicity=float(get("label_bias.ethnicity")),
         label_noise=float(get("label_noise")),
     )
-    checks = {
-        "num_identities": p.num_identities >= 2,
-        "clips_per_identity": p.clips_per_identity >= 1,
-        "sentences_per_clip": p.sentences_per_clip[0] >= 1,
-        "audio_seconds": p.audio_seconds[0] >= 0.1,
-        "video_frames": p.video_frames >= 1,
-        "num_faces": p.num_faces >= 1,
-        "image_size": p.image_size >= 8,
-        "label_noise": p.label_noise >= 0,
-        # text_gender shifts a probability by 0.4 * Lt, so |Lt| <= 1.25
-        "leakage.text_gender": abs(p.text_gender) <= 1.25,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise ValueError(f"synthetic.{key} is out of range: {get(key)}")
+    for key, (ok, what) in RANGES.items():
+        if not ok(get(key)):
+            raise ValueError(f"synthetic.{key} is out of range: {get(key)} (must be {what})")
     return p
+
+
+# Each parameter's valid values, (test, what it must be): the source checks them when it
+# reads its parameters, and the config checks `data.synthetic.<key>` with the same table.
+RANGES = {
+    "num_identities": (lambda v: v >= 2, ">= 2"),
+    "clips_per_identity": (lambda v: v >= 1, ">= 1"),
+    "sentences_per_clip": (lambda v: len(v) == 2 and 1 <= v[0] <= v[1],
+                           "[min, max] with 1 <= min <= max"),
+    "audio_seconds": (lambda v: len(v) == 2 and 0.1 <= v[0] <= v[1],
+                      "[min, max] with 0.1 <= min <= max"),
+    "video_frames": (lambda v: v >= 1, ">= 1"),
+    "num_faces": (lambda v: v >= 1, ">= 1"),
+    "image_size": (lambda v: v >= 8, ">= 8 (the face renderer's smallest size)"),
+    "label_noise": (lambda v: v >= 0, ">= 0"),
+    # it shifts a probability by 0.4 times itself
+    "leakage.text_gender": (lambda v: abs(v) <= 1.25, "in [-1.25, 1.25]"),
+}
 
 
 # --------------------------------------------------------------------------- population

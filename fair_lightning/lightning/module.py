@@ -23,7 +23,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanAbsoluteError, MeanMetric, MetricCollection, PearsonCorrCoef, R2Score
 from torchmetrics.classification import BinaryAUROC
@@ -32,10 +31,8 @@ from data_modules.batch import Batch
 from fair_lightning.models import MultimodalScorer
 from fair_lightning.models.adversaries import ADVERSARIES, AdversaryOutput
 from fair_lightning.models.erasure import ErasedHead
-from fair_lightning.models.objectives import OBJECTIVES
+from fair_lightning.models.objectives import OBJECTIVES, TASK_LOSSES
 from fair_lightning.steps import training_step_for
-
-TASK_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
 
 # checkpoints written before the adversaries had their own classes kept them at the top
 LEGACY_KEYS = {"face_encoder.": "adversary.face_encoder.",

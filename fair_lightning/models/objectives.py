@@ -12,7 +12,7 @@ works with any adversary:
   `dependence_target` (face embeddings, or one-hot attributes), across people.
 
 `OBJECTIVES` maps `adversary.objective` to them. Adding one: a class here, its name in
-`OBJECTIVES` and in `config.CHOICES` (a test checks that they agree), and a test.
+`OBJECTIVES` (which `adversary.objective` accepts), and a test.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from fair_lightning.models.adversaries import Adversary, AdversaryOutput, grad_reverse
 from fair_lightning.models.dependence import kernel_dependence
+
+# the task losses, by the name `optim.loss` gives
+TASK_LOSSES = {"mse": nn.functional.mse_loss, "mae": nn.functional.l1_loss,
+               "huber": nn.functional.smooth_l1_loss}
 
 
 class Objective(nn.Module):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -86,16 +87,37 @@ def test_a_saved_config_from_before_a_key_existed_takes_todays_default(tmp_path)
         load_config("baseline", []).adversary.dependence_measure
 
 
-def test_list_vocabularies_match_the_model_and_the_attackers():
+def test_list_vocabularies_come_from_the_model_and_the_attackers():
     from fair_lightning.audit.attackers import FAMILIES
-    from fair_lightning.config import LIST_CHOICES
     from fair_lightning.models import REPRESENTATIONS
 
-    assert set(LIST_CHOICES["probe.layers"]) == set(REPRESENTATIONS)
-    assert set(LIST_CHOICES["probe.attackers"]) == set(FAMILIES)
+    every = load_config("baseline", [("probe.layers", f"[{','.join(REPRESENTATIONS)}]"),
+                                     ("probe.attackers", f"[{','.join(FAMILIES)}]")])
+    assert list(every.probe.attackers) == list(FAMILIES)
     for bad in ("[forest]", "[]", "[linear,linear]"):
         with pytest.raises(ConfigError, match="probe.attackers"):
             load_config("baseline", [("probe.attackers", bad)])
+    with pytest.raises(ConfigError, match="probe.layers"):
+        load_config("baseline", [("probe.layers", "[fused,logits]")])
+
+
+def test_a_rule_sits_on_its_field_and_names_the_key():
+    """Ranges and vocabularies are read from the schema's fields; the synthetic source's
+    ranges are its own table, checked at load time too."""
+    from data_modules.sources.synthetic import RANGES
+
+    cases = [("model.dropout", "1.0", "must be in \\[0, 1\\), got 1.0"),
+             ("probe.cv_folds", "1", "must be >= 2"),
+             ("adversary.nocco_eps", "0.0", "must be > 0"),
+             ("fairness.top_q", "1.5", "must be in \\(0, 1\\)"),
+             ("data.synthetic.image_size", "4", "must be " + re.escape(RANGES["image_size"][1])),
+             ("data.synthetic.audio_seconds", "[2.0,1.0]", "min <= max"),
+             ("data.chalearn.split_fractions", "[0.5,0.5]", "three positive numbers"),
+             ("optim.loss", "l3", "must be one of \\('mse', 'mae', 'huber'\\)"),
+             ("logger.wandb.log_model", "sometimes", "must be one of")]
+    for key, value, message in cases:
+        with pytest.raises(ConfigError, match=f"key '{re.escape(key)}' {message}"):
+            load_config("baseline", [(key, value)])
 
 
 def test_erasure_settings_that_cannot_work_fail_before_any_work():
