@@ -33,7 +33,13 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     from lightning.pytorch.strategies import DDPStrategy
 
     from fair_lightning.lightning.cluster import RequeueOnSignal
-    from fair_lightning.lightning.resume import REQUEUE_CKPT, AtomicCheckpointIO, EndResumedEpoch
+    from fair_lightning.lightning.resume import (
+        REQUEUE_CKPT,
+        AtomicCheckpointIO,
+        EndResumedEpoch,
+        RunPosition,
+    )
+    from fair_lightning.lightning.tracking import RunCSVLogger
 
     t = cfg.trainer
     per_batch = module.optimizer_steps_per_batch
@@ -52,6 +58,9 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
                                    save_top_k=-1))
     cbs.extend(callbacks)
     cbs.append(EndResumedEpoch())
+    # the CSV log's position and the last validation, kept in every checkpoint
+    cbs.append(RunPosition(next((lg for lg in loggers or [] if isinstance(lg, RunCSVLogger)),
+                                None)))
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         # our requeue handler instead of Lightning's, which checkpoints wherever the signal
@@ -209,21 +218,21 @@ def resume_point(cfg, run_dir: Path, rank0: bool) -> tuple[Path, Path | None]:
     return run_dir, ckpt
 
 
-def start_record(run_dir: Path, ckpt: Path | None) -> tuple[str, int | None]:
-    """Record this start in run.json. Returns the W&B run id, and for a resumed start the
-    CSV rows written before its checkpoint."""
+def start_record(run_dir: Path, ckpt: Path | None) -> str:
+    """Record this start in run.json. Returns the W&B run id."""
     import torch
 
-    from fair_lightning.lightning.resume import CSV_ROWS_KEY, RESUME_KEY, record_start
+    from fair_lightning.lightning.resume import RESUME_KEY, RunPosition, record_start
 
-    rows = None
     if ckpt is not None:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         if RESUME_KEY not in saved:
             log.warning("%s was written before exact resume existed: weights, optimizers and "
                         "counters are restored, RNG states, banks and queues are not", ckpt)
-        rows = saved.get(RESUME_KEY, {}).get(CSV_ROWS_KEY, 0)
-    return record_start(run_dir, ckpt)["wandb_id"], rows
+        if RunPosition.__qualname__ not in saved.get("callbacks", {}):
+            log.warning("%s was written before the CSV log's position was kept: "
+                        "csv/metrics.csv may repeat the rows logged after it", ckpt)
+    return record_start(run_dir, ckpt)["wandb_id"]
 
 
 def rank_lengths(split_dir: Path, world: int, batch_size: int, num_workers: int,
@@ -334,7 +343,7 @@ def run(cfg) -> Path:
 
     from data_modules.files import atomic_write, json_text
     from fair_lightning.audit.report import write_run_report
-    from fair_lightning.lightning.resume import read_record
+    from fair_lightning.lightning.resume import RunPosition, read_record
     from fair_lightning.lightning.tracking import collect_summary, finish_wandb, make_loggers
     from fair_lightning.ops.runtime import ensure_data, global_rank, resolve_run_dir
 
@@ -349,12 +358,12 @@ def run(cfg) -> Path:
     dm.setup("fit")
     check_data(cfg, dm)
     data_s = time.time() - t0
-    wandb_id = csv_rows = None
+    wandb_id = None
     if rank0:  # only once everything that can be checked has passed
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.yaml").is_file():  # a resumed run keeps its own
             save_config(cfg, run_dir / "config.yaml")
-        wandb_id, csv_rows = start_record(run_dir, ckpt)
+        wandb_id = start_record(run_dir, ckpt)
     # after the data: generating it (first run) draws from the global RNGs, reading it
     # does not, and both runs must train alike
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -372,8 +381,7 @@ def run(cfg) -> Path:
 
         callbacks.insert(0, ErasureStage(dm, run_dir / "checkpoints" / "last.ckpt"))
     trainer = build_trainer(cfg, run_dir, module, callbacks,
-                            make_loggers(cfg, run_dir, dm.cache_name,
-                                         wandb_id, csv_rows))
+                            make_loggers(cfg, run_dir, dm.cache_name, wandb_id))
     t1 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None,
                 weights_only=True)
@@ -385,7 +393,8 @@ def run(cfg) -> Path:
             cb.ensure_fit_audit(trainer, module)
     erase = next((cb.metrics for cb in callbacks if hasattr(cb, "ensure_fitted")), {})
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    val = val or module.resumed_val_metrics  # resumed after the last epoch: no val ran
+    position = next(cb for cb in trainer.callbacks if isinstance(cb, RunPosition))
+    val = val or position.val_metrics  # resumed after the last epoch: no val ran
     batches = module.trained_batches  # before testing loads a checkpoint's count
     ckpt = str(run_dir / "checkpoints" / f"{cfg.trainer.test_checkpoint}.ckpt")
     # test draws (D's pairs) from a fixed RNG state, not from wherever training left it, so

@@ -19,7 +19,6 @@ converts them. `trained_batches` counts batches, and checkpoints keep it.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -33,11 +32,6 @@ from fair_lightning.models.adversaries import ADVERSARIES, AdversaryOutput
 from fair_lightning.models.erasure import ErasedHead
 from fair_lightning.models.objectives import OBJECTIVES, TASK_LOSSES
 from fair_lightning.steps import training_step_for
-
-# checkpoints written before the adversaries had their own classes kept them at the top
-LEGACY_KEYS = {"face_encoder.": "adversary.face_encoder.",
-               "discriminator.": "adversary.discriminator.",
-               "attr_adversary.": "adversary.classifier."}
 
 
 def dann_weight(progress: float) -> float:
@@ -125,7 +119,6 @@ class FairScorerModule(L.LightningModule):
         self.automatic_optimization = self.adversary is None
         self._trained_batches = 0
         self._pending_resume: dict | None = None  # set by on_load_checkpoint, used in fit
-        self.resumed_val_metrics: dict[str, float] = {}
         # ModuleDict keys may not shadow nn.Module attributes such as `train`
         stages = ("train", "val", "test")
         self.task_metrics = torch.nn.ModuleDict({
@@ -173,8 +166,7 @@ class FairScorerModule(L.LightningModule):
 
         checkpoint["trained_batches"] = self._trained_batches
         # every rank saves (Lightning writes rank 0's dict): gather what differs by rank
-        checkpoint[RESUME_KEY] = {"ranks": gather_objects(self._resume_state()),
-                                  **self._log_position()}
+        checkpoint[RESUME_KEY] = {"ranks": gather_objects(self._resume_state())}
 
     def _resume_state(self) -> dict:
         from fair_lightning.lightning.resume import metric_states, rng_state
@@ -193,22 +185,6 @@ class FairScorerModule(L.LightningModule):
     def _model_buffers(self):
         return [(k, b) for k, b in self.named_buffers()
                 if k.startswith(("scorer.", "adversary."))]
-
-    def _log_position(self) -> dict:
-        """Rows of csv/metrics.csv written so far (after a flush): what a resume keeps; and
-        the last validation metrics."""
-        from fair_lightning.lightning.resume import CSV_ROWS_KEY, csv_rows_written
-
-        if not self.trainer.is_global_zero:
-            return {}
-        # the last validation, for a resume that has no epoch left to validate
-        out = {"val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()
-                               if k.startswith("val/")}}
-        for lg in self.trainer.loggers:
-            if lg.__class__.__name__.endswith("CSVLogger"):
-                lg.save()
-                out[CSV_ROWS_KEY] = csv_rows_written(Path(lg.save_dir))
-        return out
 
     def _apply_resume_state(self) -> None:
         """Restore this rank's saved state, just before the first batch after a resume:
@@ -247,15 +223,9 @@ class FairScorerModule(L.LightningModule):
         from fair_lightning.lightning.resume import RESUME_KEY
 
         self._pending_resume = checkpoint.get(RESUME_KEY)
-        self.resumed_val_metrics = (self._pending_resume or {}).get("val_metrics", {})
-        # older checkpoints lack the counter, and hold the adversary's weights at the top
+        # older checkpoints lack the counter
         self._trained_batches = checkpoint.get(
             "trained_batches", checkpoint.get("global_step", 0) // self.optimizer_steps_per_batch)
-        state = checkpoint["state_dict"]
-        for key in list(state):
-            for old, new in LEGACY_KEYS.items():
-                if key.startswith(old):
-                    state[new + key[len(old):]] = state.pop(key)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(

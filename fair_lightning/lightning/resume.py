@@ -8,8 +8,10 @@ run directory that holds it. What shapes the rest of the trajectory is restored:
   loader's position inside the epoch (litdata's loader has a state);
 * by the module (`RESUME_KEY` in the checkpoint, one entry per DDP rank): the RNG states,
   the adversary's face banks, the dependence queue and the running training metrics;
-* here: the CSV log keeps the rows written before the checkpoint (and those after it that
-  the resumed run does not log again), and W&B resumes the run id recorded in `run.json`.
+* by `RunPosition`, a callback with its own state in the checkpoint: the CSV log's rows
+  written before the checkpoint (the log keeps those, and those after it that the resumed
+  run does not log again) and the last validation metrics;
+* here: W&B resumes the run id recorded in `run.json`.
 
 Checkpoints are written to a temporary sibling and renamed (`AtomicCheckpointIO`), so a
 kill never leaves half a checkpoint for `resume=auto` to pick.
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 RESUME_KEY = "fair_lightning_resume"
 RUN_RECORD = "run.json"
-CSV_ROWS_KEY = "csv_rows"
 REQUEUE_CKPT = "requeue.ckpt"
 # keys a resumed run may set differently: how it is watched, not what it computes
 MAY_CHANGE = ("resume", "output_dir", "trainer.enable_progress_bar", "logger.wandb.mode",
@@ -57,6 +58,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(path)  # what a killed writer of this file left
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+class RunPosition(L.Callback):
+    """Where the run's outputs stood at a checkpoint, kept in it as this callback's state:
+    the rows of csv/metrics.csv written so far (a resumed start continues the file from
+    there) and the last validation metrics (what a run resumed after its last epoch, which
+    validates nothing, reports)."""
+
+    def __init__(self, csv_logger=None):
+        self.csv = csv_logger
+        self.val_metrics: dict[str, float] = {}
+        self._trainer = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict:
+        t = self._trainer
+        val = {k: float(v) for k, v in (t.callback_metrics if t else {}).items()
+               if k.startswith("val/")}
+        rank0 = t is None or t.is_global_zero
+        return {"csv_rows": self.csv.rows_written() if self.csv and rank0 else None,
+                "val_metrics": val or dict(self.val_metrics)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.val_metrics = dict(state.get("val_metrics", {}))
+        if self.csv is not None and state.get("csv_rows") is not None:
+            self.csv.continue_from(state["csv_rows"])
 
 
 class EndResumedEpoch(L.Callback):
@@ -209,14 +238,6 @@ def merge_resumed_csv(path: Path, rows_at_save: int, first_new_step: int) -> int
 
     atomic_write(path, write)
     return len(body) - len(kept)
-
-
-def csv_rows_written(run_dir: Path) -> int:
-    path = run_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        return 0
-    with open(path, newline="") as f:
-        return max(sum(1 for _ in csv.reader(f)) - 1, 0)
 
 
 def record_start(run_dir: Path, ckpt: Path | None) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import netrc
 import numbers
@@ -9,7 +10,12 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from data_modules.files import atomic_write
 
 
 def has_wandb_credentials() -> bool:
@@ -55,40 +61,101 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def _resumable_csv_logger(save_dir: str, resume_rows: int | None):
-    """Lightning's CSVLogger, except that an existing metrics.csv is continued instead of
-    deleted: a resumed run (`resume_rows`: rows written before its checkpoint) first drops
-    the rows it is about to log again (`resume.merge_resumed_csv`)."""
-    import csv as _csv
+class RunCSVLogger(Logger):
+    """csv/metrics.csv of a run, continued across resumes (Lightning's CSVLogger starts the
+    file over). Rows are buffered and appended at `save`; a column seen for the first time
+    rewrites the file with the wider header (columns sorted). A resumed start is told how
+    many rows its checkpoint had seen (`continue_from`, by `resume.RunPosition`), and its
+    first save first drops what the killed start wrote after that checkpoint and the resumed
+    run logs again (`resume.merge_resumed_csv`)."""
 
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    def __init__(self, run_dir: str | Path, flush_every_n_steps: int = 100):
+        super().__init__()
+        self._run_dir = Path(run_dir)
+        self.path = self._run_dir / "csv" / "metrics.csv"
+        self.flush_every_n_steps = flush_every_n_steps
+        self._pending: list[dict] = []
+        self._keys: list[str] = []
+        self._continue_from: int | None = None
 
-    from fair_lightning.lightning.resume import merge_resumed_csv
+    @property
+    def name(self) -> str:
+        return "csv"
 
-    class ContinuingWriter(ExperimentWriter):
-        def _check_log_dir_exists(self) -> None:
-            if self._fs.isfile(self.metrics_file_path):
-                with open(self.metrics_file_path, newline="") as f:
-                    self.metrics_keys = next(_csv.reader(f), [])
+    @property
+    def version(self) -> str:
+        return ""
 
-        def save(self) -> None:
-            nonlocal resume_rows
-            if resume_rows is not None and self.metrics:
-                merge_resumed_csv(Path(self.metrics_file_path), resume_rows,
-                                  min(int(m["step"]) for m in self.metrics))
-                resume_rows = None
-            super().save()
+    @property
+    def save_dir(self) -> str:
+        return str(self._run_dir)
 
-    class ContinuingCSVLogger(CSVLogger):
-        @property
-        def experiment(self):
-            if self._experiment is None:
-                self._fs.makedirs(self.root_dir, exist_ok=True)
-                self._experiment = ContinuingWriter(log_dir=self.log_dir)
-            return self._experiment
+    @property
+    def log_dir(self) -> str:
+        return str(self.path.parent)
 
-    return ContinuingCSVLogger(save_dir=save_dir, name="csv", version="")
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the run directory's config.yaml holds them
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        step = len(self._pending) if step is None else step
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        self._pending.append({**row, "step": step})
+        if (step + 1) % self.flush_every_n_steps == 0:
+            self.save()
+
+    def continue_from(self, rows: int) -> None:
+        """A resumed start: the checkpoint it continues had seen `rows` rows of the file."""
+        self._continue_from = rows
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()
+        if not self._pending:
+            return
+        from fair_lightning.lightning.resume import merge_resumed_csv
+
+        if self._continue_from is not None:
+            merge_resumed_csv(self.path, self._continue_from,
+                              min(int(r["step"]) for r in self._pending))
+            self._continue_from = None
+        exists = self.path.is_file()
+        if exists and not self._keys:
+            with open(self.path, newline="") as f:
+                self._keys = next(csv.reader(f), [])
+        keys = sorted(set(self._keys).union(*self._pending))
+        if exists and keys != self._keys:
+            with open(self.path, newline="") as f:
+                old = list(csv.DictReader(f))
+            atomic_write(self.path, lambda tmp: _write_rows(tmp, keys, old, "w"))
+        elif not exists:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda tmp: _write_rows(tmp, keys, [], "w"))
+        self._keys = keys
+        _write_rows(self.path, keys, self._pending, "a")
+        self._pending = []
+
+    def rows_written(self) -> int:
+        """Rows in the file after a flush: what a checkpoint written now has seen."""
+        self.save()
+        if not self.path.is_file():
+            return 0
+        with open(self.path, newline="") as f:
+            return max(sum(1 for _ in csv.reader(f)) - 1, 0)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
+def _write_rows(path: Path, keys: list[str], rows: list[dict], mode: str) -> None:
+    with open(path, mode, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        if mode == "w":
+            w.writeheader()
+        w.writerows(rows)
 
 
 def wandb_headline(metrics: dict) -> dict:
@@ -126,9 +193,9 @@ def _headline_wandb_logger(**kwargs):
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, data_key: str, wandb_id: str | None = None,
-                 csv_rows: int | None = None, job_type: str = "train") -> list:
+                 job_type: str = "train") -> list:
     """W&B (unless disabled; `wandb_id` continues that run: a resumed run is the same W&B
-    run) and CSV (`csv_rows`: a resumed run's rows written before its checkpoint).
+    run) and CSV (`RunCSVLogger`, continued by a resumed run).
 
     W&B: grouped by `logger.wandb.group`, else by a sweep's group (`WANDB_RUN_GROUP`), else
     by the experiment, so a run's seeds and audits sit together; `job_type` train or audit;
@@ -153,7 +220,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, data_key: str, wandb_id: str | 
             log_model=w.log_model, id=wandb_id, resume="allow" if wandb_id else None,
         ))
     if cfg.logger.csv:
-        loggers.append(_resumable_csv_logger(str(run_dir), csv_rows))
+        loggers.append(RunCSVLogger(run_dir))
     return loggers
 
 

@@ -309,19 +309,6 @@ def test_metric_states_round_trip(tmp_path):
         assert mb.update_count == ma.update_count
 
 
-def test_resumed_csv_keeps_what_will_not_be_logged_again(tmp_path):
-    from fair_lightning.lightning.resume import csv_rows_written, merge_resumed_csv
-
-    path = tmp_path / "csv" / "metrics.csv"
-    path.parent.mkdir()
-    # saved after 2 rows; the killed run then wrote its own batch's row (step 1, a
-    # different kind) and two rows the resumed run logs again from step 2
-    path.write_text("a,step\n1,0\n2,1\n3,1\n4,2\n5,3\n")
-    assert csv_rows_written(tmp_path) == 5
-    assert merge_resumed_csv(path, 2, first_new_step=2) == 2
-    assert path.read_text().splitlines() == ["a,step", "1,0", "2,1", "3,1"]
-
-
 def test_progress_bar_follows_the_terminal(monkeypatch):
     from fair_lightning.config import ConfigError
     from fair_lightning.experiment import progress_bar_on
