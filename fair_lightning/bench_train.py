@@ -66,7 +66,8 @@ def trainer_epochs(cfg, dm, module, epochs: int) -> list[float]:
     """Seconds of each training epoch through Lightning's Trainer: our step, its loop, its
     logging (CSV), no validation, no checkpoint."""
     import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
+
+    from fair_lightning.experiment import build_timing_trainer
 
     times: list[float] = []
 
@@ -78,14 +79,7 @@ def trainer_epochs(cfg, dm, module, epochs: int) -> list[float]:
             times.append(time.perf_counter() - self.t)
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(max_epochs=epochs, accelerator=cfg.trainer.accelerator, devices=1,
-                            precision=cfg.trainer.precision,
-                            deterministic=cfg.trainer.deterministic, limit_val_batches=0,
-                            num_sanity_val_steps=0, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            log_every_n_steps=cfg.trainer.log_every_n_steps,
-                            logger=CSVLogger(tmp, name="csv"), callbacks=[EpochTimer()],
-                            default_root_dir=tmp)
+        trainer = build_timing_trainer(cfg, Path(tmp), epochs, [EpochTimer()])
         trainer.fit(module, train_dataloaders=dm.train_dataloader())
     return times
 

@@ -93,6 +93,21 @@ def build_trainer(cfg, run_dir: Path, module, callbacks=(), loggers=None):
     )
 
 
+def build_timing_trainer(cfg, out: Path, epochs: int, callbacks):
+    """`make bench`'s Trainer: training epochs with the run's logging (CSV), without
+    validation or checkpoints, on one process."""
+    import lightning as L
+
+    from fair_lightning.lightning.tracking import RunCSVLogger
+
+    return L.Trainer(max_epochs=epochs, accelerator=cfg.trainer.accelerator, devices=1,
+                     precision=cfg.trainer.precision, deterministic=cfg.trainer.deterministic,
+                     limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False,
+                     log_every_n_steps=cfg.trainer.log_every_n_steps,
+                     logger=RunCSVLogger(out), callbacks=callbacks, default_root_dir=str(out))
+
+
 def build_audit_trainer(cfg, out: Path, callbacks, loggers):
     """One process testing a saved model: no checkpoints, no bar."""
     import lightning as L
