@@ -111,8 +111,8 @@ def test_a_rule_sits_on_its_field_and_names_the_key():
              ("adversary.nocco_eps", "0.0", "must be > 0"),
              ("fairness.top_q", "1.5", "must be in \\(0, 1\\)"),
              ("data.synthetic.image_size", "4", "must be " + re.escape(RANGES["image_size"][1])),
-             ("data.synthetic.audio_seconds", "[2.0,1.0]", "min <= max"),
-             ("data.chalearn.split_fractions", "[0.5,0.5]", "three positive numbers"),
+             ("data.synthetic.audio_seconds", "[2.0,1.0]", "must be .*min <= max, got \\[2.0, 1.0\\]"),
+             ("data.chalearn.split_fractions", "[0.5,0.5]", "must be three positive numbers"),
              ("optim.loss", "l3", "must be one of \\('mse', 'mae', 'huber'\\)"),
              ("logger.wandb.log_model", "sometimes", "must be one of")]
     for key, value, message in cases:
