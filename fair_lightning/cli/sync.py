@@ -33,7 +33,7 @@ def offline_folders(paths: list[Path]) -> list[Path]:
 
 
 def sync_command(paths: list[Path], dry_run: bool = False) -> list[str]:
-    from fair_lightning.lightning.tracking import wandb_command
+    from fair_lightning.ops.runtime import wandb_command
 
     folders = offline_folders(paths)
     if not folders:

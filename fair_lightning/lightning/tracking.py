@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
-import netrc
 import numbers
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from lightning.pytorch.loggers import Logger
@@ -16,33 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data_modules.files import atomic_write
-
-
-def has_wandb_credentials() -> bool:
-    """True when W&B could log in without asking: an API key in the env or in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def wandb_command() -> str:
-    """The `wandb` executable installed beside this interpreter (a virtualenv's bin/, which
-    make and sbatch do not put on PATH), else the one on PATH."""
-    import shutil
-    import sys
-
-    own = Path(sys.executable).parent / "wandb"
-    if own.is_file() and os.access(own, os.X_OK):
-        return str(own)
-    found = shutil.which("wandb")
-    if found is None:
-        raise ValueError(f"no `wandb` command beside {sys.executable} or on PATH: install "
-                         "wandb into this environment (pip install wandb)")
-    return found
+from fair_lightning.ops.runtime import has_wandb_credentials
 
 
 def resolve_wandb_mode(mode: str) -> str:

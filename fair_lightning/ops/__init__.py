@@ -1,1 +1,2 @@
-"""Process and run-time plumbing: offline environment, ranks, run directories, waits."""
+"""Process and run-time plumbing without Lightning: offline environment and W&B
+credentials, ranks, run directories, waits; the sweep agent and offline sweep engine."""

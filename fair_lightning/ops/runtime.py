@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import netrc
 import os
 import time
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 OFFLINE_ENV = {
     # no hub access, ever: the text model ships inside a package
@@ -115,3 +117,30 @@ def quiet_warnings() -> None:
     # periodic checkpoints are meant to hold the state after the batch's updates: the
     # resume point the next batch continues from
     warnings.filterwarnings("ignore", ".*ModelCheckpoint with manual optimization.*")
+
+
+def has_wandb_credentials() -> bool:
+    """True when W&B could log in without asking: an API key in the env or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_command() -> str:
+    """The `wandb` executable installed beside this interpreter (a virtualenv's bin/, which
+    make and sbatch do not put on PATH), else the one on PATH."""
+    import shutil
+    import sys
+
+    own = Path(sys.executable).parent / "wandb"
+    if own.is_file() and os.access(own, os.X_OK):
+        return str(own)
+    found = shutil.which("wandb")
+    if found is None:
+        raise ValueError(f"no `wandb` command beside {sys.executable} or on PATH: install "
+                         "wandb into this environment (pip install wandb)")
+    return found

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fair_lightning.cli.sweep import expand_command, load_sweep, main, next_trial, trial_args
+from fair_lightning.cli.sweep import main
+from fair_lightning.ops.sweep import expand_command, load_sweep, next_trial, trial_args
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +164,7 @@ def test_select_score_ranks_runs_that_all_leak_fully_at_person_level():
 
 def test_online_settings_become_fixed_parameters_and_need_a_login(tmp_path, capsys,
                                                                    monkeypatch):
-    from fair_lightning.cli.sweep import with_fixed_args
+    from fair_lightning.ops.sweep import with_fixed_args
 
     cfg = load_sweep(ROOT / "experiments" / "sweeps" / "adversarial_grid.yaml")
     fixed = with_fixed_args(cfg, ["trainer.accelerator=gpu", "data.batch_size=64"])
