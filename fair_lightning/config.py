@@ -535,6 +535,12 @@ def _rules(cls=None, prefix: str = "") -> dict[str, dict]:
     return out
 
 
+def _words(values) -> str:
+    """Values as one types them: `true, false or auto`."""
+    typed = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    return ", ".join(typed[:-1]) + f" or {typed[-1]}" if len(typed) > 1 else typed[0]
+
+
 def _resolved(x):
     return x() if callable(x) else x
 
@@ -548,7 +554,7 @@ def _check_rules(cfg: DictConfig) -> None:
                 shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
                 raise ConfigError(f"key '{key}' must be {what}, got {shown!r}")
         if "one_of" in r and value not in (allowed := _resolved(r["one_of"])):
-            raise ConfigError(f"key '{key}' must be one of {allowed}, got {value!r}")
+            raise ConfigError(f"key '{key}' must be {_words(allowed)}, got {value!r}")
         if "each_of" in r:
             _check_subset(cfg, key, _resolved(r["each_of"]))
 
