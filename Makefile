@@ -24,7 +24,7 @@ help:
 	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
 	@echo "make sync RUN=runs/<run dir>                         upload its offline W&B runs (each run once, however often resumed)"
-	@echo "make realface [RUNS='baseline adversarial'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface] [ARGS=...]  real-face development benchmark"
+	@echo "make realface [POP=lfw|fairface] [RUNS='baseline adversarial ...'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface-POP] [ARGS=...]  real-face development benchmark"
 	@echo "make test | make test-integration | make test-all     unit tests and a smoke run | end-to-end tests | everything, slow ones too"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
@@ -88,8 +88,11 @@ seeds: install
 
 # real-face development benchmark: a ChaLearn-layout corpus from real photographs (never part of
 # this repository), then `make train` on it per run and seed -> runs/realface/{results.json,table.md}
-PHOTOS ?= ../shared/data/lfw-dev
-REALFACE_OUT ?= runs/realface
+# POP: lfw (../shared/data/lfw-dev) or fairface (../shared/data/fairface-dev); PHOTOS overrides
+# the folder; each population writes to its own runs/realface-<POP>
+POP ?= lfw
+PHOTOS ?=
+REALFACE_OUT ?= runs/realface-$(POP)
 realface-setup:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -97,16 +100,17 @@ realface-setup:
 	  else echo "error: the benchmark's voices need espeak-ng: sudo apt-get install espeak-ng"; exit 2; fi; }
 
 realface: install realface-setup
-	$(BIN)/python -m benchmarks.realface.run $(if $(RUNS),--runs $(RUNS)) --seeds $(SEEDS) \
-	  --photos $(PHOTOS) --out $(REALFACE_OUT) $(if $(ARGS),--args "$(ARGS)")
+	$(BIN)/python -m benchmarks.realface.run --population $(POP) $(if $(RUNS),--runs $(RUNS)) \
+	  --seeds $(SEEDS) $(if $(PHOTOS),--photos $(PHOTOS)) --out $(REALFACE_OUT) \
+	  $(if $(ARGS),--args "$(ARGS)")
 
 test: install
 	$(PYTEST) -q tests/unit tests/smoke
 
-test-integration: install
+test-integration: install realface-setup
 	$(PYTEST) -q tests/integration
 
-test-all: install
+test-all: install realface-setup
 	$(PYTEST) -q -m "" tests
 
 lint: install

@@ -1,16 +1,21 @@
 """A real-face development corpus in the ChaLearn First Impressions V2 layout.
 
 Built from real face photographs (a folder with `labels.csv` = image,person,gender,race and
-`images/`, several photos of each person taken on different occasions). It offers what real
-interview video offers, shortcuts included, with a known ground truth:
+`images/`), one population of POPULATIONS: `lfw` (lfw-dev: mostly white public figures,
+several photos each) or `fairface` (fairface-dev: one photo each, seven race groups, of which
+ChaLearn's three are drawn, equally by gender and group). It offers what real interview video
+offers, shortcuts included, with a known ground truth:
 
-* face: each of a person's clips shows a *different photograph* of that person (pose, light,
-  expression and age vary within a person), cut out with a feathered ellipse;
+* face: each of a person's clips shows a *different photograph* of that person while they
+  last (pose, light, expression and age vary within a person), else the same photograph
+  again with its own per-clip jitter; cut out with a feathered ellipse;
 * setting: the photo sits on the person's own recording setting, shared by all of that
   person's clips as clips cut from one video are: background gradient, clothes, light level,
   light direction, colour cast and framing (with a small per-clip and per-frame jitter);
-* voice: espeak-ng speaks the transcript with a voice variant of the person's gender, a
-  per-person pitch and accent; the speaking rate follows the clip's merit;
+* voice: espeak-ng speaks the transcript with a voice variant of the person's gender and an
+  accent; the person's pitch is drawn around their gender's centre with the spread (and the
+  small overlap) of real speakers' mean F0 (men ~120 Hz, women ~205 Hz); the speaking rate
+  follows the clip's merit;
 * text: the transcript's sentences are strong or weak answers with odds set by the clip's
   merit; a share of clips carries a gendered sentence ("as a mother of two");
 * label: `interview` = sigmoid(merit_clip + bias * s), s = +1 men / -1 women (biased toward
@@ -35,7 +40,7 @@ import subprocess
 import sys
 import time
 import wave
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +54,17 @@ from benchmarks.rawmedia import (
     write_chalearn_annotations,
 )
 
-VERSION = 1  # bump when the corpus changes for the same settings
-DEFAULT_PHOTOS = Path("../shared/data/lfw-dev")
+VERSION = 2  # bump when the corpus changes for the same settings
 DEFAULT_CACHE = Path(".cache/realface")
 WIDTH, HEIGHT, FPS = 192, 144, 10
 # race tags with one clear ChaLearn group; every other tag (or none) is left unknown
 ETHNICITY_OF_RACE = {"eastasian": 0, "caucasian": 1, "african": 2}
+RACE_OF_ETHNICITY = {v: k for k, v in ETHNICITY_OF_RACE.items()}
 FEMALE_VOICES = ("f1", "f2", "f3", "f4", "f5")
 MALE_VOICES = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
-ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp")
+# espeak-ng 1.51 ignores a variant after the bare "en-gb" (every "en-gb+f1" spoke with the
+# default male voice); these five honour it (test_every_accent_honours_the_voice_variant)
+ACCENTS = ("en-us", "en-gb-x-gbclan", "en-gb-scotland", "en-029", "en-gb-x-rp")
 
 STRONG = (
     "I led a team of six people and we delivered the new billing system two weeks early.",
@@ -98,11 +105,43 @@ class Settings:
     people: int = 300
     clips_per_person: int = 3
     seed: int = 0
+    # gender: equal women and men | gender_ethnicity: equal in each of ChaLearn's 3 groups
+    strata: str = "gender"
+    framing: str = "funneled"  # where the face sits in the photos: a key of FRAMING
+    # espeak-ng pitch (0-99) of a person: N(centre of their gender, sd). Over the variants'
+    # own base F0 (~175-205 Hz female, ~90-105 Hz male at 50) this gives per-person mean F0
+    # of about 205 +- 25 Hz and 120 +- 15 Hz, as adult speakers' (overlap of a few %)
+    pitch_female: float = 56.0
+    pitch_male: float = 70.0
+    pitch_sd: float = 11.0
     label_bias: float = 0.5  # logit shift of the label toward men (+) / women (-)
     merit_noise: float = 0.3  # clip merit = person merit + this x N(0, 1)
     gendered_share: float = 0.3  # clips whose transcript holds a gendered sentence
     sentences: int = 2
     max_seconds: float = 6.0
+
+
+@dataclass(frozen=True)
+class Population:
+    photos: Path  # default folder of the photographs (PHOTOS overrides it)
+    settings: Settings  # the corpus drawn from them by default
+
+
+POPULATIONS = {
+    "lfw": Population(Path("../shared/data/lfw-dev"), Settings()),
+    # 100 women and 100 men in each of eastasian, caucasian and african: the test split holds
+    # about 40 people a group; FairFace's tight crops fill the photo with the face
+    "fairface": Population(Path("../shared/data/fairface-dev"),
+                           Settings(people=600, strata="gender_ethnicity", framing="tight")),
+}
+DEFAULT_PHOTOS = POPULATIONS["lfw"].photos
+
+# framing -> (the photo's box kept as the cut-out: y0, y1, x0, x1 as shares of its size;
+# the cut-out's height in the frame: low, high share of the frame's height)
+FRAMING = {
+    "funneled": ((0.10, 0.94, 0.16, 0.84), (0.72, 0.92)),  # LFW: the face in the centre third
+    "tight": ((0.0, 1.0, 0.04, 0.96), (0.58, 0.74)),  # FairFace: the face fills the crop
+}
 
 
 def read_photos(photos: Path) -> dict[str, dict]:
@@ -153,8 +192,9 @@ def corpus_key(s: Settings, photos: Path, espeak: str) -> str:
 # one person's setting and one clip's media
 
 
-def person_setting(rng: np.random.Generator) -> dict:
+def person_setting(rng: np.random.Generator, framing: str = "funneled") -> dict:
     """The recording setting every clip of one person shares."""
+    face_h = FRAMING[framing][1]
     base = rng.uniform(30, 225, 3)
     return {"bg_top": np.clip(base + rng.normal(0, 20, 3), 0, 255),
             "bg_bottom": np.clip(base * rng.uniform(0.55, 0.95), 0, 255),
@@ -162,15 +202,18 @@ def person_setting(rng: np.random.Generator) -> dict:
             "gain": float(rng.uniform(0.75, 1.2)),
             "cast": np.exp(rng.normal(0, 0.07, 3)),
             "grad": float(rng.uniform(-0.2, 0.2)),  # lateral light
-            "face_h": float(rng.uniform(0.72, 0.92)),  # photo cut-out height / frame height
+            "face_h": float(rng.uniform(*face_h)),  # photo cut-out height / frame height
+            "box": FRAMING[framing][0],
             "dx": float(rng.normal(0, 0.06)), "dy": float(rng.normal(0, 0.03))}
 
 
-def _cutout(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The face and hair of a 250x250 funneled photo ([H, W, 3] float) and a feathered
-    elliptical alpha [H, W] (the photo's own background mostly gone)."""
+def _cutout(photo: np.ndarray, box: tuple[float, float, float, float]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The face and hair inside `box` (shares of the photo's height and width) of a photo
+    ([H, W, 3] float) and a feathered elliptical alpha [H, W] (the photo's own background
+    mostly gone)."""
     h, w = photo.shape[:2]
-    y0, y1, x0, x1 = int(0.1 * h), int(0.94 * h), int(0.16 * w), int(0.84 * w)
+    y0, y1, x0, x1 = int(box[0] * h), int(box[1] * h), int(box[2] * w), int(box[3] * w)
     crop = photo[y0:y1, x0:x1].astype(np.float32)
     ch, cw = crop.shape[:2]
     yy, xx = np.mgrid[0:ch, 0:cw]
@@ -184,7 +227,7 @@ def render_clip(photo: np.ndarray, st: dict, n_frames: int, rng: np.random.Gener
     with a per-clip framing jitter and a smooth per-frame drift, then light and noise."""
     import cv2
 
-    crop, alpha = _cutout(photo)
+    crop, alpha = _cutout(photo, st["box"])
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     t = (yy / (HEIGHT - 1))[..., None]
     bg = (1 - t) * st["bg_top"] + t * st["bg_bottom"]
@@ -254,43 +297,87 @@ def make_clip(job: dict) -> dict:
 # the corpus
 
 
-def plan(people: dict[str, dict], s: Settings, root: Path) -> tuple[list[dict], dict, list]:
-    """Every clip's job, the ChaLearn annotations and the truth rows, drawn from the seed."""
-    if s.people < 6 or s.people % 2:
-        raise BuildError(f"people must be even and >= 6, got {s.people}")
-    rng = np.random.default_rng([0x4EA1, s.seed])
-    usable = {n: p for n, p in sorted(people.items()) if len(p["images"]) >= s.clips_per_person}
+def strata_of(s: Settings) -> list[tuple[int, int | None]]:
+    """The (gender, ethnicity) cells that each get an equal share of the people; ethnicity
+    None: any (or unknown)."""
+    if s.strata == "gender":
+        return [(0, None), (1, None)]
+    if s.strata == "gender_ethnicity":
+        return [(g, e) for e in sorted(set(ETHNICITY_OF_RACE.values())) for g in (0, 1)]
+    raise BuildError(f"strata must be gender or gender_ethnicity, got {s.strata!r}")
+
+
+def choose_people(people: dict[str, dict], s: Settings,
+                  rng: np.random.Generator) -> tuple[list[str], list[int]]:
+    """The people drawn, in a random order, and the order that deals them to the official
+    splits: the strata taken in turn, so that each split holds every cell alike."""
+    cells = strata_of(s)
+    if s.people < 6 or s.people % len(cells):  # 6: someone in each official split
+        raise BuildError(f"people must be a multiple of {len(cells)} (one share per cell of "
+                         f"{s.strata}) and >= 6, got {s.people}")
+    per_cell = s.people // len(cells)
+    names_of = {n: p for n, p in sorted(people.items())}
     chosen = []
-    for g in (0, 1):
-        names = [n for n, p in usable.items() if p["gender"] == g]
-        if len(names) < s.people // 2:
-            raise BuildError(f"{s.people // 2} people of each gender with >= "
-                             f"{s.clips_per_person} photos are needed; the photos hold "
-                             f"{len(names)} {'men' if g else 'women'}")
-        chosen += [names[i] for i in rng.choice(len(names), s.people // 2, replace=False)]
+    for g, e in cells:
+        names = [n for n, p in names_of.items() if p["gender"] == g
+                 and (e is None or ETHNICITY_OF_RACE.get(p["race"]) == e)]
+        if len(names) < per_cell:
+            who = ("men" if g else "women") + ("" if e is None else
+                                               f" of group {RACE_OF_ETHNICITY[e]}")
+            raise BuildError(f"{per_cell} people of each "
+                             f"{'gender' if e is None else 'gender and group'} are needed; "
+                             f"the photos hold {len(names)} {who}")
+        chosen += [names[i] for i in rng.choice(len(names), per_cell, replace=False)]
     order = rng.permutation(len(chosen))
     chosen = [chosen[i] for i in order]
+
+    def cell(name: str) -> int:
+        p = people[name]
+        e = ETHNICITY_OF_RACE.get(p["race"])
+        return cells.index((p["gender"], None if cells[0][1] is None else e))
+
+    members = [[i for i, n in enumerate(chosen) if cell(n) == c] for c in range(len(cells))]
+    dealt = [x for group in zip(*members, strict=True) for x in group]
+    return chosen, dealt
+
+
+def clip_photos(images: list[Path], k: int, rng: np.random.Generator) -> list[Path]:
+    """A person's k clips' photos: distinct while they last, then again in the same order
+    (one photo: the same one in every clip)."""
+    if len(images) >= k:
+        return [images[i] for i in rng.choice(len(images), k, replace=False)]
+    order = rng.permutation(len(images))
+    return [images[order[n % len(images)]] for n in range(k)]
+
+
+def voice_pitch(rng: np.random.Generator, gender: int, s: Settings) -> int:
+    centre = s.pitch_male if gender == 1 else s.pitch_female
+    return int(np.clip(round(rng.normal(centre, s.pitch_sd)), 0, 99))
+
+
+def plan(people: dict[str, dict], s: Settings, root: Path) -> tuple[list[dict], dict, list]:
+    """Every clip's job, the ChaLearn annotations and the truth rows, drawn from the seed."""
+    if s.framing not in FRAMING:
+        raise BuildError(f"framing must be one of {', '.join(FRAMING)}, got {s.framing!r}")
+    rng = np.random.default_rng([0x4EA1, s.seed])
+    chosen, mixed = choose_people(people, s, rng)
     ids = _youtube_ids(rng, len(chosen))
-    # official splits ~60/20/20 by person, genders alternating so each split stays mixed
-    women = [i for i, n in enumerate(chosen) if usable[n]["gender"] == 0]
-    men = [i for i, n in enumerate(chosen) if usable[n]["gender"] == 1]
-    mixed = [x for pair in zip(women, men, strict=True) for x in pair]
+    # official splits ~60/20/20 by person, the strata dealt in turn so each split stays mixed
     n_train, n_val = round(0.6 * len(mixed)), round(0.2 * len(mixed))
     split_of = {i: "training" if k < n_train else "validation" if k < n_train + n_val
                 else "test" for k, i in enumerate(mixed)}
     jobs, clips, truth = [], {}, []
     counters = {"training": 0, "validation": 0, "test": 0}
     for i, name in enumerate(chosen):
-        p = usable[name]
+        p = people[name]
         g = p["gender"]
         sgn = 1.0 if g == 1 else -1.0
-        setting = person_setting(rng)
+        setting = person_setting(rng, s.framing)
         merit = float(rng.standard_normal())
         voice = f"{rng.choice(ACCENTS)}+{rng.choice(MALE_VOICES if g else FEMALE_VOICES)}"
-        pitch = int(np.clip(round(rng.normal(50, 10)), 10, 90))
+        pitch = voice_pitch(rng, g, s)
         eth = ETHNICITY_OF_RACE.get(p["race"])
-        photos = [p["images"][k] for k in rng.choice(len(p["images"]), s.clips_per_person,
-                                                     replace=False)]
+        photos = clip_photos(p["images"], s.clips_per_person, rng)
         for n, photo in enumerate(photos):
             split = split_of[i]
             clip = f"{ids[i]}.{n:03d}"
@@ -311,7 +398,8 @@ def plan(people: dict[str, dict], s: Settings, root: Path) -> tuple[list[dict], 
             truth.append({"clip": clip, "person": ids[i], "gender": g,
                           "ethnicity": "" if eth is None else eth, "merit": round(merit, 6),
                           "merit_clip": round(merit_clip, 6), "label": round(label, 6),
-                          "photo": Path(photo).name, "official_split": split})
+                          "photo": Path(photo).name, "voice": voice, "pitch": pitch,
+                          "official_split": split})
     return jobs, clips, truth
 
 
@@ -370,19 +458,37 @@ def build(s: Settings, photos: Path = DEFAULT_PHOTOS, cache: Path = DEFAULT_CACH
     return final
 
 
+def add_population_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--population", choices=sorted(POPULATIONS), default="lfw",
+                    help="which photographs and how people are drawn from them (default "
+                    "%(default)s)")
+    ap.add_argument("--photos", type=Path, default=None,
+                    help="folder with labels.csv and images/ (default: the population's, "
+                    + ", ".join(f"{k} {v.photos}" for k, v in POPULATIONS.items()) + ")")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--people", type=int, default=None,
+                    help="people drawn (default: the population's, "
+                    + ", ".join(f"{k} {v.settings.people}" for k, v in POPULATIONS.items())
+                    + ")")
+
+
+def population_settings(a: argparse.Namespace, **more) -> tuple[Path, Settings]:
+    """The photo folder and corpus settings that --population, --photos and --people ask for."""
+    pop = POPULATIONS[a.population]
+    people = pop.settings.people if a.people is None else a.people
+    return (a.photos or pop.photos), replace(pop.settings, people=people, **more)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS,
-                    help="folder with labels.csv and images/ (default %(default)s)")
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--people", type=int, default=Settings.people)
+    add_population_arguments(ap)
     ap.add_argument("--clips-per-person", type=int, default=Settings.clips_per_person)
     ap.add_argument("--seed", type=int, default=Settings.seed)
     ap.add_argument("--workers", type=int, default=0, help="0: one per CPU core")
     a = ap.parse_args(argv)
-    s = Settings(people=a.people, clips_per_person=a.clips_per_person, seed=a.seed)
+    photos, s = population_settings(a, clips_per_person=a.clips_per_person, seed=a.seed)
     try:
-        print(build(s, a.photos, a.cache, a.workers))
+        print(build(s, photos, a.cache, a.workers))
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

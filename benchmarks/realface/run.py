@@ -29,7 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.realface.build import DEFAULT_CACHE, DEFAULT_PHOTOS, BuildError, Settings, build
+from benchmarks.realface.build import (
+    BuildError,
+    add_population_arguments,
+    build,
+    population_settings,
+)
 from data_modules.files import atomic_write, json_text
 
 # name -> (experiment, extra overrides): what RUNS may name
@@ -42,12 +47,19 @@ RUNS = {
     "adversarial-identity": ("adversarial", ["data.preprocess.detector=haar",
                                              "data.preprocess.face_embedding=none",
                                              "model.face_encoder=identity"]),
+    # the upper references: they read the TRUE gender and ethnicity while training
     "label_adversary": ("label_adversary", []),
+    "label_erasure": ("label_erasure", []),
+    # the default's dependence objective and weight, on the one-hot labels instead of the face
+    "label_dependence": ("label_adversary", ["adversary.objective=hsic",
+                                             "adversary.dependence_measure=nocco",
+                                             "adversary.weight=0.15",
+                                             "adversary.weight_schedule=constant"]),
     # the voice standardised per candidate over their own clips (label-free)
     "baseline-speaker-norm": ("baseline", ["data.speaker_norm=person"]),
     "adversarial-speaker-norm": ("adversarial", ["data.speaker_norm=person"]),
 }
-DEFAULT_RUNS = ("baseline", "adversarial")
+DEFAULT_RUNS = ("baseline", "adversarial", "label_adversary", "label_erasure", "label_dependence")
 LAYERS = ("fused", "erased", "head", "score", "proxy", "audio", "video", "text")
 LEVELS = ("clip", "person")
 
@@ -145,27 +157,39 @@ def _stat(values: list[float], worst=max) -> str:
     return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} ({worst(v):.3f})"
 
 
-def table(results: dict[str, dict], reference: dict | None) -> str:
-    """Markdown: one row per run (seeds pooled) and the label's row."""
+ATTRIBUTES = ("gender", "ethnicity")
+
+
+def table(results: dict[str, dict], reference: dict | None, corpus: dict | None = None) -> str:
+    """Markdown: per attribute audited, one row per run (seeds pooled); the label's row;
+    the corpus and how long its build and each run took."""
     by_run: dict[str, list[dict]] = {}
     for name, r in results.items():
         by_run.setdefault(name.rsplit("-s", 1)[0], []).append(r)
-    layers = [la for la in LAYERS
-              if any(f"leak/{la}/gender/clip/bal_acc" in r for r in results.values())]
-    head = ["run", "seeds"] + [f"gender `{la}` clip / person" for la in layers] + [
-        "gender DP ratio", "r(score, merit)", "test r(label)", "kept variance of h"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run, rs in by_run.items():
-        row = [run, str(len(rs))]
-        for la in layers:
-            row.append(" / ".join(_stat([r.get(f"leak/{la}/gender/{lv}/bal_acc", math.nan)
-                                         for r in rs]) for lv in LEVELS))
-        row += [_stat([r.get("fair/gender/dp_ratio", math.nan) for r in rs], min),
-                _stat([r.get("realface/pearson_merit", math.nan) for r in rs], min),
-                _stat([r.get("test/pearson", math.nan) for r in rs], min),
-                _stat([r.get("erase/kept_variance", math.nan) for r in rs], min)]
-        lines.append("| " + " | ".join(row) + " |")
-    out = "\n".join(lines) + "\n"
+    out = []
+    for attr in ATTRIBUTES:
+        layers = [la for la in LAYERS
+                  if any(f"leak/{la}/{attr}/clip/bal_acc" in r for r in results.values())]
+        if attr != "gender" and not layers:
+            continue
+        head = ["run", "seeds"] + [f"{attr} `{la}` clip / person" for la in layers] + [
+            f"{attr} DP ratio"]
+        if attr == "gender":
+            head += ["r(score, merit)", "test r(label)", "kept variance of h"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for run, rs in by_run.items():
+            row = [run, str(len(rs))]
+            for la in layers:
+                row.append(" / ".join(_stat([r.get(f"leak/{la}/{attr}/{lv}/bal_acc", math.nan)
+                                             for r in rs]) for lv in LEVELS))
+            row.append(_stat([r.get(f"fair/{attr}/dp_ratio", math.nan) for r in rs], min))
+            if attr == "gender":
+                row += [_stat([r.get("realface/pearson_merit", math.nan) for r in rs], min),
+                        _stat([r.get("test/pearson", math.nan) for r in rs], min),
+                        _stat([r.get("erase/kept_variance", math.nan) for r in rs], min)]
+            lines.append("| " + " | ".join(row) + " |")
+        out.append("\n".join(lines) + "\n")
+    out = "\n".join(out)
     if reference:
         out += ("\nThe label itself on the same test clips: gender read from the label "
                 f"{reference.get('label/gender/clip/bal_acc', math.nan):.3f} (clip) / "
@@ -177,19 +201,30 @@ def table(results: dict[str, dict], reference: dict | None) -> str:
     proxy = [(n, r) for n, r in results.items() if "proxy/retrieval" in r]
     if proxy:
         out += ("\n| run | proxy | directions | retrieval | setting-only retrieval | "
-                "gender from proxy |\n|---|---|---|---|---|---|\n")
+                "gender from proxy | ethnicity from proxy |\n|---|---|---|---|---|---|---|\n")
         for n, r in proxy:
             k = r.get("config/face_proxy_components", 0)
             out += (f"| {n} | {r.get('config/face_encoder', '?')} | {k or 'all'} | "
                     f"{r['proxy/retrieval']:.3f} | "
                     f"{r.get('proxy/setting_retrieval', math.nan):.3f} | "
-                    f"{r.get('leak/proxy/gender/clip/bal_acc', math.nan):.3f} |\n")
+                    f"{r.get('leak/proxy/gender/clip/bal_acc', math.nan):.3f} | "
+                    f"{r.get('leak/proxy/ethnicity/clip/bal_acc', math.nan):.3f} |\n")
     out += ("\nBalanced accuracy of the strongest attacker the audit selects, on test people "
             "(mean ± std over seeds, worst seed in brackets; for DP ratio and r the worst is the "
             "lowest). `fused`: h as trained, full width; `erased`: the erasure stage's output at "
             "h's width; `head`: the directions the refitted head reads; `score`: the score "
-            "alone; `proxy`: the face embedding the adversary uses.\n")
-    return out
+            "alone; `proxy`: the face embedding the adversary uses. Chance is 0.5 for gender "
+            "and 1/3 for ethnicity (ChaLearn's three groups).\n")
+    if corpus:
+        st = corpus["settings"]
+        out += (f"\nCorpus: {corpus['people']} people ({st['strata']}), {corpus['clips']} clips, "
+                f"{corpus['audio_seconds']:.0f} s of audio, built in "
+                f"{corpus['build_seconds']:.0f} s.")
+    times = [r["realface/run_seconds"] for r in results.values() if "realface/run_seconds" in r]
+    if times:
+        out += (f" Runs: {len(times)} timed, {np.mean(times):.0f} s each on average "
+                f"({min(times):.0f}-{max(times):.0f} s), through `make train`.")
+    return out + ("\n" if corpus or times else "")
 
 
 def train_keys(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
@@ -231,14 +266,15 @@ def main(argv: list[str] | None = None) -> int:
                                  "corpus, train through `make train`, tabulate.")
     ap.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=sorted(RUNS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--people", type=int, default=Settings.people)
-    ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--out", type=Path, default=Path("runs/realface"))
+    add_population_arguments(ap)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (default runs/realface-<population>)")
     ap.add_argument("--args", default="", help="more key=value overrides for every run")
     a = ap.parse_args(argv)
+    a.out = a.out or Path(f"runs/realface-{a.population}")
+    photos, settings = population_settings(a)
     try:
-        root = build(Settings(people=a.people), a.photos, a.cache).resolve()
+        root = build(settings, photos, a.cache).resolve()
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -253,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{run}-s{seed}"
             run_dir = a.out / name
             keys = train_keys(run, seed, root, a.out, shlex.split(a.args))
+            took = results.get(name, {}).get("realface/run_seconds")
             if (run_dir / "summary.json").is_file():
                 differ = stale_settings(run, run_dir, keys)
                 if differ:
@@ -271,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
                           file=sys.stderr)
                     failed.append(name)
                     continue
-                print(f"realface: {name} done in {time.time() - t0:.0f} s", flush=True)
+                took = time.time() - t0
+                print(f"realface: {name} done in {took:.0f} s", flush=True)
             summary = json.loads((run_dir / "summary.json").read_text())
+            if took is not None:  # a run read again keeps the time it took when it ran
+                summary["realface/run_seconds"] = round(took, 1)
             pred = read_predictions(run_dir)
             summary.update(merit_figures(pred, truth))
             summary["run_dir"] = str(run_dir)
@@ -282,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 reference = label_reference(sorted(pred), truth)
             atomic_write(results_path, json_text(results))
     chosen = {k: v for k, v in results.items() if k.rsplit("-s", 1)[0] in a.runs}
-    atomic_write(a.out / "table.md", table(chosen, reference))
+    corpus = json.loads((root / "corpus.json").read_text())
+    atomic_write(a.out / "table.md", table(chosen, reference, corpus))
     print((a.out / "table.md").read_text())
     print(f"realface: {results_path}, {a.out / 'table.md'}")
     if failed:

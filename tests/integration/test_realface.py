@@ -8,6 +8,8 @@ import csv
 import json
 import math
 import shutil
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,37 @@ def fake_photos(folder: Path, people: int = 8, per: int = 3) -> Path:
     return folder
 
 
+FAIRFACE_RACES = ("caucasian", "african", "eastasian", "southeastasian", "asianindian",
+                  "latino", "middleeastern")
+
+
+def one_photo_people(folder: Path, per_cell: int, races=FAIRFACE_RACES, drawn=False) -> Path:
+    """A fairface-like folder: one photo a person, per_cell women and per_cell men of each
+    race. drawn: a drawn face (that the product's detectors find) instead of noise."""
+    import cv2
+
+    from benchmarks import rawmedia
+
+    (folder / "images").mkdir(parents=True)
+    rows = ["image,person,gender,race,age"]
+    rng = np.random.default_rng(1)
+    i = 0
+    for race in races:
+        for g in (0, 1):
+            for _ in range(per_cell):
+                name = f"ff{i:05d}.jpg"
+                if drawn:
+                    person = rawmedia._person(i, g, 1.0, 1.0)
+                    img = rawmedia._base_frame(person, rawmedia._clip(i), 224, 224, True)[0]
+                else:
+                    img = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+                cv2.imwrite(str(folder / "images" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                rows.append(f"{name},ff{i:05d},{'FM'[g]},{race},20-29")
+                i += 1
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
 def test_the_plan_is_deterministic_balanced_and_split_by_person(tmp_path):
     people = rf.read_photos(fake_photos(tmp_path / "photos"))
     s = rf.Settings(people=8, clips_per_person=3, seed=4)
@@ -62,6 +95,142 @@ def test_the_plan_is_deterministic_balanced_and_split_by_person(tmp_path):
         assert shift == pytest.approx(s.label_bias * (1 if t["gender"] else -1), abs=1e-4)
     # unknown race stays unknown; caucasian maps to the ChaLearn group
     assert {c["ethnicity"] for c in clips.values()} == {None, 1}
+
+
+def test_fairface_race_names_map_to_chalearn_groups_or_unknown():
+    got = {race: rf.ETHNICITY_OF_RACE.get(race) for race in FAIRFACE_RACES}
+    # ChaLearn's codes: Asian (FairFace's East Asian), Caucasian, African-American
+    assert got == {"eastasian": 0, "caucasian": 1, "african": 2, "southeastasian": None,
+                   "asianindian": None, "latino": None, "middleeastern": None}
+    # lfw-dev's mixed tags stay unknown
+    assert rf.ETHNICITY_OF_RACE.get("latino,caucasian") is None
+
+
+def test_one_photo_a_person_is_shown_in_every_clip_and_each_split_holds_every_group(tmp_path):
+    people = rf.read_photos(one_photo_people(tmp_path / "photos", per_cell=6))
+    s = replace(rf.POPULATIONS["fairface"].settings, people=30)
+    jobs, clips, truth = rf.plan(people, s, tmp_path / "a")
+    assert len(jobs) == 90
+    by_person: dict[str, list] = {}
+    for j, t in zip(jobs, truth, strict=True):
+        by_person.setdefault(t["person"], []).append((j, t))
+    cells: dict[str, Counter] = {}
+    for items in by_person.values():
+        # one photo: the same one in each of the person's clips, each clip its own seed
+        assert len(items) == 3 and len({j["photo"] for j, _ in items}) == 1
+        assert len({tuple(j["seed"]) for j, _ in items}) == 3
+        t = items[0][1]
+        cells.setdefault(t["official_split"], Counter())[(t["gender"], t["ethnicity"])] += 1
+    # only ChaLearn's three groups are drawn, 5 women and 5 men each; 3/1/1 per cell by split
+    assert {c["ethnicity"] for c in clips.values()} == {0, 1, 2}
+    assert cells["training"] == Counter({(g, e): 3 for g in (0, 1) for e in (0, 1, 2)})
+    assert cells["validation"] == cells["test"] == Counter({(g, e): 1 for g in (0, 1)
+                                                           for e in (0, 1, 2)})
+    # the tight framing keeps the whole crop
+    assert jobs[0]["setting"]["box"] == rf.FRAMING["tight"][0]
+
+
+def test_too_few_people_of_a_group_is_named(tmp_path):
+    people = rf.read_photos(one_photo_people(tmp_path / "photos", per_cell=2,
+                                             races=("caucasian", "african", "latino")))
+    s = replace(rf.POPULATIONS["fairface"].settings, people=18)
+    with pytest.raises(rf.BuildError, match="3 people of each gender and group.*0 women of "
+                       "group eastasian"):
+        rf.plan(people, s, tmp_path / "x")
+    for wrong in (16, 0):  # not a multiple of the 6 cells; nobody
+        with pytest.raises(rf.BuildError, match="multiple of 6 .* >= 6"):
+            rf.plan(people, replace(s, people=wrong), tmp_path / "x")
+
+
+def test_the_voice_plan_centres_each_gender_on_its_own_pitch():
+    rng = np.random.default_rng(0)
+    s = rf.Settings()
+    pitch = {g: np.array([rf.voice_pitch(rng, g, s) for _ in range(2000)]) for g in (0, 1)}
+    for g, centre in ((0, s.pitch_female), (1, s.pitch_male)):
+        assert abs(pitch[g].mean() - centre) < 1.0
+        assert abs(pitch[g].std() - s.pitch_sd) < 1.0
+        assert pitch[g].min() >= 0 and pitch[g].max() <= 99
+    # what sets a voice's F0 is the variant (female ~175-205 Hz, male ~90-105 Hz at 50) with
+    # the pitch on top: the male centre sits higher, to bring men to ~120 Hz
+    assert s.pitch_male > s.pitch_female
+    assert set(rf.FEMALE_VOICES).isdisjoint(rf.MALE_VOICES)
+
+
+def median_f0(wave_: np.ndarray, rate: int) -> float:
+    """The median F0 (Hz) of the voiced 40 ms frames, by autocorrelation in 60-400 Hz."""
+    n = int(0.04 * rate)
+    f0 = []
+    for i in range(0, len(wave_) - n, n):
+        fr = wave_[i:i + n] - wave_[i:i + n].mean()
+        if np.sqrt((fr ** 2).mean()) < 0.015:
+            continue
+        ac = np.correlate(fr, fr, "full")[n - 1:]
+        lo, hi = int(rate / 400), int(rate / 60)
+        k = lo + int(np.argmax(ac[lo:hi]))
+        if ac[k] > 0.4 * ac[0]:
+            f0.append(rate / k)
+    return float(np.median(f0))
+
+
+def require_espeak():
+    assert shutil.which("espeak-ng"), ("espeak-ng is needed for the benchmark's voices: "
+                                       "`make realface-setup` installs it")
+
+
+def test_every_accent_speaks_with_the_gender_of_its_voice_variant():
+    """espeak-ng 1.51's bare en-gb ignored the variant: a fifth of the women spoke as men."""
+    require_espeak()
+    s = rf.Settings()
+    text = "I automated our weekly report, which saved the team about four hours every week."
+    for accent in rf.ACCENTS:
+        woman = median_f0(*rf.speak(text, f"{accent}+{rf.FEMALE_VOICES[1]}",
+                                    round(s.pitch_female), 160))
+        man = median_f0(*rf.speak(text, f"{accent}+{rf.MALE_VOICES[0]}",
+                                  round(s.pitch_male), 160))
+        assert 160 < woman < 260 and 95 < man < 150, (accent, woman, man)
+
+
+def test_a_tiny_one_photo_corpus_of_drawn_faces_builds_and_preprocesses(tmp_path):
+    """The fairface path end to end without real photographs: one photo a person, tight
+    framing, built by the benchmark and read by the product's ChaLearn source."""
+    require_espeak()
+    photos = one_photo_people(tmp_path / "photos", per_cell=1, drawn=True)
+    s = replace(rf.POPULATIONS["fairface"].settings, people=6, clips_per_person=2)
+    root = rf.build(s, photos, tmp_path / "cache", workers=1, log=lambda m: None)
+    preprocess_and_check(root, tmp_path, clips=12, min_kept=10)
+
+
+def preprocess_and_check(root: Path, tmp_path: Path, clips: int, min_kept: int) -> dict:
+    from data_modules.schema import SPLITS
+    from data_modules.shards import open_streaming
+    from data_modules.sources import build_shards
+    from fair_lightning.config import load_config
+
+    meta = json.loads((root / "corpus.json").read_text())
+    assert meta["clips"] == clips and len(list(root.rglob("*.mp4"))) == clips
+    with open(root / "truth.csv", newline="") as f:
+        truth = {r["clip"]: r for r in csv.DictReader(f)}
+    ov = {"data.source": "chalearn", "data.chalearn.root": str(root),
+          "data.cache_dir": str(tmp_path / "shards"), "data.preprocess.workers": "1"}
+    cfg = load_config("baseline", list(ov.items())).data
+    shards = build_shards(cfg)
+    report = json.loads(Path(json.loads((shards / "meta.json").read_text())
+                             ["preprocess_report"]).read_text())
+    seen = {}
+    for split in SPLITS:
+        ds = open_streaming(shards / split, shuffle=False, seed=0)
+        for i in range(len(ds)):
+            r = ds[i]
+            seen[r["clip_id"]] = r
+    # every clip made it (the detectors find the faces) or is a counted skip
+    assert len(seen) + sum(report["skipped"].values()) == clips
+    assert len(seen) >= min_kept
+    for clip, r in seen.items():
+        assert int(r["gender"]) == int(truth[clip]["gender"])
+        eth = truth[clip]["ethnicity"]
+        assert int(r["ethnicity"]) == (int(eth) if eth != "" else -1)
+        assert r["audio"].shape[0] > 10 and r["faces"].shape[1] == 3
+    return seen
 
 
 def test_strong_answers_follow_merit():
@@ -137,36 +306,10 @@ needs_photos = pytest.mark.skipif(
 
 @needs_photos
 def test_a_tiny_corpus_of_real_photos_builds_and_preprocesses(tmp_path):
-    from data_modules.schema import SPLITS
-    from data_modules.shards import open_streaming
-    from data_modules.sources import build_shards
-    from fair_lightning.config import load_config
-
     s = rf.Settings(people=6, clips_per_person=3, seed=1)
     root = rf.build(s, PHOTOS, tmp_path / "cache", workers=1, log=lambda m: None)
     assert rf.build(s, PHOTOS, tmp_path / "cache", log=lambda m: None) == root  # cached
-    meta = json.loads((root / "corpus.json").read_text())
-    assert meta["clips"] == 18 and len(list(root.rglob("*.mp4"))) == 18
-    with open(root / "truth.csv", newline="") as f:
-        truth = {r["clip"]: r for r in csv.DictReader(f)}
-    ov = {"data.source": "chalearn", "data.chalearn.root": str(root),
-          "data.cache_dir": str(tmp_path / "shards"), "data.preprocess.workers": "1"}
-    cfg = load_config("baseline", list(ov.items())).data
-    shards = build_shards(cfg)
-    report = json.loads(Path(json.loads((shards / "meta.json").read_text())
-                             ["preprocess_report"]).read_text())
-    seen = {}
-    for split in SPLITS:
-        ds = open_streaming(shards / split, shuffle=False, seed=0)
-        for i in range(len(ds)):
-            r = ds[i]
-            seen[r["clip_id"]] = r
-    # every clip made it (Haar finds the real faces) or is a counted skip
-    assert len(seen) + sum(report["skipped"].values()) == 18
-    assert len(seen) >= 16
-    for clip, r in seen.items():
-        assert int(r["gender"]) == int(truth[clip]["gender"])
-        assert r["audio"].shape[0] > 10 and r["faces"].shape[1] == 3
+    preprocess_and_check(root, tmp_path, clips=18, min_kept=16)
 
 
 def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
@@ -202,3 +345,31 @@ def test_the_label_reference_gives_the_dp_ratio_a_merit_faithful_score_reaches()
     assert ref["label/pearson_merit"] > 0.9
     md = rfrun.table({}, ref)
     assert "with the true merit as the score 0.000" in md
+
+
+def test_the_table_adds_ethnicity_where_it_was_audited_and_the_references_are_runs():
+    runs = {f"label_erasure-s{s}": {"leak/erased/gender/clip/bal_acc": 0.9,
+                                    "leak/erased/gender/person/bal_acc": 0.95,
+                                    "leak/erased/ethnicity/clip/bal_acc": 0.4 + 0.1 * s,
+                                    "leak/erased/ethnicity/person/bal_acc": 0.5,
+                                    "fair/ethnicity/dp_ratio": 0.7 - 0.1 * s,
+                                    "realface/run_seconds": 100.0 + s}
+            for s in range(2)}
+    corpus = {"people": 600, "clips": 1800, "audio_seconds": 9000.0, "build_seconds": 170.0,
+              "settings": {"strata": "gender_ethnicity"}}
+    md = rfrun.table(runs, None, corpus)
+    eth = md[md.index("| run | seeds | ethnicity"):]
+    row = next(line for line in eth.splitlines() if line.startswith("| label_erasure"))
+    assert "0.450 ± 0.071 (0.500) / 0.500 ± 0.000 (0.500)" in row
+    assert row.endswith("| 0.650 ± 0.071 (0.600) |")  # ethnicity DP ratio, lowest worst
+    assert "600 people (gender_ethnicity), 1800 clips" in md and "built in 170 s" in md
+    assert "2 timed, 100 s each on average" in md
+    # no ethnicity audited: no ethnicity table
+    assert "ethnicity `" not in rfrun.table({"baseline-s0": {
+        "leak/fused/gender/clip/bal_acc": 0.9}}, None)
+    # the references are runs of the product's own experiments
+    assert rfrun.RUNS["label_erasure"][0] == "label_erasure"
+    cmd = rfrun.train_command("label_dependence", 0, Path("c"), Path("o"), [])
+    assert cmd[3] == "EXP=label_adversary" and "adversary.objective=hsic" in cmd[4]
+    assert set(rfrun.DEFAULT_RUNS) >= {"baseline", "adversarial", "label_adversary",
+                                       "label_erasure", "label_dependence"}
