@@ -66,6 +66,12 @@ def above(n, why: str = "") -> tuple:
     return (lambda v: v > n), f"> {n}" + (f" ({why})" if why else "")
 
 
+# the spawn launchers re-import the run in fresh processes: the run directory, the face
+# encoder's rank-0 pretraining and the requeue handler are set up for ddp's launcher only
+NOT_SPAWN = (lambda v: "spawn" not in str(v),
+             "auto, ddp or another Lightning strategy; not ddp_spawn (use ddp: the same "
+             "processes, started the way this framework is set up and tested for)")
+
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_FRACTIONS = (lambda v: len(v) == 3 and min(v) > 0 and abs(sum(v) - 1.0) <= 1e-6,
                    "three positive numbers summing to 1")
@@ -210,7 +216,7 @@ class TrainerConfig:
     accelerator: str = MISSING
     devices: int = rule(check=at_least(1))
     num_nodes: int = rule(check=at_least(1))
-    strategy: str = MISSING
+    strategy: str = rule(check=NOT_SPAWN)
     precision: str = MISSING
     deterministic: bool = MISSING
     log_every_n_steps: int = rule(check=at_least(1))

@@ -83,8 +83,14 @@ def kernel_dependence(x: torch.Tensor, y: torch.Tensor, x_kernel: str = "gaussia
     """Dependence between rows of x [N, dx] and y [N, dy] (Gaussian kernel on y; `x_kernel`
     on x); needs N >= 4. A linear kernel on x
     measures how far any linear read-out of x depends on y, which is what a linear probe
-    exploits. `measure`: `cka` (normalised HSIC) or `nocco` (see :func:`nocco`)."""
+    exploits. `measure`: `cka` (normalised HSIC) or `nocco` (see :func:`nocco`).
+
+    Computed in float32 whatever the trainer's precision: under bf16 autocast (about 3
+    significant digits) the Gram matrices, the solves and the difference of two traces lose
+    the small differences the scorer follows (11 % off for a weak dependence)."""
     if x.shape[0] != y.shape[0] or x.shape[0] < 4:
         raise ValueError(f"need two batches of the same size >= 4, got {x.shape[0]} and {y.shape[0]}")
-    k, g = GRAMS[x_kernel](x), gaussian_gram(y)
-    return cka(k, g) if measure == "cka" else nocco(k, g, eps)
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        k, g = GRAMS[x_kernel](x), gaussian_gram(y)
+        return cka(k, g) if measure == "cka" else nocco(k, g, eps)

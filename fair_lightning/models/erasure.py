@@ -266,10 +266,13 @@ class ErasedHead(nn.Module):
         return self.eraser.residual or self.eraser.rank > 0
 
     def forward(self, h: torch.Tensor, z: torch.Tensor | None = None):
-        """(erased h [B, h_dim], what the head reads [B, k], score [B])."""
-        erased = self.eraser(h, z)
-        rep = (erased - self.rep_mean.to(h.dtype)) @ self.basis.to(h.dtype)
-        return erased, rep, torch.sigmoid(self.head(rep)).squeeze(-1)
+        """(erased h [B, h_dim], what the head reads [B, k], score [B]); in float32 at least,
+        outside autocast: a bf16 projection would leave part of the erased directions."""
+        with torch.autocast(h.device.type, enabled=False):
+            h = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
+            erased = self.eraser(h, z)
+            rep = (erased - self.rep_mean.to(h.dtype)) @ self.basis.to(h.dtype)
+            return erased, rep, torch.sigmoid(self.head(rep.to(self.head.weight.dtype))).squeeze(-1)
 
     @torch.no_grad()
     def fit(self, h: torch.Tensor, z: torch.Tensor, groups: torch.Tensor,

@@ -40,10 +40,21 @@ def start_cli(argv: list[str] | None, help_text: str) -> list[str] | None:
 
 
 def global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    """This process's rank among all processes of the run, from the launcher's environment:
+    torchrun (RANK), SLURM (SLURM_PROCID), or Lightning's own launcher, which sets
+    LOCAL_RANK and NODE_RANK (a node index, not a rank): NODE_RANK x processes per node +
+    LOCAL_RANK. Lightning gives a node's children WORLD_SIZE only when it starts them; a
+    node's first process, before that, knows that it is not rank 0 and is given its node's
+    first rank counted with one process a node (callers only ask whether it is zero)."""
+    for var in ("RANK", "SLURM_PROCID"):
         if var in os.environ:
             return int(os.environ[var])
-    return 0
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    per_node = os.environ.get("LOCAL_WORLD_SIZE")
+    if per_node is None and "WORLD_SIZE" in os.environ and "NUM_NODES" in os.environ:
+        per_node = int(os.environ["WORLD_SIZE"]) // max(1, int(os.environ["NUM_NODES"]))
+    return node * int(per_node or 1) + local
 
 
 def resolve_run_dir(output_dir: str | None, experiment: str, root: str = "runs") -> Path:

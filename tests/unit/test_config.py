@@ -51,6 +51,13 @@ def test_unknown_choice_is_rejected():
         load_config("baseline", [("adversary.method", "magic")])
 
 
+def test_ddp_spawn_is_refused_with_what_to_use_instead():
+    for spawn in ("ddp_spawn", "ddp_spawn_find_unused_parameters_true"):
+        with pytest.raises(ConfigError, match=r"trainer.strategy.*not ddp_spawn \(use ddp"):
+            load_config("adversarial", [("trainer.strategy", spawn)])
+    assert load_config("adversarial", [("trainer.strategy", "ddp")]).trainer.strategy == "ddp"
+
+
 def test_unknown_experiment_lists_available():
     with pytest.raises(ConfigError) as e:
         load_config("nonexistent")

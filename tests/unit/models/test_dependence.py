@@ -94,3 +94,28 @@ def test_nocco_sees_a_readable_direction_that_holds_little_variance():
     assert cka < 0.1
     assert nocco > 0.5 and nocco > null[:, 1].mean() + 5 * null[:, 1].std()
 
+
+
+@pytest.mark.parametrize("measure", ["nocco", "cka"])
+def test_the_measure_keeps_float32_under_bf16_autocast(measure):
+    """bf16 autocast casts matmul to bf16 on CPU as on CUDA: the term the scorer follows
+    must not (before, nocco read 0.0138 against 0.0156 for a weak dependence)."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(256, 8, generator=g)
+    h = torch.randn(256, 32, generator=g)
+    h[:, 0] += 0.3 * f[:, 0]  # a weak dependence
+    want = kernel_dependence(h, f, "gaussian", measure, 0.01)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = kernel_dependence(h, f, "gaussian", measure, 0.01)
+        # the inputs a bf16 network hands it (h from a bf16 layer) are widened, not rounded
+        # again: the same rows in bf16 give what float32 gives on those rounded rows
+        from_bf16 = kernel_dependence(h.bfloat16(), f, "gaussian", measure, 0.01)
+    assert got.dtype == torch.float32
+    assert abs(float(got) - float(want)) < 1e-4
+    ref = kernel_dependence(h.bfloat16().float(), f, "gaussian", measure, 0.01)
+    assert abs(float(from_bf16) - float(ref)) < 1e-4
+    # the gradient reaches h in its own dtype
+    hb = h.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kernel_dependence(hb, f, "gaussian", measure, 0.01).backward()
+    assert hb.grad is not None and torch.isfinite(hb.grad).all()

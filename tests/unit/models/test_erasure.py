@@ -166,6 +166,20 @@ def test_erased_head_fits_the_label_and_round_trips_through_a_state_dict():
         assert torch.allclose(fresh(h, z)[2], score)
 
 
+def test_the_erasure_stage_keeps_float32_under_bf16_autocast():
+    """A bf16 projection would leave part of the erased direction in h and move the score."""
+    h, z, pid, gender, label = planted(seed=3)
+    head = ErasedHead(h.shape[1], head_dims=2, residual=False, rank=1)
+    head.fit(h, z, pid, label)
+    with torch.no_grad():
+        want = head(h, z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = head(h, z)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.float32
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_collinear_erased_directions_do_not_derail_the_head():
     # all of a full-rank proxy's directions but one erased: the erased h is rank-deficient
     h, z, pid, _, label = planted(seed=9)
