@@ -310,9 +310,12 @@ def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
             "select/score": task - cfg.selection.leak_penalty * leak}
 
 
-def setup_summary(cfg) -> dict[str, str]:
+def setup_summary(cfg) -> dict[str, str | int]:
     """`setup/...`: what the run's `auto` settings resolved to, in words (the face proxy, the
-    detector, the erasure stage), so a summary says which real-data defaults produced it."""
+    detector, the erasure stage), so a summary says which real-data defaults produced it;
+    and the CPU threads torch used (`setup/threads`), which moves single seeds."""
+    import torch
+
     proxy = {"pretrained": "dlib face descriptor", "identity": "identity-pretrained encoder",
              "frozen": "face encoder checkpoint", "cnn": "face CNN trained with D"}
     e = cfg.erasure
@@ -327,6 +330,7 @@ def setup_summary(cfg) -> dict[str, str]:
         "setup/erasure": (f"proxy {e.proxy}, LEACE rank {e.rank}, residual "
                           f"{'on' if e.residual else 'off'}, fit on {e.fit_on}, head_dims "
                           f"{e.head_dims}" if e.enabled else "off"),
+        "setup/threads": torch.get_num_threads(),
     }
 
 

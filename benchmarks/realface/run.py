@@ -224,7 +224,14 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
     if times:
         out += (f" Runs: {len(times)} timed, {np.mean(times):.0f} s each on average "
                 f"({min(times):.0f}-{max(times):.0f} s), through `make train`.")
-    return out + ("\n" if corpus or times else "")
+    fits = [r["time/fit_s"] for r in results.values() if "time/fit_s" in r]
+    if fits:
+        out += (f" Training with the end-of-fit audit: {np.mean(fits):.0f} s a run on average "
+                f"(`time/fit_s`).")
+    if results:
+        threads = sorted({str(r.get("setup/threads", "unknown")) for r in results.values()})
+        out += f" CPU threads: {', '.join(threads)}."
+    return out + ("\n" if corpus or results else "")
 
 
 def train_keys(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:

@@ -90,6 +90,10 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     # which proxy and settings produced the run, in words
     assert s["setup/face_proxy"] == "identity-pretrained encoder"
     assert s["setup/erasure"].startswith("proxy face, LEACE rank 0, residual off")
+    import torch
+
+    assert s["setup/threads"] == torch.get_num_threads()  # in-process: the test's own count
+    assert f"{s['setup/threads']} CPU threads" in (run_dir / "report.md").read_text()
     # the identity-pretrained face encoder: cached next to the data, frozen through training,
     # and restored from the checkpoint
     from fair_lightning.lightning.module import FairScorerModule
