@@ -36,6 +36,9 @@ def start_cli(argv: list[str] | None, help_text: str) -> list[str] | None:
         return None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("litdata").setLevel(logging.ERROR)
+    # the `lightning` package gives its logger a console handler of its own when imported,
+    # and lets records reach the root one too: every Lightning message was printed twice
+    logging.getLogger("lightning").propagate = False
     return argv
 
 

@@ -42,3 +42,19 @@ def test_a_later_nodes_first_process_is_not_rank_zero_before_its_children_start(
     assert global_rank() > 0
     env(NODE_RANK=0)
     assert global_rank() == 0
+
+
+def test_a_lightning_message_is_printed_once():
+    import subprocess
+    import sys
+
+    code = ("from fair_lightning.ops.runtime import start_cli; start_cli([], '');"
+            "import lightning.pytorch as pl, logging;"
+            "from lightning.pytorch.utilities import rank_zero_info;"
+            "rank_zero_info('one line please');"
+            "logging.getLogger('fair_lightning').info('ours too')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    text = out.stdout + out.stderr
+    assert text.count("one line please") == 1, text
+    assert text.count("ours too") == 1, text
