@@ -50,21 +50,15 @@ def _log_to_loggers(trainer: L.Trainer, metrics: dict[str, float]) -> None:
 def collect_rows(module, loader, rows, max_clips: int = 0) -> dict[str, np.ndarray]:
     """`rows(batch)` -> {name: array [B, ...]} over every clip of a loader, in eval mode
     without gradients; under DDP every rank collects its shard and the result is gathered
-    (identical on every rank), de-duplicated by clip id and sorted."""
+    (identical on every rank), de-duplicated by clip id and sorted. Outside autocast: what
+    the proxy fits, the erasure stage and the audit read is computed in float32 whatever
+    the trainer's precision."""
     was_training = module.training
     module.eval()
     chunks: dict[str, list] = {}
-    seen = 0
     try:
-        for batch in loader:
-            batch = batch.to(module.device)
-            for name, r in rows(batch).items():
-                chunks.setdefault(name, []).append(r)
-            chunks.setdefault("identity", []).append(batch.identity.cpu().numpy())
-            chunks.setdefault("clip_id", []).append(np.array(batch.clip_id))
-            seen += len(batch)
-            if max_clips and seen >= max_clips:
-                break
+        with torch.autocast(module.device.type, enabled=False):
+            _collect(module, loader, rows, chunks, max_clips)
     finally:
         module.train(was_training)
     local = {k: np.concatenate(v) for k, v in chunks.items()}
@@ -75,6 +69,19 @@ def collect_rows(module, loader, rows, max_clips: int = 0) -> dict[str, np.ndarr
     if max_clips:
         merged = {k: v[:max_clips] for k, v in merged.items()}
     return merged
+
+
+def _collect(module, loader, rows, chunks: dict, max_clips: int) -> None:
+    seen = 0
+    for batch in loader:
+        batch = batch.to(module.device)
+        for name, r in rows(batch).items():
+            chunks.setdefault(name, []).append(r)
+        chunks.setdefault("identity", []).append(batch.identity.cpu().numpy())
+        chunks.setdefault("clip_id", []).append(np.array(batch.clip_id))
+        seen += len(batch)
+        if max_clips and seen >= max_clips:
+            break
 
 
 def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.ndarray]:
