@@ -262,3 +262,20 @@ def test_run_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     assert resolve_run_dir(None, "exp").name == "slurm-77"
+
+
+def test_a_bf16_mixed_run_completes_on_cpu(tmp_path, shared_cache):
+    """The cluster files' precision, on CPU autocast (which casts matmul to bf16 as CUDA
+    does): the adversarial step, the dependence term, the erasure stage and the audit."""
+    cfg = _cfg(tmp_path, shared_cache, "adversarial", **{
+        "trainer.precision": "bf16-mixed", "trainer.max_epochs": "2",
+        "adversary.warmup_epochs": "1", "model.face_pretrain_epochs": "2"})
+    run_dir = run(cfg)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert math.isfinite(s["test/pearson"])
+    for layer in ("fused", "erased"):
+        assert 0.0 <= s[f"leak/{layer}/gender/clip/bal_acc"] <= 1.0
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("adv/val_hsic")
+    vals = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert vals and all(math.isfinite(v) for v in vals)
