@@ -313,7 +313,8 @@ def selection_metrics(cfg, val: dict, summary: dict) -> dict[str, float]:
 def setup_summary(cfg) -> dict[str, str | int]:
     """`setup/...`: what the run's `auto` settings resolved to, in words (the face proxy, the
     detector, the erasure stage), so a summary says which real-data defaults produced it;
-    and the CPU threads torch used (`setup/threads`), which moves single seeds."""
+    the CPU threads torch used (`setup/threads`), which moves single seeds, and the code
+    (`setup/code`)."""
     import torch
 
     proxy = {"pretrained": "dlib face descriptor", "identity": "identity-pretrained encoder",
@@ -331,7 +332,35 @@ def setup_summary(cfg) -> dict[str, str | int]:
                           f"{'on' if e.residual else 'off'}, fit on {e.fit_on}, head_dims "
                           f"{e.head_dims}" if e.enabled else "off"),
         "setup/threads": torch.get_num_threads(),
+        "setup/code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The code a run used: the checkout's commit (with `+changes` when its tracked files
+    differ from it), else the installed package's version."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        git = ["git", "-C", str(root)]
+        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        if Path(top).resolve() != root:  # an installed copy inside some other checkout
+            raise OSError(top)
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True,
+                               timeout=10).stdout.strip()
+        return f"git {commit}" + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"fair_lightning {version('fair_lightning')}"
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def proxy_components_summary(module) -> dict[str, float]:

@@ -230,7 +230,8 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
                 f"(`time/fit_s`).")
     if results:
         threads = sorted({str(r.get("setup/threads", "unknown")) for r in results.values()})
-        out += f" CPU threads: {', '.join(threads)}."
+        code = sorted({str(r.get("setup/code", "unknown")) for r in results.values()})
+        out += f" CPU threads: {', '.join(threads)}. Code: {', '.join(code)}."
     return out + ("\n" if corpus or results else "")
 
 

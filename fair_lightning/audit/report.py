@@ -124,7 +124,8 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
         lines.append(f"- setup: face proxy `{s['setup/face_proxy']}`, face detector "
                      f"`{s['setup/detector']}`, speaker normalisation "
                      f"`{s['setup/speaker_norm']}`"
-                     + (f", {s['setup/threads']} CPU threads" if "setup/threads" in s else ""))
+                     + (f", {s['setup/threads']} CPU threads" if "setup/threads" in s else "")
+                     + (f", code {s['setup/code']}" if "setup/code" in s else ""))
     if "proxy/retrieval" in s:
         lines.append(f"- {proxy_line(s)}; gender read "
                      f"from it {_fmt(s.get('leak/proxy/gender/clip/bal_acc'))} per clip, "

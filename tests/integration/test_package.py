@@ -80,5 +80,9 @@ def test_the_installed_commands_run_outside_the_checkout(installed, tmp_path):
     run_dir = tmp_path / "run"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test/pearson"] == summary["test/pearson"]  # a number, not NaN
+    import tomllib
+
+    release = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert summary["setup/code"] == f"fair_lightning {release}"  # the wheel's, not a commit
     saved = (run_dir / "config.yaml").read_text()
     assert "experiment: mine" in saved and "fused_dim: 16" in saved

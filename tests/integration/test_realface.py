@@ -354,7 +354,7 @@ def test_the_table_adds_ethnicity_where_it_was_audited_and_the_references_are_ru
                                     "leak/erased/ethnicity/person/bal_acc": 0.5,
                                     "fair/ethnicity/dp_ratio": 0.7 - 0.1 * s,
                                     "realface/run_seconds": 100.0 + s, "time/fit_s": 60.0,
-                                    "setup/threads": 2}
+                                    "setup/threads": 2, "setup/code": "git abc"}
             for s in range(2)}
     corpus = {"people": 600, "clips": 1800, "audio_seconds": 9000.0, "build_seconds": 170.0,
               "settings": {"strata": "gender_ethnicity"}}
@@ -365,7 +365,7 @@ def test_the_table_adds_ethnicity_where_it_was_audited_and_the_references_are_ru
     assert row.endswith("| 0.650 ± 0.071 (0.600) |")  # ethnicity DP ratio, lowest worst
     assert "600 people (gender_ethnicity), 1800 clips" in md and "built in 170 s" in md
     assert "2 timed, 100 s each on average" in md and "60 s a run on average" in md
-    assert "CPU threads: 2." in md
+    assert "CPU threads: 2. Code: git abc." in md
     # no ethnicity audited: no ethnicity table
     assert "ethnicity `" not in rfrun.table({"baseline-s0": {
         "leak/fused/gender/clip/bal_acc": 0.9}}, None)

@@ -94,6 +94,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
 
     assert s["setup/threads"] == torch.get_num_threads()  # in-process: the test's own count
     assert f"{s['setup/threads']} CPU threads" in (run_dir / "report.md").read_text()
+    assert s["setup/code"].startswith(("git ", "fair_lightning "))  # a checkout, or a wheel
     # the identity-pretrained face encoder: cached next to the data, frozen through training,
     # and restored from the checkpoint
     from fair_lightning.lightning.module import FairScorerModule
