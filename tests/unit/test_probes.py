@@ -395,3 +395,61 @@ def test_large_kernel_fits_use_nystroem_which_is_exact_with_every_row_a_landmark
     assert best > 0.6
     fitted = approx.fit(x, y, exact[0].params, 2)(x[:5])
     assert fitted.shape == (5, 2) and np.isfinite(fitted).all()
+
+
+def test_the_large_svm_solves_its_squared_hinge_problem_exactly():
+    """_l2svm's solution is the optimum: the gradient of its objective vanishes, for two
+    classes and for one-vs-rest, at every C of the grid (each warm started)."""
+    from fair_lightning.audit.attackers import _l2svm, balanced_weights
+
+    rng = np.random.default_rng(1)
+    phi = rng.normal(size=(600, 20))
+    for k, y in ((2, (phi[:, 0] + 0.8 * rng.normal(size=600) > 0.7).astype(int)),
+                 (3, np.digitize(phi[:, 1] + 0.5 * rng.normal(size=600), [-0.5, 0.5]))):
+        rows = np.arange(0, 600, 2)  # a fold: every other row
+        cs = (1.0, 10.0, 100.0, 1000.0)
+        w = balanced_weights(y[rows], k)
+        f = np.c_[phi[rows], np.ones(len(rows))]
+        for c, beta in zip(cs, _l2svm(phi, y[rows], k, cs, rows=rows), strict=True):
+            assert beta.shape == (21, k)
+            for cls in ([1] if k == 2 else range(k)):
+                t = np.where(y[rows] == cls, 1.0, -1.0)
+                slack = np.maximum(0.0, 1.0 - t * (f @ beta[:, cls]))
+                reg = np.r_[np.ones(20), 1e-8]
+                grad = reg * beta[:, cls] - 2 * c * f.T @ (w * t * slack)
+                scale = 1.0 + 2 * c * np.abs(f.T @ (w * t * slack)).max()
+                assert np.abs(grad).max() < 1e-6 * scale, (k, c, cls)
+            if k == 2:
+                np.testing.assert_array_equal(beta[:, 0], -beta[:, 1])
+
+
+def test_large_svm_fits_use_kernel_features_and_read_as_much_as_the_exact_svm():
+    """Beyond max_exact_rows no n x n kernel: the squared-hinge SVM on Nystroem features
+    selects a point that reads a nonlinear attribute as well as libsvm on the exact kernel."""
+    from fair_lightning.audit.attackers import SVMFamily
+
+    rng = np.random.default_rng(0)
+    n = 800
+    x = rng.normal(size=(n, 8))
+    y = ((x[:, 0] * x[:, 1] + 0.3 * rng.normal(size=n)) > 0).astype(int)  # not linear
+    folds = [(np.setdiff1d(np.arange(n), np.arange(i, n, 4)), np.arange(i, n, 4))
+             for i in range(4)]
+
+    def best(family):
+        return max(_ba(y, c.oof) for c in family.cross_validate(x, y, folds, 2))
+
+    exact = best(SVMFamily())
+    approx = SVMFamily()
+    approx.max_exact_rows = 100  # n is above it: the feature path
+    approx.landmarks = 400
+    got = best(approx)
+    assert exact > 0.75 and abs(got - exact) < 0.03, (exact, got)
+    fitted = approx.fit(x, y, {"C": 10.0, "gamma": 1 / 8}, 2)(x[:5])
+    assert fitted.shape == (5, 2) and np.isfinite(fitted).all()
+    np.testing.assert_allclose(fitted[:, 0], -fitted[:, 1])
+
+
+def _ba(y, scores):
+    from fair_lightning.audit.probes import balanced_accuracy
+
+    return balanced_accuracy(y, scores.argmax(1), 2)
