@@ -87,9 +87,9 @@ seeds: install
 	  --out runs/seeds/comparison
 
 # real-face development benchmark: a ChaLearn-layout corpus from real photographs (never part of
-# this repository), then `make train` on it per run and seed -> runs/realface/{results.json,table.md}
-# POP: lfw (../shared/data/lfw-dev) or fairface (../shared/data/fairface-dev); PHOTOS overrides
-# the folder; each population writes to its own runs/realface-<POP>
+# this repository), then `make train` on it per run and seed -> runs/realface-<POP>/{results.json,
+# table.md}. POP: lfw (../shared/data/lfw-dev) or fairface (../shared/data/fairface-dev);
+# PHOTOS overrides the folder
 POP ?= lfw
 PHOTOS ?=
 REALFACE_OUT ?= runs/realface-$(POP)

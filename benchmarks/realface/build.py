@@ -316,10 +316,9 @@ def choose_people(people: dict[str, dict], s: Settings,
         raise BuildError(f"people must be a multiple of {len(cells)} (one share per cell of "
                          f"{s.strata}) and >= 6, got {s.people}")
     per_cell = s.people // len(cells)
-    names_of = {n: p for n, p in sorted(people.items())}
     chosen = []
     for g, e in cells:
-        names = [n for n, p in names_of.items() if p["gender"] == g
+        names = [n for n, p in sorted(people.items()) if p["gender"] == g
                  and (e is None or ETHNICITY_OF_RACE.get(p["race"]) == e)]
         if len(names) < per_cell:
             who = ("men" if g else "women") + ("" if e is None else
