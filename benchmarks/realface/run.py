@@ -50,11 +50,9 @@ RUNS = {
     # the upper references: they read the TRUE gender and ethnicity while training
     "label_adversary": ("label_adversary", []),
     "label_erasure": ("label_erasure", []),
-    # the default's dependence objective and weight, on the one-hot labels instead of the face
-    "label_dependence": ("label_adversary", ["adversary.objective=hsic",
-                                             "adversary.dependence_measure=nocco",
-                                             "adversary.weight=0.15",
-                                             "adversary.weight_schedule=constant"]),
+    # the default's dependence objective and weight (read from adversarial.yaml, see
+    # run_overrides), on the one-hot labels instead of the face
+    "label_dependence": ("label_adversary", []),
     # the voice standardised per candidate over their own clips (label-free)
     "baseline-speaker-norm": ("baseline", ["data.speaker_norm=person"]),
     "adversarial-speaker-norm": ("adversarial", ["data.speaker_norm=person"]),
@@ -235,8 +233,23 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
     return out + ("\n" if corpus or results else "")
 
 
+# what label_dependence takes from the label-free default, so the two stay one objective
+DEFAULT_OBJECTIVE_KEYS = ("objective", "dependence_measure", "weight", "weight_schedule")
+
+
+def run_overrides(run: str) -> list[str]:
+    """A run's own keys; label_dependence adds the default experiment's objective settings."""
+    args = list(RUNS[run][1])
+    if run == "label_dependence":
+        from fair_lightning.config import load_config
+
+        adv = load_config("adversarial").adversary
+        args += [f"adversary.{k}={adv[k]}" for k in DEFAULT_OBJECTIVE_KEYS]
+    return args
+
+
 def train_keys(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
-    _, args = RUNS[run]
+    args = run_overrides(run)
     return ["data.source=chalearn", f"data.chalearn.root={root}", f"seed={seed}",
             f"output_dir={out / f'{run}-s{seed}'}", "resume=auto", *args, *extra]
 

@@ -189,13 +189,13 @@ class _LargeKernelFamily(_KernelFamily):
     """A kernel family that, beyond `max_exact_rows` fit rows, fits in the feature space of a
     Nystroem approximation of its kernel (k(x, z) ~ k(x, L) k(L, L)^-1 k(L, z) through
     `landmarks` rows) instead of on the n x n kernel: every row still enters the fit, and
-    the cost grows linearly in n (and as landmarks squared). `_feature_fits` gives a [m(+1), K]
-    coefficient matrix per grid point of one γ; scores are phi @ beta (+ the intercept)."""
+    the cost grows linearly in n (and as landmarks squared). `_feature_fits` gives a
+    (coefficients [m, K], intercept [K] or 0) pair per grid point of one γ."""
 
     max_exact_rows = 1000
     landmarks = 1000
 
-    def _feature_fits(self, phi, y, num_classes, points, rows=None) -> list[np.ndarray]:
+    def _feature_fits(self, phi, y, num_classes, points, rows=None) -> list[tuple]:
         raise NotImplementedError
 
     def cross_validate(self, x, y, folds, num_classes, seed=0):
@@ -215,8 +215,8 @@ class _LargeKernelFamily(_KernelFamily):
                     continue
                 betas = self._feature_fits(phi, y[tr], num_classes, [grid[i] for i in points],
                                            rows=tr)
-                for i, beta in zip(points, betas, strict=True):
-                    oof[i][va] = _feature_scores(phi[va], beta)
+                for i, (beta, b) in zip(points, betas, strict=True):
+                    oof[i][va] = phi[va] @ beta + b
             del phi  # before the next bandwidth's features are made
         return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
 
@@ -224,16 +224,8 @@ class _LargeKernelFamily(_KernelFamily):
         if len(x) <= self.max_exact_rows:
             return super()._fit(x, y, params, num_classes, seed)
         nys, gamma = _Nystroem(x, self.landmarks, seed), params["gamma"]
-        beta = self._feature_fits(nys.features(x, gamma), y, num_classes, [params])[0]
-        return lambda z: _feature_scores(nys.features(z, gamma), beta)
-
-
-def _feature_scores(phi: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """phi @ beta, the last row of beta an intercept where it has one more row than phi
-    has columns."""
-    if len(beta) == phi.shape[1] + 1:
-        return phi @ beta[:-1] + beta[-1]
-    return phi @ beta
+        beta, b = self._feature_fits(nys.features(x, gamma), y, num_classes, [params])[0]
+        return lambda z: nys.features(z, gamma) @ beta + b
 
 
 class SVMFamily(_LargeKernelFamily):
@@ -270,8 +262,9 @@ class SVMFamily(_LargeKernelFamily):
             return s
         return predict
 
-    def _feature_fits(self, phi, y, num_classes, points, rows=None) -> list[np.ndarray]:
-        return _l2svm(phi, y, num_classes, [p["C"] for p in points], rows=rows)
+    def _feature_fits(self, phi, y, num_classes, points, rows=None) -> list[tuple]:
+        return [(c[:-1], c[-1]) for c in _l2svm(phi, y, num_classes, [p["C"] for p in points],
+                                                rows=rows)]
 
 
 class KernelRidgeFamily(_LargeKernelFamily):
@@ -304,8 +297,10 @@ class KernelRidgeFamily(_LargeKernelFamily):
         c = self._solve(k, y, num_classes, [params["alpha"]])[0]
         return lambda k_new: k_new @ c
 
-    def _feature_fits(self, phi, y, num_classes, points, rows=None) -> list[np.ndarray]:
-        return _feature_ridge(phi, y, num_classes, [p["alpha"] for p in points], rows=rows)
+    def _feature_fits(self, phi, y, num_classes, points, rows=None) -> list[tuple]:
+        # no intercept: the ±1 targets' mean is absorbed by the RBF features
+        return [(c, 0.0) for c in _feature_ridge(phi, y, num_classes,
+                                                 [p["alpha"] for p in points], rows=rows)]
 
     def _fold(self, k_tr, k_va, y_tr, points, num_classes):
         # one target and weight set for every α of this γ

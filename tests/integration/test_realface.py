@@ -373,5 +373,11 @@ def test_the_table_adds_ethnicity_where_it_was_audited_and_the_references_are_ru
     assert rfrun.RUNS["label_erasure"][0] == "label_erasure"
     cmd = rfrun.train_command("label_dependence", 0, Path("c"), Path("o"), [])
     assert cmd[3] == "EXP=label_adversary" and "adversary.objective=hsic" in cmd[4]
+    # the label-free default's objective, read from its experiment, not a copy of it
+    from fair_lightning.config import load_config
+
+    adv = load_config("adversarial").adversary
+    for k in ("dependence_measure", "weight", "weight_schedule"):
+        assert f"adversary.{k}={adv[k]}" in cmd[4]
     assert set(rfrun.DEFAULT_RUNS) >= {"baseline", "adversarial", "label_adversary",
                                        "label_erasure", "label_dependence"}
