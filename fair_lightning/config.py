@@ -257,6 +257,8 @@ class ProbeConfig:
     cv_folds: int = rule(check=at_least(2))
     max_clips: int = rule(check=at_least(0))
     min_people: int = rule(check=at_least(0))
+    workers: int = rule(check=at_least(0))
+    device: str = rule(one_of=("auto", "cpu"))
 
 
 @dataclass

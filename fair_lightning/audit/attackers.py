@@ -68,6 +68,7 @@ class Family:
     where sharing work across grid points and folds is cheaper."""
 
     name = ""
+    device = "cpu"  # where a family that computes in torch runs (the audit sets the run's)
 
     def grid(self, dim: int) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -503,29 +504,36 @@ class MLPFamily(Family):
         return (p["width"], p["weight_decay"], p["epochs"])
 
     def _train(self, x, y, train_rows, weight_decays, width, checkpoints, num_classes, seed):
-        """Train M = len(train_rows) networks at once, each on its own rows (the others
-        weigh 0); their weights at every checkpoint epoch."""
-        m, (n, d) = len(train_rows), x.shape
-        w = np.zeros((m, n))
+        """Train M = len(train_rows) networks at once, each on its own rows; their weights
+        at every checkpoint epoch. Each network sees only its rows (gathered, padded to the
+        longest with rows of weight 0), so a 4-fold batch costs 3/4 of the full split."""
+        m, d = len(train_rows), x.shape[1]
+        longest = max(len(r) for r in train_rows)
+        idx = np.zeros((m, longest), dtype=np.int64)
+        w = np.zeros((m, longest))
         for i, rows in enumerate(train_rows):
-            w[i, rows] = balanced_weights(y[rows], num_classes) / len(rows)
-        xt = torch.as_tensor(x, dtype=torch.float32).expand(m, n, d)
-        yt = torch.as_tensor(y, dtype=torch.long).expand(m, n)[..., None]
-        wt = torch.as_tensor(w, dtype=torch.float32)
-        decay = torch.as_tensor(weight_decays, dtype=torch.float32).view(m, 1, 1)
+            idx[i, :len(rows)] = rows
+            w[i, :len(rows)] = balanced_weights(y[rows], num_classes) / len(rows)
+        dev = self.device
+        xt = torch.as_tensor(x, dtype=torch.float32, device=dev)[torch.as_tensor(idx, device=dev)]
+        yt = torch.as_tensor(y, dtype=torch.long, device=dev)[torch.as_tensor(idx, device=dev)][..., None]
+        wt = torch.as_tensor(w, dtype=torch.float32, device=dev)
+        decay = torch.as_tensor(weight_decays, dtype=torch.float32, device=dev).view(m, 1, 1)
         gen = torch.Generator().manual_seed(seed)
 
         def layer(fan_in, fan_out):  # nn.Linear's default initialisation, per model
-            bound = 1.0 / math.sqrt(fan_in)
+            bound = 1.0 / math.sqrt(fan_in)  # drawn on the CPU: the same start on any device
             weight = (torch.rand(m, fan_in, fan_out, generator=gen) * 2 - 1) * bound
             bias = (torch.rand(m, 1, fan_out, generator=gen) * 2 - 1) * bound
-            return weight.requires_grad_(), bias.requires_grad_()
+            return weight.to(dev).requires_grad_(), bias.to(dev).requires_grad_()
 
         params = [*layer(d, width), *layer(width, width), *layer(width, num_classes)]
         opt = torch.optim.Adam(params, lr=self.lr)
         snaps = {}
-        # callers may sit under Lightning's inference mode (test); these models need autograd
-        with torch.inference_mode(False), torch.enable_grad():
+        # callers may sit under Lightning's inference mode (test) or a bf16 autocast; these
+        # models need autograd, and float32 whatever the run's precision
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast(torch.device(dev).type, enabled=False)):
             for epoch in range(1, max(checkpoints) + 1):
                 opt.zero_grad(set_to_none=True)
                 logp = torch.log_softmax(_mlp_forward(params, xt), -1)
@@ -546,11 +554,11 @@ def _mlp_forward(params, x):
 
 
 def _mlp_scores(params, x: np.ndarray) -> np.ndarray:
-    """Softmax scores [M, n, K] of M batched networks on rows x."""
+    """Softmax scores [M, n, K] of M batched networks on rows x (on the weights' device)."""
     m = params[0].shape[0]
-    xt = torch.as_tensor(x, dtype=torch.float32).expand(m, *x.shape)
-    with torch.no_grad():
-        return torch.softmax(_mlp_forward(params, xt), -1).double().numpy()
+    xt = torch.as_tensor(x, dtype=torch.float32, device=params[0].device).expand(m, *x.shape)
+    with torch.no_grad(), torch.autocast(params[0].device.type, enabled=False):
+        return torch.softmax(_mlp_forward(params, xt), -1).double().cpu().numpy()
 
 
 FAMILIES: dict[str, type[Family]] = {

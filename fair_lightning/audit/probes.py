@@ -244,7 +244,8 @@ class AttackSuite:
     """
 
     def __init__(self, num_classes: int, *, families=("linear", "kernel"),
-                 person_level: bool = True, cv_folds: int = 4, seed: int = 0):
+                 person_level: bool = True, cv_folds: int = 4, seed: int = 0,
+                 device: str = "cpu"):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         unknown = sorted(set(families) - set(FAMILIES))
@@ -255,6 +256,8 @@ class AttackSuite:
             raise ValueError(f"cv_folds must be >= 2, got {cv_folds}")
         self.num_classes = num_classes
         self.families = [FAMILIES[f]() for f in families]
+        for fam in self.families:  # the families that compute in torch run there
+            fam.device = str(device)
         self.person_level = person_level
         self.cv_folds = cv_folds
         self.seed = seed

@@ -163,17 +163,22 @@ def _train_bench(args) -> int:
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     logging.getLogger("lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    return _write(Path(args.out), "bench", run(args), markdown)
+    out = Path(args.out)
+    # after each part: bench.json holds what is measured so far (its `parts_done`)
+    return _write(out, "bench", run(args, lambda r: _write(out, "bench", r, markdown,
+                                                           quiet=True)), markdown)
 
 
-def _write(out: Path, name: str, result: dict, markdown) -> int:
-    """<name>.json and <name>.md under `out`; the markdown is printed too."""
+def _write(out: Path, name: str, result: dict, markdown, quiet: bool = False) -> int:
+    """<name>.json and <name>.md under `out`; the markdown is printed too (unless quiet)."""
     from data_modules.files import atomic_write, json_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / f"{name}.json", json_text(result))
     md = markdown(result)
     atomic_write(out / f"{name}.md", md)
+    if quiet:
+        return 0
     print(md)
     print(f"written: {out / f'{name}.json'}")
     return 0
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=3, help="interleaved rounds per ratio (3)")
     t.add_argument("--growth", type=int, nargs="+", default=[1, 2, 4],
                    help="data multiples for the growth fit (1 2 4)")
+    t.add_argument("--audit-scales", type=int, nargs="+", default=[1, 10],
+                   help="data multiples of the audit part's default runs (1 10)")
     t.add_argument("--memory-scale", type=int, default=10, help="memory at 1x and this (10)")
     t.add_argument("--memory-batches", type=int, default=30,
                    help="training batches of each memory run (30: one default epoch)")

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from data_modules.progress import Progress
 from data_modules.schema import SENSITIVE
 from fair_lightning.audit.fairness import OutputFairness, top_q_cutoff
-from fair_lightning.audit.probes import AttackerResult, AttackSuite
+from fair_lightning.audit.probes import AttackerResult, AttackSuite, one_thread
 from fair_lightning.models.adversaries import one_hot_attributes
 from fair_lightning.ops.runtime import gather_objects
 
@@ -282,10 +282,12 @@ class AttackAudit:
     def __init__(self, cfg, seed: int = 0):
         self.cfg = cfg
         self.seed = seed
-        self._suites: dict[tuple[str, str], tuple[str, AttackSuite]] = {}
-        self.reused = 0
+        self._suites: dict[str, AttackSuite] = {}  # fingerprint of (rows, attribute, people)
+        self.reused = 0  # suites served by an earlier audit's fit
+        self.shared = 0  # suites of this audit served by another layer's identical rows
 
-    def run(self, fit: dict, ev: dict, layers, name: str = "probe") -> list[dict]:
+    def run(self, fit: dict, ev: dict, layers, name: str = "probe", device: str = "cpu"
+            ) -> list[dict]:
         rows = []
         self.skipped = {a: why for a in ATTRIBUTES
                         if (why := unauditable(fit[a], ev[a], ev["identity"]))}
@@ -300,13 +302,12 @@ class AttackAudit:
                         "attacker would only read rescaled round-off", layer, spread)
         todo = [(layer, attr, k) for layer in layers if layer not in self.refused
                 for attr, k in ATTRIBUTES.items() if attr not in self.skipped]
+        suites = self._fit_suites(fit, todo, name, device)
         # Lightning tests under inference mode; the MLP attackers need autograd
-        with (torch.inference_mode(False), torch.enable_grad(),
-              Progress(len(todo), f"{name} audit", unit="suites", logger=log) as bar):
-            for layer, attr, k in todo:
-                res = self._suite(layer, attr, k, fit).evaluate(
+        with torch.inference_mode(False), torch.enable_grad():
+            for layer, attr, _ in todo:
+                res = suites[(layer, attr)].evaluate(
                     ev[layer], ev[attr], ev["identity"], bootstrap=self.cfg.bootstrap)
-                bar.update(note=f"{layer}/{attr}")
                 chosen = {id(r): lvl for lvl, r in res.leak.items()}
                 for r in res.attackers:
                     rows.append({"layer": layer, "attr": attr, "attacker": r.attacker,
@@ -314,17 +315,51 @@ class AttackAudit:
                                  "selected": id(r) in chosen, **r.as_dict()})
         return rows
 
-    def _suite(self, layer: str, attr: str, k: int, fit: dict) -> AttackSuite:
-        key = fingerprint(fit[layer], fit[attr], fit["identity"])
-        cached = self._suites.get((layer, attr))
-        if cached and cached[0] == key:
-            self.reused += 1
-            return cached[1]
-        suite = AttackSuite(k, families=tuple(self.cfg.attackers),
-                            person_level=self.cfg.person_level, cv_folds=self.cfg.cv_folds,
-                            seed=self.seed).fit(fit[layer], fit[attr], fit["identity"])
-        self._suites[(layer, attr)] = (key, suite)
-        return suite
+    def workers(self) -> int:
+        """Suites fitted at once: `probe.workers`, or (0) the run's torch threads; each
+        worker computes on one thread, so the audit uses the cores the run was given."""
+        n = int(self.cfg.get("workers", 0) or 0)
+        return n if n > 0 else max(1, torch.get_num_threads())
+
+    def _fit_suites(self, fit: dict, todo, name: str, device: str) -> dict:
+        """A fitted suite per (layer, attribute). Fitting depends on the fit rows alone, so
+        rows seen before (an earlier audit of the same weights, or another layer with the
+        same bytes, e.g. `erased` when the erasure stage erased nothing) are fitted once;
+        the others are fitted `workers()` at a time."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        keys = {(layer, attr): fingerprint(fit[layer], fit[attr], fit["identity"])
+                for layer, attr, _ in todo}
+        new: dict[str, tuple] = {}
+        for layer, attr, k in todo:
+            key = keys[(layer, attr)]
+            if key in self._suites:
+                self.reused += 1
+            elif key in new:
+                self.shared += 1
+            else:
+                new[key] = (layer, attr, k)
+
+        def fit_one(layer, attr, k):
+            return AttackSuite(k, families=tuple(self.cfg.attackers),
+                               person_level=self.cfg.person_level, cv_folds=self.cfg.cv_folds,
+                               seed=self.seed, device=device).fit(
+                fit[layer], fit[attr], fit["identity"])
+
+        fitted = {}
+        if new:
+            # BLAS and torch at one thread for the whole pool: each suite's own `one_thread`
+            # then saves and restores 1, whichever worker leaves first
+            with (one_thread(), ThreadPoolExecutor(min(self.workers(), len(new))) as pool,
+                  Progress(len(new), f"{name} audit", unit="suites", logger=log) as bar):
+                jobs = {pool.submit(fit_one, *job): key for key, job in new.items()}
+                for done in as_completed(jobs):
+                    fitted[jobs[done]] = done.result()
+                    layer, attr, _ = new[jobs[done]]
+                    bar.update(note=f"{layer}/{attr}")
+        # keep the suites of these weights only: earlier epochs' would pile up
+        self._suites = {key: self._suites.get(key) or fitted[key] for key in keys.values()}
+        return {la: self._suites[key] for la, key in keys.items()}
 
 
 def audit_time_key(prefix: str) -> str:
@@ -422,7 +457,9 @@ class SensitiveAttributeProbe(L.Callback):
                             dropped, eval_split, self.cfg.fit_split)
             layers = [name for name in REPRESENTATIONS
                       if name in fit and name in self.cfg.layers]
-            rows = self.audit.run(fit, ev, layers, prefix)
+            device = str(module.device) if self.cfg.get("device", "auto") == "auto" else \
+                self.cfg.device
+            rows = self.audit.run(fit, ev, layers, prefix, device)
             self.results[prefix] = rows
             self.timings[prefix] = time.time() - t0
             metrics = rows_to_metrics(rows, prefix)

@@ -39,3 +39,58 @@ def test_rows_are_read_in_float32_outside_autocast():
     np.testing.assert_array_equal(got["h"], want["h"][:48])
     assert list(got["clip_id"]) == [f"c{k:03d}" for k in range(48)]
     assert net.training  # the module's mode is restored
+
+
+def _audit_rows(n_people=40, clips=3, seed=0):
+    rng = np.random.default_rng(seed)
+    person = np.repeat(np.arange(n_people), clips)
+    gender = person % 2
+    ethnicity = person % 3
+    fused = rng.normal(size=(person.size, 5)) + gender[:, None]
+    video = rng.normal(size=(person.size, 4)) + 0.5 * ethnicity[:, None]
+    split = person < n_people * 3 // 4
+    rows = {"fused": fused, "erased": fused.copy(), "video": video, "gender": gender,
+            "ethnicity": ethnicity, "identity": person}
+    return ({k: v[split] for k, v in rows.items()}, {k: v[~split] for k, v in rows.items()})
+
+
+def test_the_audit_fits_each_distinct_suite_once_and_its_workers_change_nothing():
+    """Layers with the same bytes (`erased` when the erasure stage erased nothing) share one
+    fitted suite; suites fitted on two workers read exactly as on one; the process's
+    thread count is left as it was."""
+    from fair_lightning.config import load_config
+    from fair_lightning.lightning.callbacks import AttackAudit
+
+    fit, ev = _audit_rows()
+    results = {}
+    for workers in (1, 2):
+        cfg = load_config("baseline", [("probe.attackers", "[linear,mlp]"),
+                                       ("probe.bootstrap", "50"),
+                                       ("probe.workers", str(workers))]).probe
+        audit = AttackAudit(cfg)
+        before = torch.get_num_threads()
+        results[workers] = audit.run(fit, ev, ["video", "fused", "erased"])
+        assert torch.get_num_threads() == before
+        assert audit.workers() == workers
+        assert (audit.shared, audit.reused) == (2, 0)  # erased x 2 attributes
+        again = audit.run(fit, ev, ["video", "fused", "erased"])
+        assert (audit.shared, audit.reused) == (2, 6) and again == results[workers]
+    assert results[1] == results[2]
+    by_layer = {}
+    for r in results[1]:
+        by_layer.setdefault(r["layer"], []).append({k: v for k, v in r.items() if k != "layer"})
+    assert by_layer["erased"] == by_layer["fused"] != by_layer["video"]
+
+
+def test_a_changed_layer_is_fitted_again_and_stale_suites_are_dropped():
+    from fair_lightning.config import load_config
+    from fair_lightning.lightning.callbacks import AttackAudit
+
+    fit, ev = _audit_rows()
+    cfg = load_config("baseline", [("probe.attackers", "[linear]"),
+                                   ("probe.bootstrap", "0")]).probe
+    audit = AttackAudit(cfg)
+    audit.run(fit, ev, ["video", "fused"])
+    fit = dict(fit, fused=fit["fused"] + 1e-3)  # another epoch's h
+    audit.run(fit, ev, ["video", "fused"])
+    assert audit.reused == 2 and len(audit._suites) == 4  # video kept; fused's old suites gone
