@@ -347,10 +347,16 @@ class AttackAudit:
                 fit[layer], fit[attr], fit["identity"])
 
         fitted = {}
+        # read before `one_thread` below sets the process's count to 1
+        self.pool_size = min(self.workers(), len(new))
         if new:
             # BLAS and torch at one thread for the whole pool: each suite's own `one_thread`
             # then saves and restores 1, whichever worker leaves first
-            with (one_thread(), ThreadPoolExecutor(min(self.workers(), len(new))) as pool,
+            # and in each worker: OpenMP keeps a thread count per thread, and a new thread
+            # would otherwise start a team of every core inside each suite
+            with (one_thread(), ThreadPoolExecutor(self.pool_size,
+                                                   initializer=torch.set_num_threads,
+                                                   initargs=(1,)) as pool,
                   Progress(len(new), f"{name} audit", unit="suites", logger=log) as bar):
                 jobs = {pool.submit(fit_one, *job): key for key, job in new.items()}
                 for done in as_completed(jobs):

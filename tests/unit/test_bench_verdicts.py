@@ -32,3 +32,23 @@ def test_the_audit_figures_of_every_scale_are_reported_with_their_goals():
     assert "| `audit/fit_end_fraction_10x` | 0.20 | <= 0.25: met |" in md
     assert "| `audit/fit_end_fraction` | 0.50 | <= 0.25: NOT met |" in md
     assert "at 10x (4000 people)" in md
+
+
+def test_the_strength_table_flags_a_new_score_outside_the_reference_interval():
+    from benchmarks.audit_strength import compare
+
+    def sel(attacker, acc, low=None, high=None):
+        return {"attacker": attacker, "params": "", "bal_acc": acc,
+                "ci": [acc - 0.05 if low is None else low, acc + 0.05 if high is None else high]}
+
+    ref = {"wall_s": 50.0, "selected": {"fused/gender/clip": sel("kernel", 0.72),
+                                        "fused/gender/person": sel("person_vote_mlp", 0.86)}}
+    new = {"wall_s": 20.0, "selected": {"fused/gender/clip": sel("svm", 0.70),
+                                        "fused/gender/person": sel("person_vote_mlp", 0.75)}}
+    table, outside = compare(ref, new)
+    assert outside == 1
+    assert "| fused/gender/clip | kernel | 0.720 [0.670, 0.770] | svm | 0.700 | yes |" in table
+    assert "| person_vote_mlp | 0.750 | **no** |" in table
+    assert "the same attacker selected in 1 of 2" in table
+    del new["selected"]["fused/gender/clip"]
+    assert compare(ref, new)[1] == 2  # a selection that vanished counts against it

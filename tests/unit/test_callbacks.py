@@ -76,6 +76,17 @@ def test_the_audit_fits_each_distinct_suite_once_and_its_workers_change_nothing(
         again = audit.run(fit, ev, ["video", "fused", "erased"])
         assert (audit.shared, audit.reused) == (2, 6) and again == results[workers]
     assert results[1] == results[2]
+    # 0: the process's torch threads, read before the pool's own thread limit is set
+    cfg = load_config("baseline", [("probe.attackers", "[linear]"), ("probe.bootstrap", "0"),
+                                   ("probe.workers", "0")]).probe
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        audit = AttackAudit(cfg)
+        audit.run(fit, ev, ["video", "fused"])
+        assert audit.pool_size == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
     by_layer = {}
     for r in results[1]:
         by_layer.setdefault(r["layer"], []).append({k: v for k, v in r.items() if k != "layer"})
