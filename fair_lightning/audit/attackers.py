@@ -226,6 +226,7 @@ class _LargeKernelFamily(_KernelFamily):
             return super()._fit(x, y, params, num_classes, seed)
         nys, gamma = _Nystroem(x, self.landmarks, seed), params["gamma"]
         beta, b = self._feature_fits(nys.features(x, gamma), y, num_classes, [params])[0]
+        nys.keep_only(gamma)  # a fitted suite is kept: not its landmarks' distance matrix
         return lambda z: nys.features(z, gamma) @ beta + b
 
 
@@ -336,6 +337,12 @@ class _Nystroem:
         self.points = np.asarray(x[pick], dtype=np.float64)
         self.d2_mm = sq_distances(self.points, self.points)
         self._proj: dict[float, np.ndarray] = {}
+
+    def keep_only(self, gamma: float) -> None:
+        """Drop what only new bandwidths need (the landmarks' m x m distances, other
+        bandwidths' projections): a predictor keeps its own bandwidth's map alone."""
+        self._proj = {gamma: self._proj[gamma]}
+        self.d2_mm = None
 
     def features(self, x: np.ndarray, gamma: float) -> np.ndarray:
         if gamma not in self._proj:

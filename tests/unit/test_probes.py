@@ -397,6 +397,30 @@ def test_large_kernel_fits_use_nystroem_which_is_exact_with_every_row_a_landmark
     assert fitted.shape == (5, 2) and np.isfinite(fitted).all()
 
 
+def test_a_fitted_nystroem_map_keeps_its_own_bandwidth_only():
+    """Fitted suites are kept for the test audit: their feature maps must not hold the
+    landmarks' m x m distances (8 MB at 1,000 landmarks, per refit) or other bandwidths."""
+    from fair_lightning.audit.attackers import KernelRidgeFamily, SVMFamily, _Nystroem
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 6))
+    nys = _Nystroem(x, 50, seed=0)
+    want = nys.features(x[:7], 0.3)
+    nys.features(x[:7], 0.1)
+    nys.keep_only(0.3)
+    assert nys.d2_mm is None and list(nys._proj) == [0.3]
+    np.testing.assert_array_equal(nys.features(x[:7], 0.3), want)
+    y = (x[:, 0] > 0).astype(int)
+    for fam in (KernelRidgeFamily(), SVMFamily()):
+        fam.max_exact_rows, fam.landmarks = 100, 50  # the Nystroem path
+        params = fam.grid(6)[0]
+        predict = fam.fit(x, y, params, 2)
+        kept = [c.cell_contents for c in predict.__closure__
+                if isinstance(c.cell_contents, _Nystroem)]
+        assert len(kept) == 1 and kept[0].d2_mm is None
+        np.testing.assert_array_equal(predict(x[:9]), fam.fit(x, y, params, 2)(x[:9]))
+
+
 def test_the_large_svm_solves_its_squared_hinge_problem_exactly():
     """_l2svm's solution is the optimum: the gradient of its objective vanishes, for two
     classes and for one-vs-rest, at every C of the grid (each warm started)."""
