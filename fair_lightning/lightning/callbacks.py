@@ -285,6 +285,7 @@ class AttackAudit:
         self._suites: dict[str, AttackSuite] = {}  # fingerprint of (rows, attribute, people)
         self.reused = 0  # suites served by an earlier audit's fit
         self.shared = 0  # suites of this audit served by another layer's identical rows
+        self.pool_size = 0  # workers of the last audit that fitted a suite
 
     def run(self, fit: dict, ev: dict, layers, name: str = "probe", device: str = "cpu"
             ) -> list[dict]:
@@ -328,8 +329,10 @@ class AttackAudit:
         the others are fitted `workers()` at a time."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        keys = {(layer, attr): fingerprint(fit[layer], fit[attr], fit["identity"])
-                for layer, attr, _ in todo}
+        # the class count too: two attributes may hold the same bytes
+        keys = {(layer, attr): fingerprint(fit[layer], fit[attr], fit["identity"],
+                                           np.asarray([k]))
+                for layer, attr, k in todo}
         new: dict[str, tuple] = {}
         for layer, attr, k in todo:
             key = keys[(layer, attr)]
@@ -347,9 +350,9 @@ class AttackAudit:
                 fit[layer], fit[attr], fit["identity"])
 
         fitted = {}
-        # read before `one_thread` below sets the process's count to 1
-        self.pool_size = min(self.workers(), len(new))
         if new:
+            # read before `one_thread` below sets the process's count to 1
+            self.pool_size = min(self.workers(), len(new))
             # BLAS and torch at one thread for the whole pool: each suite's own `one_thread`
             # then saves and restores 1, whichever worker leaves first
             # and in each worker: OpenMP keeps a thread count per thread, and a new thread

@@ -257,7 +257,7 @@ def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, f
             metrics.update({audit_time_key(p): t for p, t in cb.timings.items()})
             metrics["probe/suites_reused"] = cb.audit.reused
             metrics["probe/suites_shared"] = cb.audit.shared
-            metrics["probe/workers"] = cb.audit.workers()
+            metrics["probe/workers"] = cb.audit.pool_size
             metrics["probe/fit_representations_reused"] = float(
                 cb.fit_reps_reused.get("probe", False))
             metrics["probe/shared_people_dropped"] = cb.shared_dropped.get("probe", 0)

@@ -93,6 +93,22 @@ def test_the_audit_fits_each_distinct_suite_once_and_its_workers_change_nothing(
     assert by_layer["erased"] == by_layer["fused"] != by_layer["video"]
 
 
+def test_two_attributes_with_the_same_bytes_are_not_one_suite():
+    """Gender and ethnicity may hold equal labels; a 2-class and a 3-class suite still
+    differ (chance 1/2 against 1/3)."""
+    from fair_lightning.config import load_config
+    from fair_lightning.lightning.callbacks import AttackAudit
+
+    fit, ev = _audit_rows()
+    fit, ev = dict(fit, ethnicity=fit["gender"]), dict(ev, ethnicity=ev["gender"])
+    cfg = load_config("baseline", [("probe.attackers", "[linear]"),
+                                   ("probe.bootstrap", "0")]).probe
+    audit = AttackAudit(cfg)
+    rows = audit.run(fit, ev, ["video"])
+    assert audit.shared == 0
+    assert {r["attr"]: r["chance"] for r in rows} == {"gender": 0.5, "ethnicity": 1 / 3}
+
+
 def test_a_changed_layer_is_fitted_again_and_stale_suites_are_dropped():
     from fair_lightning.config import load_config
     from fair_lightning.lightning.callbacks import AttackAudit
