@@ -190,8 +190,10 @@ class _LargeKernelFamily(_KernelFamily):
     """A kernel family that, beyond `max_exact_rows` fit rows, fits in the feature space of a
     Nystroem approximation of its kernel (k(x, z) ~ k(x, L) k(L, L)^-1 k(L, z) through
     `landmarks` rows) instead of on the n x n kernel: every row still enters the fit, and
-    the cost grows linearly in n (and as landmarks squared). `_feature_fits` gives a
-    (coefficients [m, K], intercept [K] or 0) pair per grid point of one γ."""
+    the cost grows linearly in n (and as landmarks squared). This path computes in torch,
+    float64, on the family's `device` (the run's GPU when it has one; autocast never
+    touches float64). `_feature_fits` gives a (coefficients [m, K], intercept [K] or 0) pair
+    of tensors per grid point of one γ."""
 
     max_exact_rows = 1000
     landmarks = 1000
@@ -204,30 +206,43 @@ class _LargeKernelFamily(_KernelFamily):
             return super().cross_validate(x, y, folds, num_classes, seed)
         grid = self.grid(x.shape[1])
         oof = [np.zeros((len(y), num_classes)) for _ in grid]
-        nys = _Nystroem(x, self.landmarks, seed)
-        for gamma in dict.fromkeys(p["gamma"] for p in grid):
-            phi = nys.features(x, gamma)
-            points = [i for i, p in enumerate(grid) if p["gamma"] == gamma]
-            for tr, va in folds:
-                present = np.unique(y[tr])
-                if present.size < 2:
-                    for i in points:
-                        oof[i][va] = _constant_scores(len(va), num_classes, int(present[0]))
-                    continue
-                betas = self._feature_fits(phi, y[tr], num_classes, [grid[i] for i in points],
-                                           rows=tr)
-                for i, (beta, b) in zip(points, betas, strict=True):
-                    oof[i][va] = phi[va] @ beta + b
-            del phi  # before the next bandwidth's features are made
+        with torch.no_grad():
+            nys = _Nystroem(x, self.landmarks, seed, self.device)
+            for gamma in dict.fromkeys(p["gamma"] for p in grid):
+                phi = nys.features(x, gamma)
+                points = [i for i, p in enumerate(grid) if p["gamma"] == gamma]
+                for tr, va in folds:
+                    present = np.unique(y[tr])
+                    if present.size < 2:
+                        for i in points:
+                            oof[i][va] = _constant_scores(len(va), num_classes, int(present[0]))
+                        continue
+                    betas = self._feature_fits(phi, y[tr], num_classes,
+                                               [grid[i] for i in points],
+                                               rows=_index(tr, phi.device))
+                    phi_va = phi[_index(va, phi.device)]
+                    for i, (beta, b) in zip(points, betas, strict=True):
+                        oof[i][va] = (phi_va @ beta + b).cpu().numpy()
+                del phi  # before the next bandwidth's features are made
         return [Candidate(self.name, p, o) for p, o in zip(grid, oof, strict=True)]
 
     def _fit(self, x, y, params, num_classes, seed):
         if len(x) <= self.max_exact_rows:
             return super()._fit(x, y, params, num_classes, seed)
-        nys, gamma = _Nystroem(x, self.landmarks, seed), params["gamma"]
-        beta, b = self._feature_fits(nys.features(x, gamma), y, num_classes, [params])[0]
+        gamma = params["gamma"]
+        with torch.no_grad():
+            nys = _Nystroem(x, self.landmarks, seed, self.device)
+            beta, b = self._feature_fits(nys.features(x, gamma), y, num_classes, [params])[0]
         nys.keep_only(gamma)  # a fitted suite is kept: not its landmarks' distance matrix
-        return lambda z: nys.features(z, gamma) @ beta + b
+
+        def predict(z):
+            with torch.no_grad():
+                return (nys.features(z, gamma) @ beta + b).cpu().numpy()
+        return predict
+
+
+def _index(rows: np.ndarray, device) -> torch.Tensor:
+    return torch.as_tensor(rows, dtype=torch.long, device=device)
 
 
 class SVMFamily(_LargeKernelFamily):
@@ -327,16 +342,35 @@ class KernelRidgeFamily(_LargeKernelFamily):
 ROW_BLOCK = 2048  # rows per block of the Nystroem features and their Gram matrix
 
 
+def _f64(a, device) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float64, device=device)
+
+
+def _sq_distances_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return d2.clamp_min_(0.0)
+
+
+def _spd_solve(m: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """m^-1 rhs for a symmetric positive (semi)definite m: Cholesky, or the least-norm
+    solution where m is numerically singular (a tiny ridge)."""
+    chol, info = torch.linalg.cholesky_ex(m)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, chol)
+    return torch.linalg.pinv(m, hermitian=True) @ rhs
+
+
 class _Nystroem:
     """Feature maps phi with phi(x) . phi(z) ~ exp(-gamma |x - z|^2), through landmark rows
-    drawn (seeded) from the fit rows."""
+    drawn (seeded) from the fit rows; torch float64 tensors on `device`."""
 
-    def __init__(self, x: np.ndarray, m: int, seed: int):
+    def __init__(self, x: np.ndarray, m: int, seed: int, device="cpu"):
         pick = np.sort(np.random.default_rng(seed).choice(len(x), size=min(m, len(x)),
                                                           replace=False))
-        self.points = np.asarray(x[pick], dtype=np.float64)
-        self.d2_mm = sq_distances(self.points, self.points)
-        self._proj: dict[float, np.ndarray] = {}
+        self.device = torch.device(device)
+        self.points = _f64(np.asarray(x)[pick], self.device)
+        self.d2_mm = _sq_distances_t(self.points, self.points)
+        self._proj: dict[float, torch.Tensor] = {}
 
     def keep_only(self, gamma: float) -> None:
         """Drop what only new bandwidths need (the landmarks' m x m distances, other
@@ -344,45 +378,40 @@ class _Nystroem:
         self._proj = {gamma: self._proj[gamma]}
         self.d2_mm = None
 
-    def features(self, x: np.ndarray, gamma: float) -> np.ndarray:
+    def features(self, x: np.ndarray, gamma: float) -> torch.Tensor:
         if gamma not in self._proj:
-            s, u = np.linalg.eigh(np.exp(-gamma * self.d2_mm))
+            s, u = torch.linalg.eigh(torch.exp(-gamma * self.d2_mm))
             keep = s > s.max() * 1e-10  # directions the landmarks cannot resolve are dropped
-            self._proj[gamma] = u[:, keep] / np.sqrt(s[keep])
+            self._proj[gamma] = u[:, keep] / torch.sqrt(s[keep])
         proj = self._proj[gamma]
-        out = np.empty((len(x), proj.shape[1]))
+        out = torch.empty((len(x), proj.shape[1]), dtype=torch.float64, device=self.device)
         for i in range(0, len(x), ROW_BLOCK):  # distance temporaries stay one block's size
-            out[i:i + ROW_BLOCK] = np.exp(-gamma * sq_distances(x[i:i + ROW_BLOCK],
-                                                                self.points)) @ proj
+            xb = _f64(x[i:i + ROW_BLOCK], self.device)
+            out[i:i + ROW_BLOCK] = torch.exp(-gamma * _sq_distances_t(xb, self.points)) @ proj
         return out
 
 
-def _feature_ridge(phi: np.ndarray, y: np.ndarray, num_classes: int, alphas,
-                   rows: np.ndarray | None = None) -> list[np.ndarray]:
+def _feature_ridge(phi: torch.Tensor, y: np.ndarray, num_classes: int, alphas,
+                   rows: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Kernel ridge's weighted objective in feature space: beta = (F'WF + a I)^-1 F'W T,
     one Cholesky factorisation per alpha (a few times cheaper than one eigendecomposition
     for the three alphas of the grid)."""
-    rows = np.arange(len(phi)) if rows is None else rows  # `y` is per row of `rows`
-    w = balanced_weights(y, num_classes)
-    t = _pm_targets(y, num_classes)
-    gram = np.zeros((phi.shape[1], phi.shape[1]))
-    rhs = np.zeros((phi.shape[1], num_classes))
+    dev = phi.device
+    rows = torch.arange(len(phi), device=dev) if rows is None else rows  # `y` per row
+    w = _f64(balanced_weights(y, num_classes), dev)
+    t = _f64(_pm_targets(y, num_classes), dev)
+    gram = torch.zeros((phi.shape[1], phi.shape[1]), dtype=torch.float64, device=dev)
+    rhs = torch.zeros((phi.shape[1], num_classes), dtype=torch.float64, device=dev)
     for i in range(0, len(rows), ROW_BLOCK):  # no copy of the fold's phi, weighted or not
         pb, wb = phi[rows[i:i + ROW_BLOCK]], w[i:i + ROW_BLOCK, None]
         gram += pb.T @ (wb * pb)
         rhs += pb.T @ (wb * t[i:i + ROW_BLOCK])
-    eye = np.eye(len(gram))
-    out = []
-    for a in alphas:
-        try:
-            out.append(scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram + a * eye), rhs))
-        except np.linalg.LinAlgError:
-            out.append(np.linalg.lstsq(gram + a * eye, rhs, rcond=None)[0])
-    return out
+    eye = torch.eye(len(gram), dtype=torch.float64, device=dev)
+    return [_spd_solve(gram + a * eye, rhs) for a in alphas]
 
 
-def _l2svm(phi: np.ndarray, y: np.ndarray, num_classes: int, Cs,
-           rows: np.ndarray | None = None, max_iter: int = 50) -> list[np.ndarray]:
+def _l2svm(phi: torch.Tensor, y: np.ndarray, num_classes: int, Cs,
+           rows: torch.Tensor | None = None, max_iter: int = 50) -> list[torch.Tensor]:
     """One-vs-rest squared-hinge SVMs on features `phi[rows]` (labels `y` per row of
     `rows`), balanced row weights; for each C a [m + 1, K] matrix (the last row the
     intercept). Two classes: one machine, the other class's scores its negation.
@@ -392,24 +421,25 @@ def _l2svm(phi: np.ndarray, y: np.ndarray, num_classes: int, Cs,
     the rows that enter A and subtracting those that leave, so an iteration costs the rows
     that changed, not n; a backtracking line search makes every step descend. The C grid is
     solved in increasing order, each from the previous solution."""
-    rows = np.arange(len(phi)) if rows is None else rows
-    f = np.empty((len(rows), phi.shape[1] + 1))
+    dev = phi.device
+    rows = torch.arange(len(phi), device=dev) if rows is None else rows
+    f = torch.empty((len(rows), phi.shape[1] + 1), dtype=torch.float64, device=dev)
     for i in range(0, len(rows), ROW_BLOCK):
         f[i:i + ROW_BLOCK, :-1] = phi[rows[i:i + ROW_BLOCK]]
     f[:, -1] = 1.0
-    w = balanced_weights(y, num_classes)
-    reg = np.ones(f.shape[1])
+    w = _f64(balanced_weights(y, num_classes), dev)
+    reg = torch.ones(f.shape[1], dtype=torch.float64, device=dev)
     reg[-1] = 1e-8  # the intercept is (all but) free
     full = _weighted_gram(f, w)
     classes = [1] if num_classes == 2 else range(num_classes)
     order = np.argsort(Cs)
-    out: list[np.ndarray | None] = [None] * len(Cs)
-    betas = {k: np.zeros(f.shape[1]) for k in classes}
+    out: list[torch.Tensor | None] = [None] * len(Cs)
+    betas = {k: torch.zeros(f.shape[1], dtype=torch.float64, device=dev) for k in classes}
     for j in order:
         c = float(Cs[j])
-        coef = np.zeros((f.shape[1], num_classes))
+        coef = torch.zeros((f.shape[1], num_classes), dtype=torch.float64, device=dev)
         for k in classes:
-            t = np.where(y == k, 1.0, -1.0)
+            t = _f64(np.where(y == k, 1.0, -1.0), dev)
             betas[k] = _l2svm_newton(f, t, w, c, reg, full, betas[k], max_iter)
             coef[:, k] = betas[k]
         if num_classes == 2:
@@ -418,36 +448,33 @@ def _l2svm(phi: np.ndarray, y: np.ndarray, num_classes: int, Cs,
     return out
 
 
-def _weighted_gram(f: np.ndarray, w: np.ndarray, pick: np.ndarray | None = None) -> np.ndarray:
+def _weighted_gram(f: torch.Tensor, w: torch.Tensor,
+                   pick: torch.Tensor | None = None) -> torch.Tensor:
     """F' W F over the rows `pick` (a boolean mask; all rows when None), in row blocks."""
-    idx = np.arange(len(f)) if pick is None else np.flatnonzero(pick)
-    g = np.zeros((f.shape[1], f.shape[1]))
+    idx = (torch.arange(len(f), device=f.device) if pick is None
+           else torch.nonzero(pick).squeeze(1))
+    g = torch.zeros((f.shape[1], f.shape[1]), dtype=torch.float64, device=f.device)
     for i in range(0, len(idx), ROW_BLOCK):
         fb = f[idx[i:i + ROW_BLOCK]]
         g += fb.T @ (w[idx[i:i + ROW_BLOCK], None] * fb)
     return g
 
 
-def _l2svm_newton(f, t, w, c, reg, full, beta, max_iter) -> np.ndarray:
-    def objective(b):
-        slack = np.maximum(0.0, 1.0 - t * (f @ b))
-        return 0.5 * (reg * b * b).sum() + c * (w * slack * slack).sum()
+def _l2svm_newton(f, t, w, c, reg, full, beta, max_iter) -> torch.Tensor:
+    def objective(b) -> float:
+        slack = (1.0 - t * (f @ b)).clamp_min(0.0)
+        return float(0.5 * (reg * b * b).sum() + c * (w * slack * slack).sum())
 
     margin = t * (f @ beta)
     active = margin < 1.0
     # the active rows' Gram matrix: from the full one when most rows are active
-    hess = (full - _weighted_gram(f, w, ~active) if active.mean() > 0.5
+    hess = (full - _weighted_gram(f, w, ~active) if float(active.double().mean()) > 0.5
             else _weighted_gram(f, w, active))
     obj = objective(beta)
+    reg_diag = torch.diag(reg)
     for _ in range(max_iter):
         rhs = f[active].T @ (w[active] * t[active])
-        try:
-            target = scipy.linalg.cho_solve(scipy.linalg.cho_factor(
-                np.diag(reg) + 2.0 * c * hess, check_finite=False), 2.0 * c * rhs,
-                check_finite=False)
-        except np.linalg.LinAlgError:
-            target = np.linalg.lstsq(np.diag(reg) + 2.0 * c * hess, 2.0 * c * rhs,
-                                     rcond=None)[0]
+        target = _spd_solve(reg_diag + 2.0 * c * hess, (2.0 * c * rhs)[:, None])[:, 0]
         step, new = 1.0, target
         new_obj = objective(new)
         while new_obj > obj + 1e-12 * abs(obj) and step > 1e-4:
@@ -459,11 +486,12 @@ def _l2svm_newton(f, t, w, c, reg, full, beta, max_iter) -> np.ndarray:
         new_active = t * (f @ new) < 1.0
         enter, leave = new_active & ~active, active & ~new_active
         beta, obj = new, new_obj
-        if not enter.any() and not leave.any() and step == 1.0:
+        entered, left = bool(enter.any()), bool(leave.any())
+        if not entered and not left and step == 1.0:
             break  # the Newton point of an unchanged active set: the optimum
-        if enter.any():
+        if entered:
             hess = hess + _weighted_gram(f, w, enter)
-        if leave.any():
+        if left:
             hess = hess - _weighted_gram(f, w, leave)
         active = new_active
     return beta

@@ -405,11 +405,11 @@ def test_a_fitted_nystroem_map_keeps_its_own_bandwidth_only():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 6))
     nys = _Nystroem(x, 50, seed=0)
-    want = nys.features(x[:7], 0.3)
+    want = nys.features(x[:7], 0.3).numpy()
     nys.features(x[:7], 0.1)
     nys.keep_only(0.3)
     assert nys.d2_mm is None and list(nys._proj) == [0.3]
-    np.testing.assert_array_equal(nys.features(x[:7], 0.3), want)
+    np.testing.assert_array_equal(nys.features(x[:7], 0.3).numpy(), want)
     y = (x[:, 0] > 0).astype(int)
     for fam in (KernelRidgeFamily(), SVMFamily()):
         fam.max_exact_rows, fam.landmarks = 100, 50  # the Nystroem path
@@ -434,7 +434,8 @@ def test_the_large_svm_solves_its_squared_hinge_problem_exactly():
         cs = (1.0, 10.0, 100.0, 1000.0)
         w = balanced_weights(y[rows], k)
         f = np.c_[phi[rows], np.ones(len(rows))]
-        for c, beta in zip(cs, _l2svm(phi, y[rows], k, cs, rows=rows), strict=True):
+        fits = _l2svm(torch.from_numpy(phi), y[rows], k, cs, rows=torch.from_numpy(rows))
+        for c, beta in zip(cs, (b.numpy() for b in fits), strict=True):
             assert beta.shape == (21, k)
             for cls in ([1] if k == 2 else range(k)):
                 t = np.where(y[rows] == cls, 1.0, -1.0)
