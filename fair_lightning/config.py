@@ -186,6 +186,8 @@ class AdversaryConfig:
     hsic_h_kernel: str = rule(one_of=("gaussian", "linear"))
     dependence_measure: str = rule(one_of=("cka", "nocco"))
     nocco_eps: float = rule(check=above(0, "the centred Gram matrix is singular: eps must lift it"))
+    dependence_layers: list[str] = rule(
+        each_of=registry("fair_lightning.models", "SCORER_REPRESENTATIONS"))
     hidden_dim: int = rule(check=at_least(1))
     heads: int = rule(check=at_least(1))
 
@@ -524,6 +526,11 @@ def validate(cfg: DictConfig) -> None:
                           "own_clip only (the face bank holds frames, not descriptors)")
     _check_proxy_components(cfg)
     _check_erasure(cfg)
+    if (list(cfg.adversary.dependence_layers) != ["fused"]
+            and (cfg.adversary.method == "none" or cfg.adversary.objective != "hsic")):
+        raise ConfigError("key 'adversary.dependence_layers' is read by adversary.objective="
+                          "hsic only (with an adversary method); got objective="
+                          f"{cfg.adversary.objective}, method={cfg.adversary.method}")
     _check_face_models(cfg)
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:
         raise ConfigError("key 'model.face_encoder_checkpoint' is required when "

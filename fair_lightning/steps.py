@@ -74,7 +74,8 @@ class AlternatingStep:
                 step(engine, opt_adv, adv.loss)
         engine.lap(f"adversary: {self.k_disc} steps")
         with engine.toggled(opt_main):
-            term = m.objective.term(m.adversary, out.h, batch, obs.detach())
+            term = m.objective.term(m.adversary, m.objective.representation(out), batch,
+                                    obs.detach())
             engine.lap("adversarial term")
             step(engine, opt_main, task + lam * term)
         engine.log({"train/loss": task, "adv/loss": adv.loss, "adv/main_term": term,

@@ -53,6 +53,12 @@ RUNS = {
     # the default's dependence objective and weight (read from adversarial.yaml, see
     # run_overrides), on the one-hot labels instead of the face
     "label_dependence": ("label_adversary", []),
+    # the same term on the voice branch's output too, or on every branch: pressure where
+    # gender enters h
+    "label_dependence-audio": ("label_adversary",
+                               ["adversary.dependence_layers=[fused,audio]"]),
+    "label_dependence-branches": ("label_adversary",
+                                  ["adversary.dependence_layers=[fused,text,audio,video]"]),
     # the voice standardised per candidate over their own clips (label-free)
     "baseline-speaker-norm": ("baseline", ["data.speaker_norm=person"]),
     "adversarial-speaker-norm": ("adversarial", ["data.speaker_norm=person"]),
@@ -238,9 +244,10 @@ DEFAULT_OBJECTIVE_KEYS = ("objective", "dependence_measure", "weight", "weight_s
 
 
 def run_overrides(run: str) -> list[str]:
-    """A run's own keys; label_dependence adds the default experiment's objective settings."""
+    """A run's own keys; the label_dependence runs add the default experiment's objective
+    settings."""
     args = list(RUNS[run][1])
-    if run == "label_dependence":
+    if run.startswith("label_dependence"):
         from fair_lightning.config import load_config
 
         adv = load_config("adversarial").adversary

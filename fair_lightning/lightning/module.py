@@ -296,7 +296,8 @@ class FairScorerModule(L.LightningModule):
             obs = self.adversary.observe(batch, stage)
             self.track(self.adversary(out.h, obs), stage)
             self.adversary.remember(batch, stage)
-            self.objective.eval_update(self.adversary, out.h, batch, obs)
+            self.objective.eval_update(self.adversary, self.objective.representation(out),
+                                       batch, obs)
         return {"score": out.score}
 
     def _eval_epoch_end(self, stage: str):

@@ -39,6 +39,10 @@ class Objective(nn.Module):
     def from_config(cls, model, adversary) -> Objective:
         return cls()
 
+    def representation(self, out) -> torch.Tensor:
+        """What the term reads of the scorer's output (`ScorerOutput`): h."""
+        return out.h
+
     def term(self, adversary: Adversary, h: torch.Tensor, batch, obs) -> torch.Tensor:
         """What the main network minimises (times lambda), the adversary frozen."""
         raise NotImplementedError
@@ -111,6 +115,12 @@ class DependenceObjective(Objective):
     across *people*: estimated over the global batch (all DDP ranks) plus a queue of
     `queue_size` recent detached rows, keeping one row per person.
 
+    With several `layers` (h and the branch outputs `text`, `audio`, `video`) the term is the
+    sum of each layer's dependence on the same target: pressure where an attribute enters
+    (a voice branch that reads gender hands it to h), not only where it arrives. The layers'
+    rows travel as one concatenated row, so they share the queue and the one-row-per-person
+    selection.
+
     Two clips of one person share their face embedding and much of h (merit is mostly a
     person's), so their pairs would make the term remove who the person is, merit with it,
     not only what their face shows. 32 rows alone give so noisy an estimate that following
@@ -120,9 +130,11 @@ class DependenceObjective(Objective):
     """
 
     def __init__(self, h_dim: int, queue_size: int = 0, h_kernel: str = "gaussian",
-                 measure: str = "cka", eps: float = 0.01):
+                 measure: str = "cka", eps: float = 0.01,
+                 layers: dict[str, int] | None = None):
         super().__init__()
-        self.h_dim = h_dim
+        self.layers = dict(layers or {"fused": h_dim})  # name -> width, in row order
+        self.h_dim = sum(self.layers.values())
         self.queue_size = queue_size
         self.h_kernel = h_kernel
         self.measure = measure
@@ -133,8 +145,17 @@ class DependenceObjective(Objective):
     @classmethod
     def from_config(cls, model, adversary) -> DependenceObjective:
         # checkpoints from before a key existed load with its old behaviour
+        widths = {"fused": model.fused_dim, "text": model.hidden_dim,
+                  "audio": model.hidden_dim, "video": model.hidden_dim}
+        names = adversary.get("dependence_layers", ["fused"])
         return cls(model.fused_dim, adversary.dependence_queue, adversary.hsic_h_kernel,
-                   adversary.get("dependence_measure", "cka"), adversary.get("nocco_eps", 0.01))
+                   adversary.get("dependence_measure", "cka"), adversary.get("nocco_eps", 0.01),
+                   layers={n: widths[n] for n in names})
+
+    def representation(self, out) -> torch.Tensor:
+        if list(self.layers) == ["fused"]:
+            return out.h
+        return torch.cat([out.reps[n] for n in self.layers], 1)
 
     def term(self, adversary, h, batch, obs):
         target = adversary.dependence_target(obs)[: h.shape[0]]
@@ -163,8 +184,15 @@ class DependenceObjective(Objective):
         self.queue = state["queue"]
 
     def _rows_dependence(self, rows: torch.Tensor) -> torch.Tensor:
-        return kernel_dependence(rows[:, : self.h_dim], rows[:, self.h_dim:-1], self.h_kernel,
-                                 self.measure, self.eps)
+        return sum(self._layer_dependence(rows).values())
+
+    def _layer_dependence(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        target, out, start = rows[:, self.h_dim:-1], {}, 0
+        for name, width in self.layers.items():
+            out[name] = kernel_dependence(rows[:, start:start + width], target, self.h_kernel,
+                                          self.measure, self.eps)
+            start += width
+        return out
 
     def eval_update(self, adversary, h, batch, obs):
         target = adversary.dependence_target(obs)[: h.shape[0]]
@@ -178,9 +206,15 @@ class DependenceObjective(Objective):
         # across people: the mean over slices holding each person's k-th clip
         rows = global_rows(torch.cat(rows))
         occ = occurrence_index(rows[:, -1].long())
-        est = [self._rows_dependence(r) for r in (rows[occ == k] for k in range(int(occ.max()) + 1))
-               if len(r) >= 4]
-        return {"hsic": torch.stack(est).mean()} if est else {}
+        est = [self._layer_dependence(r)
+               for r in (rows[occ == k] for k in range(int(occ.max()) + 1)) if len(r) >= 4]
+        if not est:
+            return {}
+        per_layer = {n: torch.stack([e[n] for e in est]).mean() for n in self.layers}
+        out = {"hsic": sum(per_layer.values())}  # the term's own value, as in training
+        if len(self.layers) > 1:
+            out.update({f"hsic_{n}": v for n, v in per_layer.items()})
+        return out
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

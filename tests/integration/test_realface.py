@@ -379,5 +379,9 @@ def test_the_table_adds_ethnicity_where_it_was_audited_and_the_references_are_ru
     adv = load_config("adversarial").adversary
     for k in ("dependence_measure", "weight", "weight_schedule"):
         assert f"adversary.{k}={adv[k]}" in cmd[4]
+    # the branch variants: the same objective, more layers
+    cmd = rfrun.train_command("label_dependence-branches", 0, Path("c"), Path("o"), [])
+    assert "adversary.objective=hsic" in cmd[4]
+    assert "adversary.dependence_layers=[fused,text,audio,video]" in cmd[4]
     assert set(rfrun.DEFAULT_RUNS) >= {"baseline", "adversarial", "label_adversary",
                                        "label_erasure", "label_dependence"}

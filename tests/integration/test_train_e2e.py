@@ -280,3 +280,26 @@ def test_a_bf16_mixed_run_completes_on_cpu(tmp_path, shared_cache):
     col = rows[0].split(",").index("adv/val_hsic")
     vals = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
     assert vals and all(math.isfinite(v) for v in vals)
+
+
+def test_a_label_dependence_run_on_h_and_the_branches_logs_each_layer(tmp_path, shared_cache):
+    """adversary.dependence_layers through the user's path: the label reference with the
+    dependence objective on h and the voice branch trains, and each layer's value is logged
+    beside their sum."""
+    cfg = _cfg(tmp_path, shared_cache, "label_adversary", **{
+        "adversary.objective": "hsic", "adversary.dependence_measure": "nocco",
+        "adversary.dependence_layers": "[fused,audio]", "trainer.max_epochs": "2",
+        "adversary.warmup_epochs": "1"})
+    run_dir = run(cfg)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert math.isfinite(s["test/pearson"])
+    header, *rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    cols = header.split(",")
+    last = {}
+    for r in rows:
+        for name, v in zip(cols, r.split(","), strict=False):
+            if v:
+                last[name] = float(v)
+    assert {"adv/val_hsic", "adv/val_hsic_fused", "adv/val_hsic_audio"} <= set(last)
+    assert math.isclose(last["adv/val_hsic"],
+                        last["adv/val_hsic_fused"] + last["adv/val_hsic_audio"], rel_tol=1e-4)

@@ -196,3 +196,128 @@ def test_dependence_on_a_split_averages_slices_of_kth_clips():
     assert obj.eval_compute() == {}
     assert ConfusionObjective().eval_compute() == {}
 
+
+
+class _Out:
+    """A stand-in ScorerOutput: h and the branch outputs."""
+
+    def __init__(self, **reps):
+        self.reps = reps
+
+    @property
+    def h(self):
+        return self.reps["fused"]
+
+
+def test_dependence_on_several_layers_sums_each_layers_term_on_one_row_per_person():
+    """dependence_layers: the term is the sum of each layer's dependence on the target, over
+    the same rows (one per person); eval reports the sum and each layer."""
+    torch.manual_seed(0)
+    adv = LinearAdversary()
+    fused, audio = torch.randn(12, 5), torch.randn(12, 4)
+    obj = DependenceObjective(h_dim=5, layers={"fused": 5, "audio": 4})
+    rep = obj.representation(_Out(fused=fused, audio=audio, text=torch.randn(12, 4)))
+    assert torch.equal(rep, torch.cat([fused, audio], 1))
+    ids, y = torch.tensor([0, 1, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9]), torch.randn(12)
+    one = occurrence_index(ids) == 0
+    want = (kernel_dependence(fused[one], y[one, None])
+            + kernel_dependence(audio[one], y[one, None])) * (one.sum() / 12)
+    assert torch.allclose(obj.term(adv, rep, _Batch(ids), y), want)
+    # h alone by default: the representation is h itself
+    assert DependenceObjective(h_dim=5).representation(_Out(fused=fused)) is fused
+    obj.eval()
+    obj.eval_update(adv, rep, _Batch(torch.arange(12)), y)
+    got = obj.eval_compute()
+    assert set(got) == {"hsic", "hsic_fused", "hsic_audio"}
+    assert torch.allclose(got["hsic"], got["hsic_fused"] + got["hsic_audio"])
+    assert torch.allclose(got["hsic_audio"], kernel_dependence(audio, y[:, None]))
+
+
+def test_dependence_layers_are_read_from_the_config_and_refused_where_nothing_reads_them():
+    cfg = load_config("label_adversary", [("adversary.objective", "hsic"),
+                                          ("adversary.dependence_layers", ["fused", "audio"])])
+    obj = DependenceObjective.from_config(cfg.model, cfg.adversary)
+    assert obj.layers == {"fused": cfg.model.fused_dim, "audio": cfg.model.hidden_dim}
+    for bad in ([("adversary.dependence_layers", ["fused", "audio"])],  # confusion reads h
+                [("adversary.objective", "hsic"), ("adversary.dependence_layers", ["score"])],
+                [("adversary.objective", "hsic"), ("adversary.dependence_layers", [])]):
+        with pytest.raises(ConfigError, match="dependence_layers"):
+            load_config("label_adversary", bad)
+
+
+class _OneHot(LinearAdversary):
+    def dependence_target(self, obs):
+        return obs
+
+
+def _planted_branch_readout(layers, plant: bool, steps: int = 300):
+    """A two-branch model trained on a task plus the label dependence of `layers`; the
+    voice branch's input carries gender when `plant`. Returns how well a fresh logistic
+    read-out finds gender in the voice branch's output and in h, and the task's R^2."""
+    gen = torch.Generator().manual_seed(0)
+    n = 512
+    gender = torch.randint(0, 2, (n,), generator=gen)
+    merit = torch.randn(n, 1, generator=gen)
+    words = torch.cat([merit, torch.randn(n, 3, generator=gen)], 1)
+    voice = torch.randn(n, 4, generator=gen)
+    if plant:
+        voice[:, 0] += 3.0 * (2.0 * gender - 1.0)
+    target = torch.nn.functional.one_hot(gender, 2).float()
+    torch.manual_seed(0)
+    text, audio = torch.nn.Linear(4, 8), torch.nn.Linear(4, 8)
+    fusion, head = torch.nn.Linear(16, 8), torch.nn.Linear(8, 1)
+    params = [p for m in (text, audio, fusion, head) for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=0.01)
+    obj = DependenceObjective(h_dim=8, measure="nocco", layers={n_: 8 for n_ in layers})
+
+    def forward(rows):
+        reps = {"text": torch.tanh(text(words[rows])), "audio": torch.tanh(audio(voice[rows]))}
+        reps["fused"] = torch.tanh(fusion(torch.cat([reps["text"], reps["audio"]], 1)))
+        return reps, head(reps["fused"])
+
+    for _ in range(steps):
+        rows = torch.randint(0, n, (128,), generator=gen)
+        reps, pred = forward(rows)
+        loss = torch.nn.functional.mse_loss(pred, merit[rows])
+        if layers:
+            loss = loss + 1.0 * obj.term(_OneHot(), obj.representation(_Out(**reps)),
+                                         _Batch(rows), target[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        reps, pred = forward(torch.arange(n))
+    r2 = 1 - float(((pred - merit) ** 2).mean() / merit.var())
+
+    def readout(x):  # logistic regression, fitted on half, scored on the other half
+        w = torch.zeros(x.shape[1] + 1, requires_grad=True)
+        xb = torch.cat([(x - x.mean(0)) / (x.std(0) + 1e-6), torch.ones(n, 1)], 1)
+        fit, held = slice(0, n // 2), slice(n // 2, n)
+        lbfgs = torch.optim.LBFGS([w], max_iter=200)
+
+        def closure():
+            lbfgs.zero_grad()
+            out = torch.nn.functional.binary_cross_entropy_with_logits(
+                xb[fit] @ w, gender[fit].float()) + 1e-3 * w.pow(2).sum()
+            out.backward()
+            return out
+        lbfgs.step(closure)
+        return float(((xb[held] @ w > 0).long() == gender[held]).float().mean())
+
+    return readout(reps["audio"]), readout(reps["fused"]), r2
+
+
+def test_dependence_on_the_voice_branch_removes_a_planted_channel_where_it_enters():
+    """Gender planted in the voice input: the term on h alone leaves it readable in the
+    voice branch's output; with the branch among the layers it is gone from both, and the
+    task is kept. Without a planted channel the layered term leaves the task alone."""
+    branch_free, h_free, _ = _planted_branch_readout([], plant=True)
+    assert branch_free > 0.95 and h_free > 0.8  # the channel is there to remove
+    branch_h, h_h, r2_h = _planted_branch_readout(["fused"], plant=True)
+    assert h_h < 0.65 and branch_h > 0.9, (h_h, branch_h)
+    branch_both, h_both, r2_both = _planted_branch_readout(["fused", "audio"], plant=True)
+    assert branch_both < 0.65 and h_both < 0.65, (branch_both, h_both)
+    assert r2_both > 0.8 and r2_h > 0.8
+    _, _, r2_plain = _planted_branch_readout([], plant=False)
+    _, _, r2_clean = _planted_branch_readout(["fused", "audio"], plant=False)
+    assert r2_clean > r2_plain - 0.05, (r2_clean, r2_plain)
