@@ -220,7 +220,7 @@ class _LargeKernelFamily(_KernelFamily):
                     betas = self._feature_fits(phi, y[tr], num_classes,
                                                [grid[i] for i in points],
                                                rows=_index(tr, phi.device))
-                    phi_va = phi[_index(va, phi.device)]
+                    phi_va = phi.index_select(0, _index(va, phi.device))
                     for i, (beta, b) in zip(points, betas, strict=True):
                         oof[i][va] = (phi_va @ beta + b).cpu().numpy()
                 del phi  # before the next bandwidth's features are made
@@ -403,7 +403,7 @@ def _feature_ridge(phi: torch.Tensor, y: np.ndarray, num_classes: int, alphas,
     gram = torch.zeros((phi.shape[1], phi.shape[1]), dtype=torch.float64, device=dev)
     rhs = torch.zeros((phi.shape[1], num_classes), dtype=torch.float64, device=dev)
     for i in range(0, len(rows), ROW_BLOCK):  # no copy of the fold's phi, weighted or not
-        pb, wb = phi[rows[i:i + ROW_BLOCK]], w[i:i + ROW_BLOCK, None]
+        pb, wb = phi.index_select(0, rows[i:i + ROW_BLOCK]), w[i:i + ROW_BLOCK, None]
         gram += pb.T @ (wb * pb)
         rhs += pb.T @ (wb * t[i:i + ROW_BLOCK])
     eye = torch.eye(len(gram), dtype=torch.float64, device=dev)
@@ -425,7 +425,7 @@ def _l2svm(phi: torch.Tensor, y: np.ndarray, num_classes: int, Cs,
     rows = torch.arange(len(phi), device=dev) if rows is None else rows
     f = torch.empty((len(rows), phi.shape[1] + 1), dtype=torch.float64, device=dev)
     for i in range(0, len(rows), ROW_BLOCK):
-        f[i:i + ROW_BLOCK, :-1] = phi[rows[i:i + ROW_BLOCK]]
+        f[i:i + ROW_BLOCK, :-1] = phi.index_select(0, rows[i:i + ROW_BLOCK])
     f[:, -1] = 1.0
     w = _f64(balanced_weights(y, num_classes), dev)
     reg = torch.ones(f.shape[1], dtype=torch.float64, device=dev)
@@ -455,7 +455,7 @@ def _weighted_gram(f: torch.Tensor, w: torch.Tensor,
            else torch.nonzero(pick).squeeze(1))
     g = torch.zeros((f.shape[1], f.shape[1]), dtype=torch.float64, device=f.device)
     for i in range(0, len(idx), ROW_BLOCK):
-        fb = f[idx[i:i + ROW_BLOCK]]
+        fb = f.index_select(0, idx[i:i + ROW_BLOCK])  # one copy (advanced indexing is slower)
         g += fb.T @ (w[idx[i:i + ROW_BLOCK], None] * fb)
     return g
 
@@ -473,7 +473,7 @@ def _l2svm_newton(f, t, w, c, reg, full, beta, max_iter) -> torch.Tensor:
     obj = objective(beta)
     reg_diag = torch.diag(reg)
     for _ in range(max_iter):
-        rhs = f[active].T @ (w[active] * t[active])
+        rhs = f.T @ (w * t * active)  # inactive rows weigh 0: no copy of the active rows
         target = _spd_solve(reg_diag + 2.0 * c * hess, (2.0 * c * rhs)[:, None])[:, 0]
         step, new = 1.0, target
         new_obj = objective(new)
