@@ -59,6 +59,10 @@ RUNS = {
                                ["adversary.dependence_layers=[fused,audio]"]),
     "label_dependence-branches": ("label_adversary",
                                   ["adversary.dependence_layers=[fused,text,audio,video]"]),
+    # the label-free default with the same pressure on the branches (face proxy target)
+    "adversarial-audio": ("adversarial", ["adversary.dependence_layers=[fused,audio]"]),
+    "adversarial-branches": ("adversarial",
+                             ["adversary.dependence_layers=[fused,text,audio,video]"]),
     # the voice standardised per candidate over their own clips (label-free)
     "baseline-speaker-norm": ("baseline", ["data.speaker_norm=person"]),
     "adversarial-speaker-norm": ("adversarial", ["data.speaker_norm=person"]),

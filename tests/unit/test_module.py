@@ -191,10 +191,12 @@ def test_hsic_term_measures_h_against_fixed_targets(records):
 def test_indirect_training_step_cannot_read_sensitive(records):
     """The label-free guard: a training step in indirect mode gets a batch whose
     attributes raise on access, and the module never needs them."""
-    m = _module("indirect")
-    _attach(m)
     batch = collate_records([strip_sensitive(r) for r in records])
-    m.training_step(batch, 0)  # succeeds without the attributes
+    # the dependence term on h and every branch reads the face proxy alone, too
+    for m in (_module("indirect"),
+              _module("indirect", "hsic", dependence_layers="[fused,text,audio,video]")):
+        _attach(m)
+        m.training_step(batch, 0)  # succeeds without the attributes
     with pytest.raises(SensitiveAccessError):
         _ = batch.sensitive
     # the label adversary, by contrast, needs them and fails loudly without
