@@ -167,6 +167,7 @@ class ModelConfig:
     face_encoder_checkpoint: str | None = None
     face_dim: int = rule(check=at_least(1))
     face_proxy_components: Any = rule(check=at_least(0, "0: the whole face embedding"))  # auto | int >= 0
+    face_proxy: str = rule(one_of=registry("fair_lightning.models.proxy", "PROXY_KINDS"))
     face_pretrain_epochs: int = rule(check=at_least(1))
     face_pretrain_lr: float = rule(check=above(0))
 
@@ -448,7 +449,8 @@ def resolve_auto(cfg: DictConfig) -> None:
     rank = cfg.erasure.rank
     if rank == "auto":  # a reduced proxy is erased whole (linearly); a whole descriptor not at all
         face = cfg.erasure.proxy == "face" and cfg.adversary.method == "indirect"
-        cfg.erasure.rank = cfg.model.face_proxy_components if face else 0
+        width = cfg.model.face_proxy_components * (2 if cfg.model.face_proxy == "both" else 1)
+        cfg.erasure.rank = width if face else 0
     elif not _is_count(rank):
         raise ConfigError(f"key 'erasure.rank' must be auto or a count >= 0, got {rank!r}")
 
@@ -598,6 +600,17 @@ def _check_face_models(cfg: DictConfig) -> None:
 
 def _check_proxy_components(cfg: DictConfig) -> None:
     k, enc = cfg.model.face_proxy_components, cfg.model.face_encoder
+    if cfg.model.face_proxy != "leading":
+        from fair_lightning.models.proxy import CCA_PRINCIPAL
+
+        if not 1 <= k <= CCA_PRINCIPAL:
+            raise ConfigError(f"model.face_proxy={cfg.model.face_proxy} keeps k canonical "
+                              "directions of face and voice: set model.face_proxy_components "
+                              f"to a count in 1..{CCA_PRINCIPAL}, got {k}")
+        if cfg.data.speaker_norm == "person":
+            raise ConfigError(f"model.face_proxy={cfg.model.face_proxy} reads what a voice "
+                              "shares with a face across people, which data.speaker_norm="
+                              "person removes: use one or the other")
     if not k:
         return
     if cfg.adversary.method != "indirect":

@@ -322,7 +322,11 @@ def setup_summary(cfg) -> dict[str, str | int]:
     e = cfg.erasure
     face = proxy.get(cfg.model.face_encoder, cfg.model.face_encoder)
     if k := cfg.model.get("face_proxy_components", 0):
-        face += f", its {k} leading direction{'s' if k > 1 else ''} across people"
+        s = "s" if k > 1 else ""
+        face += {"leading": f", its {k} leading direction{s} across people",
+                 "cross_modal": f", its {k} canonical direction{s} shared with the voice",
+                 "both": f", its {k} leading and {k} voice-shared directions",
+                 }[cfg.model.get("face_proxy", "leading")]
     return {
         "setup/face_proxy": face if cfg.adversary.method == "indirect" else "none",
         "setup/detector": (cfg.data.preprocess.detector if cfg.data.source != "synthetic"
@@ -365,12 +369,19 @@ def code_version() -> str:
 
 def proxy_components_summary(module) -> dict[str, float]:
     """`proxy/components_variance_share`: the between-person variance of the face embedding
-    that its kept leading directions hold (read from the fitted buffers, so a resumed run
-    reports it too)."""
+    that its kept leading directions hold; `proxy/canonical_correlation_<i>` for directions
+    shared with the voice (read from the fitted buffers, so a resumed run reports them too)."""
     comp = getattr(module.adversary, "components", None)
     if comp is None or not comp.fitted:
         return {}
-    return {"proxy/components_variance_share": round(float(comp.explained.sum()), 4)}
+    explained = comp.explained.tolist()
+    out = {}
+    if comp.kind in ("leading", "both"):
+        out["proxy/components_variance_share"] = round(sum(explained[:comp.k]), 4)
+    if comp.needs_voice:
+        out.update({f"proxy/canonical_correlation_{i + 1}": round(c, 4)
+                    for i, c in enumerate(explained[-comp.k:])})
+    return out
 
 
 def data_summary(dm) -> dict[str, int]:

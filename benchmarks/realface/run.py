@@ -59,6 +59,10 @@ RUNS = {
                                ["adversary.dependence_layers=[fused,audio]"]),
     "label_dependence-branches": ("label_adversary",
                                   ["adversary.dependence_layers=[fused,text,audio,video]"]),
+    # the proxy from what face and voice share across people (label-free), alone or beside
+    # the face's leading directions
+    "adversarial-cross-modal": ("adversarial", ["model.face_proxy=cross_modal"]),
+    "adversarial-both-proxies": ("adversarial", ["model.face_proxy=both"]),
     # the label-free default with the same pressure on the branches (face proxy target)
     "adversarial-audio": ("adversarial", ["adversary.dependence_layers=[fused,audio]"]),
     "adversarial-branches": ("adversarial",

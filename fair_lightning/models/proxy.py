@@ -8,6 +8,15 @@ first, then skin tone and age on varied data), while what singles one person out
 over many small directions. `ProxyComponents` keeps the k leading principal directions of
 the training split's person means: no sensitive label is read; the audit's `proxy` layer
 says what the kept directions carry and how well they still identify people.
+
+On a varied population the face's leading directions mix gender with skin tone, age and
+the photograph; what the face shares with the voice is narrower: gender (and age, perhaps
+an accent), not the answers a candidate gives, which live in one channel at a time. With
+`kind="cross_modal"` the k directions are the face side's leading canonical directions
+between the person means of the face embedding and of the voice's clip statistics (CCA
+after each side is reduced to its `CCA_PRINCIPAL` leading principal directions, the
+regularisation a few hundred people need); `"both"` keeps the k leading directions and the
+k canonical ones. Only the face side is kept: the proxy is still read from the face.
 """
 
 from __future__ import annotations
@@ -15,55 +24,123 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+PROXY_KINDS = ("leading", "cross_modal", "both")
+CCA_PRINCIPAL = 10  # principal directions kept on each side before CCA
+
+
+def voice_statistics(audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A clip's voice as the mean and spread of its audio features over its real frames:
+    [B, T, F] and a [B, T] mask -> [B, 2F]."""
+    m = mask[..., None].to(audio.dtype)
+    n = m.sum(1).clamp_min(1.0)
+    mean = (audio * m).sum(1) / n
+    var = (((audio - mean[:, None]) ** 2) * m).sum(1) / n
+    return torch.cat([mean, var.sqrt()], 1)
+
+
+def person_means(x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """[N, d] rows -> [P, d] means per person (each person once, whatever their clips),
+    people in the order of `torch.unique`."""
+    people, index = torch.unique(identity, return_inverse=True)
+    sums = torch.zeros(len(people), x.shape[1], dtype=x.dtype).index_add_(0, index, x)
+    return sums / torch.bincount(index, minlength=len(people))[:, None].to(x.dtype)
+
+
+def canonical_directions(a: torch.Tensor, b: torch.Tensor, k: int,
+                         principal: int = CCA_PRINCIPAL) -> tuple[torch.Tensor, torch.Tensor]:
+    """The a side's k leading canonical directions between rows of a [P, da] and b [P, db]
+    (both centred here), each side first reduced to its `principal` leading principal
+    directions: W [da, k] with (a - mean) @ W of unit variance, and the canonical
+    correlations [k]."""
+    n = a.shape[0]
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    ua, sa, vta = torch.linalg.svd(ac, full_matrices=False)
+    ub, sb, _ = torch.linalg.svd(bc, full_matrices=False)
+    ra = int(min(principal, n - 1, (sa > sa[0] * 1e-9).sum()))
+    rb = int(min(principal, n - 1, (sb > sb[0] * 1e-9).sum()))
+    if k > min(ra, rb):
+        raise ValueError(f"proxy components: k={k} canonical directions need at least {k} "
+                         f"principal directions on each side (face {ra}, voice {rb})")
+    # whitened scores are u * sqrt(n - 1): their cross-covariance is ua' ub
+    left, corr, _ = torch.linalg.svd(ua[:, :ra].T @ ub[:, :rb])
+    w = vta[:ra].T @ torch.diag((n - 1) ** 0.5 / sa[:ra]) @ left[:, :k]
+    return w, corr[:k]
+
+
+def _signed(basis: torch.Tensor) -> torch.Tensor:
+    """A deterministic sign: the largest coordinate of each direction is positive."""
+    return basis * torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
+
 
 class ProxyComponents(nn.Module):
-    """Embedding [N, d] -> its coordinates on the k leading principal directions of the
-    person means, each scaled to unit spread across people. Fitted once (`fit`); its
-    buffers travel in the checkpoint."""
+    """Embedding [N, d] -> its coordinates on k directions across people, each scaled to unit
+    spread across people: the k leading principal directions of the person means
+    (`kind="leading"`), the face side's k leading canonical directions with the voice
+    (`"cross_modal"`), or both (2k). Fitted once (`fit`); its buffers travel in the
+    checkpoint."""
 
-    def __init__(self, dim: int, k: int):
+    def __init__(self, dim: int, k: int, kind: str = "leading"):
         super().__init__()
         if not 1 <= k <= dim:
             raise ValueError(f"proxy components: k={k} must be in 1..{dim} (the embedding's size)")
-        self.k = k
+        if kind not in PROXY_KINDS:
+            raise ValueError(f"proxy components: kind must be one of {PROXY_KINDS}, got {kind!r}")
+        self.k, self.kind = k, kind
+        self.out_dim = 2 * k if kind == "both" else k
         self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("basis", torch.zeros(k, dim))
-        self.register_buffer("scale", torch.ones(k))
-        self.register_buffer("explained", torch.zeros(k))
+        self.register_buffer("basis", torch.zeros(self.out_dim, dim))
+        self.register_buffer("scale", torch.ones(self.out_dim))
+        # leading: the share of between-person variance; cross-modal: the canonical correlation
+        self.register_buffer("explained", torch.zeros(self.out_dim))
         self.register_buffer("is_fitted", torch.tensor(False))
+
+    @property
+    def needs_voice(self) -> bool:
+        return self.kind != "leading"
 
     @property
     def fitted(self) -> bool:
         return bool(self.is_fitted)
 
     @torch.no_grad()
-    def fit(self, embedding: torch.Tensor, identity: torch.Tensor) -> dict[str, float]:
-        """Principal directions of the per-person mean embeddings (each person counts
-        once, whatever their clip count). Returns the share of between-person variance
-        the kept directions hold."""
-        x = embedding.double()
-        people, index = torch.unique(identity, return_inverse=True)
-        if len(people) <= self.k:
-            raise ValueError(f"proxy components: {len(people)} people in the training split, "
+    def fit(self, embedding: torch.Tensor, identity: torch.Tensor,
+            voice: torch.Tensor | None = None) -> dict[str, float]:
+        """Fit on the per-person means (each person counts once, whatever their clip
+        count) of the embedding and, for the cross-modal directions, of the clips' voice
+        statistics (`voice_statistics`; rows as the embedding's). Returns the share of
+        between-person variance the leading directions hold and the canonical
+        correlations."""
+        means = person_means(embedding.double(), identity)
+        if len(means) <= self.k:
+            raise ValueError(f"proxy components: {len(means)} people in the training split, "
                              f"need more than k={self.k}")
-        sums = torch.zeros(len(people), x.shape[1], dtype=x.dtype).index_add_(0, index, x)
-        means = sums / torch.bincount(index, minlength=len(people))[:, None]
+        if self.needs_voice and voice is None:
+            raise ValueError(f"proxy components: kind={self.kind} needs the clips' voice")
         center = means.mean(0)
-        _, s, vt = torch.linalg.svd(means - center, full_matrices=False)
-        basis = vt[: self.k]
-        # a deterministic sign: the largest coordinate of each direction is positive
-        sign = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
-        basis = basis * sign
-        if not float(s[self.k - 1]) > 1e-12 * float(s[0]):  # also when s is all zero
-            raise ValueError("proxy components: the person means do not vary along "
-                             f"{self.k} directions (the embedding is near-constant)")
-        share = (s[: self.k] ** 2) / (s ** 2).sum()
+        bases, scales, explained, out = [], [], [], {}
+        if self.kind in ("leading", "both"):
+            _, s, vt = torch.linalg.svd(means - center, full_matrices=False)
+            if not float(s[self.k - 1]) > 1e-12 * float(s[0]):  # also when s is all zero
+                raise ValueError("proxy components: the person means do not vary along "
+                                 f"{self.k} directions (the embedding is near-constant)")
+            share = (s[: self.k] ** 2) / (s ** 2).sum()
+            bases.append(_signed(vt[: self.k]))
+            scales.append(s[: self.k] / (len(means) - 1) ** 0.5)
+            explained.append(share)
+            out["proxy/components_variance_share"] = float(share.sum())
+        if self.needs_voice:
+            w, corr = canonical_directions(means, person_means(voice.double(), identity), self.k)
+            bases.append(_signed(w.T))  # a sign flip keeps unit variance
+            scales.append(torch.ones(self.k, dtype=w.dtype))
+            explained.append(corr)
+            out.update({f"proxy/canonical_correlation_{i + 1}": float(c)
+                        for i, c in enumerate(corr)})
         self.mean.copy_(center.to(self.mean))
-        self.basis.copy_(basis.to(self.basis))
-        self.scale.copy_((s[: self.k] / (len(people) - 1) ** 0.5).to(self.scale))
-        self.explained.copy_(share.to(self.explained))
+        self.basis.copy_(torch.cat(bases).to(self.basis))
+        self.scale.copy_(torch.cat(scales).to(self.scale))
+        self.explained.copy_(torch.cat(explained).to(self.explained))
         self.is_fitted.fill_(True)
-        return {"proxy/components_variance_share": float(share.sum())}
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fitted:

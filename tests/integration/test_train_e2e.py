@@ -135,6 +135,31 @@ def test_proxy_components_are_fitted_and_checkpointed(tmp_path, shared_cache):
     assert state["adversary.discriminator.heads.0.mlp.0.weight"].shape[1] == 3 * 2
 
 
+def test_a_cross_modal_proxy_is_fitted_on_face_and_voice_and_checkpointed(tmp_path, shared_cache):
+    """`model.face_proxy=both`: the leading and the voice-shared directions are fitted at the
+    start of fit, reported, checkpointed, and are what the dependence term and the audit's
+    `proxy` layer read."""
+    import torch
+
+    extra = {"model.face_proxy": "both", "model.face_proxy_components": "1",
+             "model.face_pretrain_epochs": "1", "probe.layers": "[fused,proxy]",
+             "probe.attackers": "[linear]", "probe.person_level": "false",
+             "fairness.enabled": "false"}
+    run_dir = run(_cfg(tmp_path, shared_cache, "adversarial", **extra))
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert 0.0 < s["proxy/components_variance_share"] <= 1.0
+    assert 0.0 < s["proxy/canonical_correlation_1"] <= 1.0
+    assert s["setup/face_proxy"].endswith("its 1 leading and 1 voice-shared directions")
+    assert s["probe/proxy/gender/linear/n_fit"] > 0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]
+    assert state["adversary.components.basis"].shape == (2, 32)
+    # erasure.rank auto: the proxy's whole width, 2 directions
+    from fair_lightning.config import load_config_file
+
+    assert load_config_file(run_dir / "config.yaml").erasure.rank == 2
+
+
 def test_same_seed_same_result(tmp_path):
     """The first run generates the data (drawing from global RNGs), the second reads it."""
     cache = tmp_path / "own_cache"

@@ -127,3 +127,85 @@ def test_a_resumed_run_keeps_its_fitted_components():
     cb = ProxyComponentsFit(datamodule=None)
     cb.on_fit_start(None, SimpleNamespace(adversary=SimpleNamespace(components=comp)))
     assert torch.equal(comp.basis, before) and cb.metrics == {}
+
+
+def _face_and_voice(n_people=300, clips=3, dim=24, seed=0):
+    """A face whose person means vary most along a look that the voice does not show (the
+    photograph, skin tone), and less along gender, which the voice shows too; merit lives in
+    the voice alone (a speaking rate)."""
+    g = torch.Generator().manual_seed(seed)
+    gender = torch.randint(0, 2, (n_people,), generator=g).float() * 2 - 1
+    look = torch.randn(n_people, generator=g)
+    merit = torch.randn(n_people, generator=g)
+    axes = torch.linalg.qr(torch.randn(dim, dim, generator=g))[0]
+    face = (4.0 * look[:, None] * axes[:, 0] + 1.0 * gender[:, None] * axes[:, 1]
+            + 0.3 * torch.randn(n_people, dim, generator=g))
+    voice = torch.stack([gender + 0.3 * torch.randn(n_people, generator=g), 2.0 * merit,
+                         torch.randn(n_people, generator=g)], 1)
+    ident = torch.arange(n_people).repeat_interleave(clips)
+    x = face[ident] + 0.2 * torch.randn(len(ident), dim, generator=g)
+    v = voice[ident] + 0.2 * torch.randn(len(ident), 3, generator=g)
+    return x, v, ident, gender, look, merit
+
+
+def _corr(a, b):
+    return abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1]))
+
+
+def test_cross_modal_direction_is_what_face_and_voice_share_not_the_faces_leading_look():
+    x, v, ident, gender, look, merit = _face_and_voice()
+    lead = ProxyComponents(24, 1)
+    lead.fit(x, ident)
+    assert _corr(lead(x)[:, 0], look[ident]) > 0.95  # the face's own leading look
+    assert _corr(lead(x)[:, 0], gender[ident]) < 0.3
+    cross = ProxyComponents(24, 1, "cross_modal")
+    stats = cross.fit(x, ident, v)
+    z = cross(x)[:, 0]  # read from the face alone
+    assert _corr(z, gender[ident]) > 0.9 and _corr(z, look[ident]) < 0.2
+    assert _corr(z, merit[ident]) < 0.15  # merit is in one channel only
+    assert 0.8 < stats["proxy/canonical_correlation_1"] <= 1.0
+    means = torch.stack([z[ident == p].mean() for p in range(300)])
+    assert means.std().item() == pytest.approx(1.0, abs=1e-3)  # unit spread across people
+    both = ProxyComponents(24, 1, "both")
+    both.fit(x, ident, v)
+    zb = both(x)
+    assert zb.shape == (len(x), 2) and both.out_dim == 2
+    assert torch.allclose(zb[:, 0], lead(x)[:, 0], atol=1e-4)
+    assert torch.allclose(zb[:, 1], z, atol=1e-4)
+
+
+def test_cross_modal_needs_the_voice_and_enough_directions_on_each_side():
+    x, v, ident, *_ = _face_and_voice(n_people=40)
+    with pytest.raises(ValueError, match="needs the clips' voice"):
+        ProxyComponents(24, 1, "cross_modal").fit(x, ident)
+    with pytest.raises(ValueError, match="principal directions on each side"):
+        ProxyComponents(24, 4, "cross_modal").fit(x, ident, v)  # the voice has 3 dims
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ProxyComponents(24, 1, "voice")
+
+
+def test_voice_statistics_read_real_frames_only():
+    from fair_lightning.models.proxy import voice_statistics
+
+    audio = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[True, True, False]])
+    np_stats = voice_statistics(audio, mask)
+    assert torch.allclose(np_stats, torch.tensor([[2.0, 3.0, 1.0, 1.0]]))
+
+
+def test_the_cross_modal_proxy_is_a_config_choice_with_clear_errors():
+    cfg = load_config("adversarial", [("model.face_proxy", "both"),
+                                      ("model.face_proxy_components", "2")])
+    adv = FaceMatchAdversary.from_config(cfg.model, cfg.adversary)
+    assert adv.components.kind == "both" and adv.components.out_dim == 4
+    assert adv.discriminator is not None
+    for bad in ([("model.face_proxy", "cross_modal")],  # synthetic default: 0 components
+                [("model.face_proxy", "cross_modal"), ("model.face_proxy_components", "11")]):
+        with pytest.raises(ConfigError, match="model.face_proxy"):
+            load_config("adversarial", bad)
+    with pytest.raises(ConfigError, match="model.face_proxy"):
+        load_config("adversarial", [("model.face_proxy", "voice")])
+    with pytest.raises(ConfigError, match="speaker_norm"):
+        load_config("adversarial", [("model.face_proxy", "cross_modal"),
+                                    ("model.face_proxy_components", "1"),
+                                    ("data.speaker_norm", "person")])
