@@ -63,6 +63,8 @@ RUNS = {
     # the face's leading directions
     "adversarial-cross-modal": ("adversarial", ["model.face_proxy=cross_modal"]),
     "adversarial-both-proxies": ("adversarial", ["model.face_proxy=both"]),
+    "adversarial-cross-modal-branches": ("adversarial", [
+        "model.face_proxy=cross_modal", "adversary.dependence_layers=[fused,text,audio,video]"]),
     # the label-free default with the same pressure on the branches (face proxy target)
     "adversarial-audio": ("adversarial", ["adversary.dependence_layers=[fused,audio]"]),
     "adversarial-branches": ("adversarial",
