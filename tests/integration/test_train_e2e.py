@@ -150,6 +150,8 @@ def test_a_cross_modal_proxy_is_fitted_on_face_and_voice_and_checkpointed(tmp_pa
     assert 0.0 < s["proxy/components_variance_share"] <= 1.0
     assert 0.0 < s["proxy/canonical_correlation_1"] <= 1.0
     assert s["setup/face_proxy"].endswith("its 1 leading and 1 voice-shared directions")
+    report = (run_dir / "report.md").read_text()
+    assert (f"canonical correlations {s['proxy/canonical_correlation_1']:.2f}" in report)
     assert s["probe/proxy/gender/linear/n_fit"] > 0
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=True)["state_dict"]
