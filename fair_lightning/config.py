@@ -449,7 +449,9 @@ def resolve_auto(cfg: DictConfig) -> None:
     rank = cfg.erasure.rank
     if rank == "auto":  # a reduced proxy is erased whole (linearly); a whole descriptor not at all
         face = cfg.erasure.proxy == "face" and cfg.adversary.method == "indirect"
-        width = cfg.model.face_proxy_components * (2 if cfg.model.face_proxy == "both" else 1)
+        from fair_lightning.models.proxy import proxy_width
+
+        width = proxy_width(cfg.model.face_proxy_components, cfg.model.face_proxy)
         cfg.erasure.rank = width if face else 0
     elif not _is_count(rank):
         raise ConfigError(f"key 'erasure.rank' must be auto or a count >= 0, got {rank!r}")

@@ -374,14 +374,7 @@ def proxy_components_summary(module) -> dict[str, float]:
     comp = getattr(module.adversary, "components", None)
     if comp is None or not comp.fitted:
         return {}
-    explained = comp.explained.tolist()
-    out = {}
-    if comp.kind in ("leading", "both"):
-        out["proxy/components_variance_share"] = round(sum(explained[:comp.k]), 4)
-    if comp.needs_voice:
-        out.update({f"proxy/canonical_correlation_{i + 1}": round(c, 4)
-                    for i, c in enumerate(explained[-comp.k:])})
-    return out
+    return {k: round(v, 4) for k, v in comp.summary().items()}
 
 
 def data_summary(dm) -> dict[str, int]:

@@ -123,16 +123,13 @@ class ProxyComponentsFit(L.Callback):
         emb = collect_rows(pl_module, self.dm.eval_dataloader("train", sensitive=False), rows)
         self.metrics = comp.fit(torch.from_numpy(emb["f"]), torch.from_numpy(emb["identity"]),
                                 torch.from_numpy(emb["v"]) if comp.needs_voice else None)
-        explained = comp.explained.tolist()
-        if comp.kind in ("leading", "both"):
-            lead = explained[:comp.k]
+        if lead := comp.variance_shares():
             log.info("face proxy: %d leading directions across people hold %.0f%% of the "
                      "between-person variance (%s)", comp.k, 100 * sum(lead),
                      ", ".join(f"{100 * e:.0f}%" for e in lead))
-        if comp.needs_voice:
+        if corr := comp.canonical_correlations():
             log.info("face proxy: %d canonical directions shared by face and voice across "
-                     "people, correlations %s", comp.k,
-                     ", ".join(f"{c:.2f}" for c in explained[-comp.k:]))
+                     "people, correlations %s", comp.k, ", ".join(f"{c:.2f}" for c in corr))
 
 
 ERASURE_KEY = "erasure_stage"  # the stage's figures, in the checkpoint it wrote

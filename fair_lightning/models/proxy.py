@@ -28,6 +28,11 @@ PROXY_KINDS = ("leading", "cross_modal", "both")
 CCA_PRINCIPAL = 10  # principal directions kept on each side before CCA
 
 
+def proxy_width(k: int, kind: str) -> int:
+    """How many numbers a proxy of k directions per kind gives."""
+    return 2 * k if kind == "both" else k
+
+
 def voice_statistics(audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """A clip's voice as the mean and spread of its audio features over its real frames:
     [B, T, F] and a [B, T] mask -> [B, 2F]."""
@@ -86,7 +91,7 @@ class ProxyComponents(nn.Module):
         if kind not in PROXY_KINDS:
             raise ValueError(f"proxy components: kind must be one of {PROXY_KINDS}, got {kind!r}")
         self.k, self.kind = k, kind
-        self.out_dim = 2 * k if kind == "both" else k
+        self.out_dim = proxy_width(k, kind)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("basis", torch.zeros(self.out_dim, dim))
         self.register_buffer("scale", torch.ones(self.out_dim))
@@ -97,6 +102,24 @@ class ProxyComponents(nn.Module):
     @property
     def needs_voice(self) -> bool:
         return self.kind != "leading"
+
+    def variance_shares(self) -> list[float]:
+        """The between-person variance each leading direction holds (none if not kept)."""
+        return self.explained.tolist()[:self.k] if self.kind != "cross_modal" else []
+
+    def canonical_correlations(self) -> list[float]:
+        """Each voice-shared direction's canonical correlation (none if not kept)."""
+        return self.explained.tolist()[-self.k:] if self.needs_voice else []
+
+    def summary(self) -> dict[str, float]:
+        """`proxy/components_variance_share` (leading directions) and
+        `proxy/canonical_correlation_<i>` (voice-shared ones), from the fitted buffers."""
+        out = {}
+        if shares := self.variance_shares():
+            out["proxy/components_variance_share"] = sum(shares)
+        out.update({f"proxy/canonical_correlation_{i + 1}": c
+                    for i, c in enumerate(self.canonical_correlations())})
+        return out
 
     @property
     def fitted(self) -> bool:
@@ -117,7 +140,7 @@ class ProxyComponents(nn.Module):
         if self.needs_voice and voice is None:
             raise ValueError(f"proxy components: kind={self.kind} needs the clips' voice")
         center = means.mean(0)
-        bases, scales, explained, out = [], [], [], {}
+        bases, scales, explained = [], [], []
         if self.kind in ("leading", "both"):
             _, s, vt = torch.linalg.svd(means - center, full_matrices=False)
             if not float(s[self.k - 1]) > 1e-12 * float(s[0]):  # also when s is all zero
@@ -127,20 +150,17 @@ class ProxyComponents(nn.Module):
             bases.append(_signed(vt[: self.k]))
             scales.append(s[: self.k] / (len(means) - 1) ** 0.5)
             explained.append(share)
-            out["proxy/components_variance_share"] = float(share.sum())
         if self.needs_voice:
             w, corr = canonical_directions(means, person_means(voice.double(), identity), self.k)
             bases.append(_signed(w.T))  # a sign flip keeps unit variance
             scales.append(torch.ones(self.k, dtype=w.dtype))
             explained.append(corr)
-            out.update({f"proxy/canonical_correlation_{i + 1}": float(c)
-                        for i, c in enumerate(corr)})
         self.mean.copy_(center.to(self.mean))
         self.basis.copy_(torch.cat(bases).to(self.basis))
         self.scale.copy_(torch.cat(scales).to(self.scale))
         self.explained.copy_(torch.cat(explained).to(self.explained))
         self.is_fitted.fill_(True)
-        return out
+        return self.summary()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
