@@ -36,6 +36,7 @@ from benchmarks.realface.build import (
     population_settings,
 )
 from data_modules.files import atomic_write, json_text
+from fair_lightning.audit.proxy_audit import MERIT_R_WARN
 
 # name -> (experiment, extra overrides): what RUNS may name
 RUNS = {
@@ -113,6 +114,28 @@ def merit_figures(pred: dict[str, float], truth: dict[str, dict]) -> dict[str, f
             "realface/test_clips": len(clips)}
 
 
+def proxy_merit_figures(run_dir: Path, truth: dict[str, dict]) -> dict[str, float]:
+    """The run's face proxy against the corpus's true merit (`proxy.csv`, written by the
+    run's test audit): the held-out r of its best linear read-out of a clip's merit, fitted on
+    the audit's fit split, scored on the test people. Empty for a run with no proxy."""
+    from fair_lightning.audit.proxy_audit import read_proxy_csv, task_readout
+
+    path = run_dir / "proxy.csv"
+    if not path.is_file():
+        return {}
+    splits = list(read_proxy_csv(path).values())
+    fit, ev = splits[0], splits[-1]
+    missing = sorted(c for part in (fit, ev) for c in part["clip_id"] if c not in truth)
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} clips are not in truth.csv (e.g. {missing[0]})")
+
+    def merit(part):
+        return [float(truth[c]["merit_clip"]) for c in part["clip_id"]]
+
+    r = task_readout(fit["proxy"], merit(fit), fit["identity"], ev["proxy"], merit(ev))
+    return {"proxy/merit_r": r, "proxy/explains_merit": float(r > MERIT_R_WARN)}
+
+
 def label_reference(test_clips: list[str], truth: dict[str, dict], seed: int = 0) -> dict:
     """The biased label itself, on the same test clips: r(label, merit) and gender read from
     the label alone (a linear attacker fitted on every other person's clips, scored on the
@@ -154,6 +177,7 @@ def run_settings(run_dir: Path) -> dict[str, str]:
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     return {"config/face_encoder": str(cfg.model.face_encoder),
+            "config/face_proxy": str(cfg.model.get("face_proxy", "leading")),
             "config/face_proxy_components": int(cfg.model.get("face_proxy_components", 0)),
             "config/detector": str(cfg.data.preprocess.detector),
             "config/speaker_norm": str(cfg.data.get("speaker_norm", "none")),
@@ -174,7 +198,8 @@ def _stat(values: list[float], worst=max) -> str:
 ATTRIBUTES = ("gender", "ethnicity")
 
 
-def table(results: dict[str, dict], reference: dict | None, corpus: dict | None = None) -> str:
+def table(results: dict[str, dict], reference: dict | None, corpus: dict | None = None,
+          one_photo: bool = False) -> str:
     """Markdown: per attribute audited, one row per run (seeds pooled); the label's row;
     the corpus and how long its build and each run took."""
     by_run: dict[str, list[dict]] = {}
@@ -212,17 +237,7 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
                 f"the invite decision (top 30 %) with the true merit as the score "
                 f"{reference.get('merit/gender_dp_ratio', math.nan):.3f}, with the label "
                 f"{reference.get('label/gender_dp_ratio', math.nan):.3f}.\n")
-    proxy = [(n, r) for n, r in results.items() if "proxy/retrieval" in r]
-    if proxy:
-        out += ("\n| run | proxy | directions | retrieval | setting-only retrieval | "
-                "gender from proxy | ethnicity from proxy |\n|---|---|---|---|---|---|---|\n")
-        for n, r in proxy:
-            k = r.get("config/face_proxy_components", 0)
-            out += (f"| {n} | {r.get('config/face_encoder', '?')} | {k or 'all'} | "
-                    f"{r['proxy/retrieval']:.3f} | "
-                    f"{r.get('proxy/setting_retrieval', math.nan):.3f} | "
-                    f"{r.get('leak/proxy/gender/clip/bal_acc', math.nan):.3f} | "
-                    f"{r.get('leak/proxy/ethnicity/clip/bal_acc', math.nan):.3f} |\n")
+    out += proxy_table(by_run, one_photo)
     out += ("\nBalanced accuracy of the strongest attacker the audit selects, on test people "
             "(mean ± std over seeds, worst seed in brackets; for DP ratio and r the worst is the "
             "lowest). `fused`: h as trained, full width; `erased`: the erasure stage's output at "
@@ -247,6 +262,47 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
         code = sorted({str(r.get("setup/code", "unknown")) for r in results.values()})
         out += f" CPU threads: {', '.join(threads)}. Code: {', '.join(code)}."
     return out + ("\n" if corpus or results else "")
+
+
+PROXY_COLUMNS = (("proxy/retrieval", "retrieval"), ("proxy/setting_retrieval", "setting only"),
+                 ("leak/proxy/gender/clip/bal_acc", "gender clip"),
+                 ("leak/proxy/gender/person/bal_acc", "gender person"),
+                 ("leak/proxy/ethnicity/clip/bal_acc", "ethnicity clip"),
+                 ("proxy/label_r", "r(read-out, label)"), ("proxy/merit_r", "r(read-out, merit)"))
+
+
+def one_photo_each(truth: dict[str, dict]) -> bool:
+    """Whether every person's clips show one photograph (fairface-dev)."""
+    photos: dict[str, set] = {}
+    for r in truth.values():
+        photos.setdefault(r["person"], set()).add(r["photo"])
+    return all(len(p) == 1 for p in photos.values())
+
+
+def proxy_table(by_run: dict[str, list[dict]], one_photo: bool = False) -> str:
+    """What each run's face proxy stands for: whom it singles out, what the attacker suite
+    reads of each attribute from it, and its share of the task (the held-out r of its best
+    linear read-out of the label and of the true merit)."""
+    rows = {run: rs for run, rs in by_run.items() if any("proxy/retrieval" in r for r in rs)}
+    if not rows:
+        return ""
+    head = ["run", "proxy", "directions", *(name for _, name in PROXY_COLUMNS)]
+    out = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run, rs in rows.items():
+        k = rs[0].get("config/face_proxy_components", 0)
+        cells = [run, f"{rs[0].get('config/face_encoder', '?')}, "
+                      f"{rs[0].get('config/face_proxy', 'leading')}", str(k or "all")]
+        cells += [_stat([r.get(key, math.nan) for r in rs]) for key, _ in PROXY_COLUMNS]
+        out.append("| " + " | ".join(cells) + " |")
+    note = ("\nThe face proxy on test people: `retrieval` is the share of clips whose nearest "
+            "other clip shows the same person (`setting only`: the same from the colours "
+            "around the face); gender and ethnicity are what the attacker suite reads from "
+            "the proxy; the r columns are the held-out r of the proxy's best linear read-out "
+            f"(above {MERIT_R_WARN} with merit a warning is due: such a proxy removes merit).")
+    if one_photo:
+        note += (" Each person here has one photograph, shown in all their clips, so any "
+                 "face descriptor finds a person's other clips: retrieval says nothing here.")
+    return "\n".join(out) + "\n" + note + "\n"
 
 
 # what label_dependence takes from the label-free default, so the two stay one objective
@@ -353,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary["realface/run_seconds"] = round(took, 1)
             pred = read_predictions(run_dir)
             summary.update(merit_figures(pred, truth))
+            summary.update(proxy_merit_figures(run_dir, truth))
             summary["run_dir"] = str(run_dir)
             summary.update(run_settings(run_dir))
             results[name] = summary
@@ -361,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(results_path, json_text(results))
     chosen = {k: v for k, v in results.items() if k.rsplit("-s", 1)[0] in a.runs}
     corpus = json.loads((root / "corpus.json").read_text())
-    atomic_write(a.out / "table.md", table(chosen, reference, corpus))
+    atomic_write(a.out / "table.md", table(chosen, reference, corpus, one_photo_each(truth)))
     print((a.out / "table.md").read_text())
     print(f"realface: {results_path}, {a.out / 'table.md'}")
     if failed:

@@ -20,12 +20,26 @@ adversary that removes it removes little. The audit compares, on unseen people:
 
 What the proxy carries of gender and ethnicity is the audit's `proxy` layer
 (`leak/proxy/<attr>/<clip|person>/...`), judged by the same attacker suite as h.
+
+A proxy must stand for the sensitive attributes, not for the task: what an adversary removes
+with it goes from the score too. Its share of the task is the held-out Pearson r of its best
+linear read-out (ridge, the penalty chosen by cross-validation grouped by person on the
+audit's fit split, scored on the evaluation split's clips):
+
+* `proxy/label_r`: of the label. A biased label is partly explained by gender, so a good
+  proxy of gender explains some of it: read it beside `leak/proxy`;
+* `proxy/merit_r`: of the true merit, where the source has it (synthetic data; the real-face
+  benchmark joins its own merit on `proxy.csv`), and `proxy/explains_merit` = 1 when it
+  exceeds `MERIT_R_WARN` (a warning says so): such a proxy takes merit out of h.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+MERIT_R_WARN = 0.2  # a proxy whose read-out follows merit this closely removes merit
+RIDGE_PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)  # times the number of rows
+READOUT_FOLDS = 4
 SETTING_EXPLAINS = 0.8  # the setting alone reaches 80 % of the proxy's retrieval above chance
 # the face box is widened by data.preprocess.face_margin (0.25 a side) before cropping, so the
 # face fills the central ~2/3 of a crop; the ellipse inscribed there is the face's
@@ -86,6 +100,57 @@ def proxy_figures(z: np.ndarray, setting: np.ndarray, person: np.ndarray) -> dic
             "proxy/setting_explains": float(singles_out and share >= SETTING_EXPLAINS)}
 
 
+def _ridge(z: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge weights on standardised z (penalty scaled by the rows); returns (w, scaling)."""
+    mu, sd = z.mean(0), np.maximum(z.std(0), 1e-12)
+    x = (z - mu) / sd
+    w = np.linalg.solve(x.T @ x + penalty * len(x) * np.eye(x.shape[1]), x.T @ (y - y.mean()))
+    return w, np.stack([mu, sd])
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def task_readout(z_fit, y_fit, groups_fit, z_ev, y_ev) -> float:
+    """Held-out Pearson r of the best linear read-out of y from z: a ridge fitted on the fit
+    rows (penalty chosen by cross-validation grouped by `groups_fit`, so a person's clips never
+    straddle a fold), scored on the evaluation rows. NaN when a target is unknown or constant."""
+    z_fit, z_ev = np.asarray(z_fit, np.float64), np.asarray(z_ev, np.float64)
+    y_fit, y_ev = np.asarray(y_fit, np.float64), np.asarray(y_ev, np.float64)
+    if not (np.isfinite(y_fit).all() and np.isfinite(y_ev).all()) or y_fit.std() == 0:
+        return float("nan")
+    people = np.unique(np.asarray(groups_fit), return_inverse=True)[1]
+    folds = people % min(READOUT_FOLDS, people.max() + 1)
+    best, best_r = RIDGE_PENALTIES[0], -np.inf
+    if folds.max() > 0:
+        for pen in RIDGE_PENALTIES:
+            pred = np.empty_like(y_fit)
+            for f in range(folds.max() + 1):
+                tr = folds != f
+                w, (mu, sd) = _ridge(z_fit[tr], y_fit[tr], pen)
+                pred[~tr] = ((z_fit[~tr] - mu) / sd) @ w
+            r = _pearson(pred, y_fit)
+            if np.isfinite(r) and r > best_r:
+                best, best_r = pen, r
+    w, (mu, sd) = _ridge(z_fit, y_fit, best)
+    return _pearson(((z_ev - mu) / sd) @ w, y_ev)
+
+
+def readout_figures(fit: dict, ev: dict) -> dict[str, float]:
+    """`proxy/label_r`, and `proxy/merit_r` with `proxy/explains_merit` where merit is known,
+    from the `proxy`, `label`, `merit` and `identity` rows of the two splits."""
+    out = {"proxy/label_r": task_readout(fit["proxy"], fit["label"], fit["identity"],
+                                         ev["proxy"], ev["label"])}
+    merit = task_readout(fit["proxy"], fit["merit"], fit["identity"], ev["proxy"], ev["merit"])
+    if np.isfinite(merit):
+        out["proxy/merit_r"] = merit
+        out["proxy/explains_merit"] = float(merit > MERIT_R_WARN)
+    return out
+
+
 def proxy_line(fig: dict) -> str:
     """One line for logs and the run report."""
     line = (f"face proxy: held-out cross-clip retrieval {fig['proxy/retrieval']:.2f}, "
@@ -98,3 +163,52 @@ def proxy_line(fig: dict) -> str:
         line += (": the setting explains the proxy's retrieval, so it may carry little of "
                  "the person's gender or ethnicity (read `leak/proxy`)")
     return line
+
+
+def readout_line(fig: dict) -> str | None:
+    """The proxy's share of the task in one line (a warning's text when it follows merit)."""
+    if "proxy/label_r" not in fig:
+        return None
+    line = f"face proxy: its best linear read-out gives r {fig['proxy/label_r']:.2f} with the label"
+    if "proxy/merit_r" in fig:
+        line += f", r {fig['proxy/merit_r']:.2f} with the true merit"
+        if fig["proxy/explains_merit"]:
+            line += (f": above {MERIT_R_WARN}, the proxy carries merit, and the adversary "
+                     "removes merit from h with it")
+    return line
+
+
+def write_proxy_csv(path, splits: dict[str, dict]) -> None:
+    """`proxy.csv`: split, clip, person and proxy coordinates of every audited clip (no
+    label, no sensitive attribute), written whole or not at all."""
+    import csv
+    import io
+
+    from data_modules.files import atomic_write
+
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    width = next(iter(splits.values()))["proxy"].shape[1]
+    out.writerow(["split", "clip_id", "identity", *(f"proxy_{i}" for i in range(width))])
+    for name, rows in splits.items():
+        for c, p, z in zip(rows["clip_id"], rows["identity"], rows["proxy"], strict=True):
+            out.writerow([name, c, p, *(f"{v:.6g}" for v in z)])
+    atomic_write(path, buf.getvalue())
+
+
+def read_proxy_csv(path) -> dict[str, dict]:
+    """`proxy.csv` back as {split: {"clip_id", "identity", "proxy"}}."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    head, rows = rows[0], rows[1:]
+    width = len(head) - 3
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r[0] for r in rows):
+        part = [r for r in rows if r[0] == name]
+        out[name] = {"clip_id": np.array([r[1] for r in part]),
+                     "identity": np.array([r[2] for r in part]),
+                     "proxy": np.array([[float(v) for v in r[3:]] for r in part]).reshape(
+                         len(part), width)}
+    return out

@@ -117,7 +117,7 @@ def _erasure_lines(cfg, s: dict) -> list[str]:
 def _proxy_lines(cfg, s: dict) -> list[str]:
     """The face proxy's retrieval against the setting alone, what it carries of gender, and
     the attributes the audit could not score."""
-    from fair_lightning.audit.proxy_audit import proxy_line
+    from fair_lightning.audit.proxy_audit import proxy_line, readout_line
 
     lines = []
     if "setup/face_proxy" in s:
@@ -134,6 +134,8 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
         lines.append(f"- {proxy_line(s)}; gender read "
                      f"from it {_fmt(s.get('leak/proxy/gender/clip/bal_acc'))} per clip, "
                      f"{_fmt(s.get('leak/proxy/gender/person/bal_acc'))} per person")
+    if line := readout_line(s):
+        lines.append(f"- {'**warning**: ' if s.get('proxy/explains_merit') else ''}{line}")
     skipped = [k.rsplit("/", 1)[1] for k in s if k.startswith("leak/skipped/")]
     if skipped:
         lines.append(f"- **not scored**: {', '.join(skipped)} (too few annotated groups or "

@@ -93,6 +93,8 @@ def extract_representations(module, loader, max_clips: int = 0) -> dict[str, np.
         out = {name: r.float().cpu().numpy() for name, r in module.representations(batch).items()}
         if "proxy" in out:  # the setting-only view the proxy's retrieval is compared with
             out["setting"] = setting_descriptor(batch.faces.cpu().numpy())
+        out["label"] = batch.label.float().cpu().numpy()  # the proxy's share of the task
+        out["merit"] = batch.merit.float().cpu().numpy()
         s = batch.sensitive
         out["gender"] = s.gender.cpu().numpy()
         out["ethnicity"] = s.ethnicity.cpu().numpy()
@@ -489,7 +491,7 @@ class SensitiveAttributeProbe(L.Callback):
             self.shared_dropped[prefix] = dropped
             metrics[f"{prefix}/shared_people_dropped"] = float(dropped)
             if prefix == "probe" and "proxy" in ev:
-                self._proxy_retrieval(ev)
+                self._proxy_audit(fit, ev, Path(trainer.default_root_dir), eval_split)
                 metrics.update(self.proxy)
             metrics[audit_time_key(prefix)] = self.timings[prefix]
             _log_to_loggers(trainer, metrics)
@@ -499,12 +501,24 @@ class SensitiveAttributeProbe(L.Callback):
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
 
-    def _proxy_retrieval(self, ev: dict) -> None:
-        from fair_lightning.audit.proxy_audit import proxy_figures, proxy_line
+    def _proxy_audit(self, fit: dict, ev: dict, run_dir: Path, eval_split: str) -> None:
+        """What the proxy singles out (retrieval) and its share of the task (read-outs);
+        `proxy.csv` keeps each audited clip's proxy so other ground truth can be joined."""
+        from fair_lightning.audit.proxy_audit import (
+            proxy_figures,
+            proxy_line,
+            readout_figures,
+            readout_line,
+            write_proxy_csv,
+        )
 
         self.proxy = proxy_figures(ev["proxy"], ev["setting"], ev["identity"])
         (log.warning if self.proxy["proxy/setting_explains"] else log.info)(
             proxy_line(self.proxy))
+        self.proxy.update(readout_figures(fit, ev))
+        (log.warning if self.proxy.get("proxy/explains_merit") else log.info)(
+            readout_line(self.proxy))
+        write_proxy_csv(run_dir / "proxy.csv", {self.cfg.fit_split: fit, eval_split: ev})
 
     def _log_table_and_plot(self, trainer, rows, prefix):
         from fair_lightning.audit.plots import plot_probe_results

@@ -287,6 +287,51 @@ def test_merit_figures_and_the_table():
     assert row.endswith("| 0.800 ± 0.100 (0.700) |")  # kept variance of h, the lowest worst
 
 
+def test_the_proxy_is_scored_against_the_corpus_merit(tmp_path):
+    """proxy.csv joined with truth.csv: a proxy that follows merit is flagged, one of gender
+    is not; the proxy table says retrieval is moot when each person has one photo."""
+    from fair_lightning.audit.proxy_audit import write_proxy_csv
+
+    rng = np.random.default_rng(0)
+    truth, splits = {}, {"val": {}, "test": {}}
+    for split, people in (("val", range(60)), ("test", range(60, 100))):
+        clips, person, z_merit, z_gender = [], [], [], []
+        for p in people:
+            g, m = p % 2, rng.standard_normal()
+            for k in range(3):
+                c = f"p{p}.{k}"
+                mc = m + 0.2 * rng.standard_normal()
+                truth[c] = {"person": f"p{p}", "merit_clip": str(mc), "photo": f"p{p}.jpg"}
+                clips.append(c)
+                person.append(f"p{p}")
+                z_merit.append([mc + 0.3 * rng.standard_normal()])
+                z_gender.append([g + 0.3 * rng.standard_normal()])
+        splits[split] = {"clip_id": np.array(clips), "identity": np.array(person),
+                         "merit": np.array(z_merit), "gender": np.array(z_gender)}
+    figs = {}
+    for kind in ("merit", "gender"):
+        run_dir = tmp_path / kind
+        run_dir.mkdir()
+        write_proxy_csv(run_dir / "proxy.csv", {n: {**sp, "proxy": sp[kind]}
+                                                for n, sp in splits.items()})
+        figs[kind] = rfrun.proxy_merit_figures(run_dir, truth)
+    assert figs["merit"]["proxy/merit_r"] > 0.8 and figs["merit"]["proxy/explains_merit"] == 1.0
+    assert abs(figs["gender"]["proxy/merit_r"]) < 0.2
+    assert figs["gender"]["proxy/explains_merit"] == 0.0
+    assert rfrun.proxy_merit_figures(tmp_path, truth) == {}  # a run without a proxy
+    assert rfrun.one_photo_each(truth)
+    runs = {f"adversarial-s{s}": {"proxy/retrieval": 1.0, "proxy/setting_retrieval": 0.5,
+                                  "config/face_proxy": "cross_modal", **figs["merit"]}
+            for s in range(2)}
+    md = rfrun.table(runs, None, None, one_photo=True)
+    proxy = md[md.index("| run | proxy |"):]
+    row = next(line for line in proxy.splitlines() if line.startswith("| adversarial |"))
+    assert "cross_modal" in row and f"{figs['merit']['proxy/merit_r']:.3f}" in row
+    assert "retrieval says nothing here" in md
+    truth["p0.1"]["photo"] = "another.jpg"
+    assert not rfrun.one_photo_each(truth)
+
+
 def test_a_run_is_the_command_a_user_types(tmp_path):
     cmd = rfrun.train_command("adversarial-whole-proxy", 2, tmp_path / "corpus", tmp_path / "out",
                               ["trainer.max_epochs=1"])

@@ -111,6 +111,22 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
     assert not any(p.requires_grad for p in restored.parameters())
 
 
+def check_proxy_share(run_dir: Path, s: dict, width: int) -> None:
+    """The proxy's share of the task (read-outs of the label and of the synthetic merit) in
+    the summary and the report, and proxy.csv: each audited clip's proxy, fit split and test."""
+    from fair_lightning.audit.proxy_audit import read_proxy_csv
+    from fair_lightning.config import load_config_file
+
+    assert -1.0 <= s["proxy/label_r"] <= 1.0 and -1.0 <= s["proxy/merit_r"] <= 1.0
+    assert s["proxy/explains_merit"] == float(s["proxy/merit_r"] > 0.2)
+    assert f"r {s['proxy/merit_r']:.2f} with the true merit" in (run_dir / "report.md").read_text()
+    saved = read_proxy_csv(run_dir / "proxy.csv")
+    fit_split = load_config_file(run_dir / "config.yaml").probe.fit_split
+    assert set(saved) == {fit_split, "test"} and saved["test"]["proxy"].shape[1] == width
+    tested = {r.split(",")[0] for r in (run_dir / "predictions.csv").read_text().split()[1:]}
+    assert set(saved["test"]["clip_id"]) == tested
+
+
 def test_proxy_components_are_fitted_and_checkpointed(tmp_path, shared_cache):
     """`model.face_proxy_components`: fitted at the start of fit on the training split,
     written into the checkpoint, and what the audit's `proxy` layer and the summary
@@ -126,6 +142,7 @@ def test_proxy_components_are_fitted_and_checkpointed(tmp_path, shared_cache):
     assert s["setup/face_proxy"] == ("identity-pretrained encoder, its 2 leading directions "
                                      "across people")
     assert s["probe/proxy/gender/linear/n_fit"] > 0
+    check_proxy_share(run_dir, s, width=2)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=True)["state_dict"]
     assert state["adversary.components.is_fitted"].item() is True
@@ -153,6 +170,7 @@ def test_a_cross_modal_proxy_is_fitted_on_face_and_voice_and_checkpointed(tmp_pa
     report = (run_dir / "report.md").read_text()
     assert (f"canonical correlations {s['proxy/canonical_correlation_1']:.2f}" in report)
     assert s["probe/proxy/gender/linear/n_fit"] > 0
+    check_proxy_share(run_dir, s, width=2)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=True)["state_dict"]
     assert state["adversary.components.basis"].shape == (2, 32)

@@ -12,7 +12,12 @@ from fair_lightning.audit.proxy_audit import (
     face_ellipse,
     proxy_figures,
     proxy_line,
+    read_proxy_csv,
+    readout_figures,
+    readout_line,
     setting_descriptor,
+    task_readout,
+    write_proxy_csv,
 )
 
 PEOPLE, CLIPS, K, S = 20, 3, 2, 24
@@ -87,3 +92,60 @@ def test_retrieval_and_its_chance():
     assert chance_retrieval(person) == pytest.approx(1 / 5)
     z = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1], [-1, 0], [-1, -0.1]])
     assert clip_retrieval(z, person) == 1.0
+
+
+def readout_split(n_people: int, merit_weight: float, seed: int) -> dict:
+    """Three clips a person; a 3-d proxy of the person's gender, plus `merit_weight` of their
+    merit on its second axis; label = merit + gender bias."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(rng.integers(0, 2, n_people), 3).astype(float)
+    m = np.repeat(rng.standard_normal(n_people), 3) + 0.2 * rng.standard_normal(3 * n_people)
+    z = np.stack([g, merit_weight * m, np.zeros_like(g)], 1) + 0.3 * rng.standard_normal(
+        (3 * n_people, 3))
+    return {"proxy": z, "label": m + 0.5 * g, "merit": m, "gender": g,
+            "identity": np.repeat(np.arange(n_people) + 1000 * seed, 3),
+            "clip_id": np.array([f"c{seed}-{i}" for i in range(3 * n_people)])}
+
+
+def test_a_proxy_of_gender_alone_explains_no_merit_and_is_not_flagged():
+    fig = readout_figures(readout_split(80, 0.0, 0), readout_split(60, 0.0, 1))
+    assert abs(fig["proxy/merit_r"]) < 0.2 and fig["proxy/explains_merit"] == 0.0
+    assert fig["proxy/label_r"] > 0.2  # the label's gender bias is what it explains
+    assert "carries merit" not in readout_line(fig)
+
+
+def test_a_proxy_that_explains_the_task_is_flagged():
+    fig = readout_figures(readout_split(80, 1.0, 0), readout_split(60, 1.0, 1))
+    assert fig["proxy/merit_r"] > 0.6 and fig["proxy/explains_merit"] == 1.0
+    assert "carries merit" in readout_line(fig)
+
+
+def test_unknown_merit_gives_no_merit_figure():
+    fit, ev = readout_split(40, 1.0, 0), readout_split(30, 1.0, 1)
+    fit["merit"] = np.full_like(fit["merit"], np.nan)
+    fig = readout_figures(fit, ev)
+    assert "proxy/merit_r" not in fig and "proxy/explains_merit" not in fig
+    assert "merit" not in readout_line(fig)
+
+
+def test_the_readout_is_held_out_and_picks_its_penalty():
+    """128 noise dimensions and one that carries the target: the chosen ridge still reads it
+    on unseen people; pure noise reads nothing on them."""
+    rng = np.random.default_rng(0)
+    y_fit, y_ev = rng.standard_normal(300), rng.standard_normal(200)
+    z_fit, z_ev = rng.standard_normal((300, 128)), rng.standard_normal((200, 128))
+    assert abs(task_readout(z_fit, y_fit, np.arange(300) // 3, z_ev, y_ev)) < 0.2
+    z_fit[:, 0] += 2 * y_fit
+    z_ev[:, 0] += 2 * y_ev
+    assert task_readout(z_fit, y_fit, np.arange(300) // 3, z_ev, y_ev) > 0.8
+
+
+def test_proxy_csv_round_trips(tmp_path):
+    fit, ev = readout_split(4, 0.0, 0), readout_split(3, 0.0, 1)
+    write_proxy_csv(tmp_path / "proxy.csv", {"val": fit, "test": ev})
+    back = read_proxy_csv(tmp_path / "proxy.csv")
+    assert list(back) == ["val", "test"]
+    np.testing.assert_allclose(back["test"]["proxy"], ev["proxy"], rtol=1e-5)
+    assert list(back["val"]["clip_id"]) == list(fit["clip_id"])
+    text = (tmp_path / "proxy.csv").read_text()
+    assert "gender" not in text and "label" not in text  # no attribute, no label written
