@@ -168,6 +168,8 @@ class ModelConfig:
     face_dim: int = rule(check=at_least(1))
     face_proxy_components: Any = rule(check=at_least(0, "0: the whole face embedding"))  # auto | int >= 0
     face_proxy: str = rule(one_of=registry("fair_lightning.models.proxy", "PROXY_KINDS"))
+    face_proxy_partners: list[str] = rule(each_of=registry("fair_lightning.models.proxy",
+                                                           "PARTNERS"))
     face_pretrain_epochs: int = rule(check=at_least(1))
     face_pretrain_lr: float = rule(check=above(0))
 
@@ -609,7 +611,11 @@ def _check_proxy_components(cfg: DictConfig) -> None:
             raise ConfigError(f"model.face_proxy={cfg.model.face_proxy} keeps k canonical "
                               "directions of face and voice: set model.face_proxy_components "
                               f"to a count in 1..{CCA_PRINCIPAL}, got {k}")
-        if cfg.data.speaker_norm == "person":
+        partners = list(cfg.model.face_proxy_partners)
+        if not partners or len(set(partners)) < len(partners):
+            raise ConfigError("key 'model.face_proxy_partners' must name distinct channels the "
+                              f"face shares directions with (voice, text), got {partners}")
+        if cfg.data.speaker_norm == "person" and "voice" in partners:
             raise ConfigError(f"model.face_proxy={cfg.model.face_proxy} reads what a voice "
                               "shares with a face across people, which data.speaker_norm="
                               "person removes: use one or the other")

@@ -323,9 +323,10 @@ def setup_summary(cfg) -> dict[str, str | int]:
     face = proxy.get(cfg.model.face_encoder, cfg.model.face_encoder)
     if k := cfg.model.get("face_proxy_components", 0):
         s = "s" if k > 1 else ""
+        partners = " and ".join(cfg.model.get("face_proxy_partners", ["voice"]))
         face += {"leading": f", its {k} leading direction{s} across people",
-                 "cross_modal": f", its {k} canonical direction{s} shared with the voice",
-                 "both": f", its {k} leading and {k} voice-shared directions",
+                 "cross_modal": f", its {k} canonical direction{s} shared with the {partners}",
+                 "both": f", its {k} leading direction{s} and {k} shared with the {partners}",
                  }[cfg.model.get("face_proxy", "leading")]
     return {
         "setup/face_proxy": face if cfg.adversary.method == "indirect" else "none",
@@ -370,7 +371,8 @@ def code_version() -> str:
 def proxy_components_summary(module) -> dict[str, float]:
     """`proxy/components_variance_share`: the between-person variance of the face embedding
     that its kept leading directions hold; `proxy/canonical_correlation_<i>` for directions
-    shared with the voice (read from the fitted buffers, so a resumed run reports them too)."""
+    shared with the partner channels (read from the fitted buffers, so a resumed run reports
+    them too)."""
     comp = getattr(module.adversary, "components", None)
     if comp is None or not comp.fitted:
         return {}

@@ -128,8 +128,9 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
                      + (f", code {s['setup/code']}" if "setup/code" in s else ""))
     corr = [s[k] for k in sorted(s) if k.startswith("proxy/canonical_correlation_")]
     if corr:
-        lines.append("- face proxy: its directions shared with the voice across the training "
-                     f"people, canonical correlations {', '.join(f'{c:.2f}' for c in corr)}")
+        partners = " and ".join(cfg.model.get("face_proxy_partners", ["voice"]))
+        lines.append(f"- face proxy: its directions shared with the {partners} across the "
+                     f"training people, canonical correlations {', '.join(f'{c:.2f}' for c in corr)}")
     if "proxy/retrieval" in s:
         lines.append(f"- {proxy_line(s)}; gender read "
                      f"from it {_fmt(s.get('leak/proxy/gender/clip/bal_acc'))} per clip, "

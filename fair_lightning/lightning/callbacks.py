@@ -22,7 +22,7 @@ from data_modules.schema import SENSITIVE
 from fair_lightning.audit.fairness import OutputFairness, top_q_cutoff
 from fair_lightning.audit.probes import AttackerResult, AttackSuite, one_thread
 from fair_lightning.models.adversaries import one_hot_attributes
-from fair_lightning.models.proxy import voice_statistics
+from fair_lightning.models.proxy import partner_statistics
 from fair_lightning.ops.runtime import gather_objects
 
 log = logging.getLogger(__name__)
@@ -117,21 +117,22 @@ class ProxyComponentsFit(L.Callback):
         if comp.fitted:
             return
         def rows(b):
-            out = {"f": pl_module.adversary.encoder_embed(b).float().cpu().numpy()}
-            if comp.needs_voice:
-                out["v"] = voice_statistics(b.audio, b.audio_mask).float().cpu().numpy()
+            out = {"face": pl_module.adversary.encoder_embed(b).float().cpu().numpy()}
+            out.update({name: x.numpy() for name, x in
+                        partner_statistics(b, comp.partners).items()})
             return out
 
         emb = collect_rows(pl_module, self.dm.eval_dataloader("train", sensitive=False), rows)
-        self.metrics = comp.fit(torch.from_numpy(emb["f"]), torch.from_numpy(emb["identity"]),
-                                torch.from_numpy(emb["v"]) if comp.needs_voice else None)
+        self.metrics = comp.fit(torch.from_numpy(emb["face"]), torch.from_numpy(emb["identity"]),
+                                {p: torch.from_numpy(emb[p]) for p in comp.partners})
         if lead := comp.variance_shares():
             log.info("face proxy: %d leading directions across people hold %.0f%% of the "
                      "between-person variance (%s)", comp.k, 100 * sum(lead),
                      ", ".join(f"{100 * e:.0f}%" for e in lead))
         if corr := comp.canonical_correlations():
-            log.info("face proxy: %d canonical directions shared by face and voice across "
-                     "people, correlations %s", comp.k, ", ".join(f"{c:.2f}" for c in corr))
+            log.info("face proxy: %d canonical directions shared by face and %s across "
+                     "people, correlations %s", comp.k, " and ".join(comp.partners),
+                     ", ".join(f"{c:.2f}" for c in corr))
 
 
 ERASURE_KEY = "erasure_stage"  # the stage's figures, in the checkpoint it wrote

@@ -351,7 +351,8 @@ class FaceMatchAdversary(Adversary):
     def __init__(self, h_dim: int, face_dim: int, hidden: int, *, heads: int = 1,
                  face_encoder: str = "cnn", checkpoint: str | None = None,
                  negatives_per_positive: int = 8, positive_faces: str = "own_clip",
-                 components: int = 0, proxy_kind: str = "leading"):
+                 components: int = 0, proxy_kind: str = "leading",
+                 proxy_partners: tuple[str, ...] = ("voice",)):
         super().__init__()
         self.face_input = "faces"  # the Batch field the face encoder reads
         if face_encoder == "pretrained":
@@ -369,7 +370,8 @@ class FaceMatchAdversary(Adversary):
             if not self.face_encoder.frozen:
                 raise ValueError("proxy components need a frozen face encoder (pretrained, "
                                  "identity or frozen): a trained one moves under them")
-            self.components = ProxyComponents(face_dim, components, proxy_kind)
+            self.components = ProxyComponents(face_dim, components, proxy_kind,
+                                              tuple(proxy_partners))
             face_dim = self.components.out_dim
         self.discriminator = FaceMatchDiscriminator(h_dim, face_dim, hidden, heads=heads)
         self.negatives_per_positive = negatives_per_positive
@@ -383,7 +385,8 @@ class FaceMatchAdversary(Adversary):
                    negatives_per_positive=adversary.negatives_per_positive,
                    positive_faces=adversary.positive_faces,
                    components=model.get("face_proxy_components", 0),
-                   proxy_kind=model.get("face_proxy", "leading"))
+                   proxy_kind=model.get("face_proxy", "leading"),
+                   proxy_partners=tuple(model.get("face_proxy_partners", ["voice"])))
 
     def pairs(self, batch, stage: str):
         """(h_idx, f_idx, target) and the face frames they index [B + n, K, 3, H, W]."""

@@ -153,12 +153,13 @@ def test_proxy_components_are_fitted_and_checkpointed(tmp_path, shared_cache):
 
 
 def test_a_cross_modal_proxy_is_fitted_on_face_and_voice_and_checkpointed(tmp_path, shared_cache):
-    """`model.face_proxy=both`: the leading and the voice-shared directions are fitted at the
-    start of fit, reported, checkpointed, and are what the dependence term and the audit's
-    `proxy` layer read."""
+    """`model.face_proxy=both`: the leading directions and those shared with voice and text
+    are fitted at the start of fit, reported, checkpointed, and are what the dependence term
+    and the audit's `proxy` layer read."""
     import torch
 
     extra = {"model.face_proxy": "both", "model.face_proxy_components": "1",
+             "model.face_proxy_partners": "[voice,text]",
              "model.face_pretrain_epochs": "1", "probe.layers": "[fused,proxy]",
              "probe.attackers": "[linear]", "probe.person_level": "false",
              "fairness.enabled": "false"}
@@ -166,9 +167,11 @@ def test_a_cross_modal_proxy_is_fitted_on_face_and_voice_and_checkpointed(tmp_pa
     s = json.loads((run_dir / "summary.json").read_text())
     assert 0.0 < s["proxy/components_variance_share"] <= 1.0
     assert 0.0 < s["proxy/canonical_correlation_1"] <= 1.0
-    assert s["setup/face_proxy"].endswith("its 1 leading and 1 voice-shared directions")
+    assert s["setup/face_proxy"].endswith("its 1 leading direction and 1 shared with the "
+                                          "voice and text")
     report = (run_dir / "report.md").read_text()
-    assert (f"canonical correlations {s['proxy/canonical_correlation_1']:.2f}" in report)
+    assert (f"shared with the voice and text across the training people, canonical "
+            f"correlations {s['proxy/canonical_correlation_1']:.2f}" in report)
     assert s["probe/proxy/gender/linear/n_fit"] > 0
     check_proxy_share(run_dir, s, width=2)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",

@@ -159,7 +159,7 @@ def test_cross_modal_direction_is_what_face_and_voice_share_not_the_faces_leadin
     assert _corr(lead(x)[:, 0], look[ident]) > 0.95  # the face's own leading look
     assert _corr(lead(x)[:, 0], gender[ident]) < 0.3
     cross = ProxyComponents(24, 1, "cross_modal")
-    stats = cross.fit(x, ident, v)
+    stats = cross.fit(x, ident, {"voice": v})
     z = cross(x)[:, 0]  # read from the face alone
     assert _corr(z, gender[ident]) > 0.9 and _corr(z, look[ident]) < 0.2
     assert _corr(z, merit[ident]) < 0.15  # merit is in one channel only
@@ -167,7 +167,7 @@ def test_cross_modal_direction_is_what_face_and_voice_share_not_the_faces_leadin
     means = torch.stack([z[ident == p].mean() for p in range(300)])
     assert means.std().item() == pytest.approx(1.0, abs=1e-3)  # unit spread across people
     both = ProxyComponents(24, 1, "both")
-    both.fit(x, ident, v)
+    both.fit(x, ident, {"voice": v})
     zb = both(x)
     assert zb.shape == (len(x), 2) and both.out_dim == 2
     assert torch.allclose(zb[:, 0], lead(x)[:, 0], atol=1e-4)
@@ -176,12 +176,47 @@ def test_cross_modal_direction_is_what_face_and_voice_share_not_the_faces_leadin
 
 def test_cross_modal_needs_the_voice_and_enough_directions_on_each_side():
     x, v, ident, *_ = _face_and_voice(n_people=40)
-    with pytest.raises(ValueError, match="needs the clips' voice"):
+    with pytest.raises(ValueError, match="needs the clips' voice$"):
         ProxyComponents(24, 1, "cross_modal").fit(x, ident)
     with pytest.raises(ValueError, match="principal directions on each side"):
-        ProxyComponents(24, 4, "cross_modal").fit(x, ident, v)  # the voice has 3 dims
+        ProxyComponents(24, 4, "cross_modal").fit(x, ident, {"voice": v})  # 3 voice dims
     with pytest.raises(ValueError, match="kind must be one of"):
         ProxyComponents(24, 1, "voice")
+
+
+def test_text_or_both_partners_find_what_the_face_shares_with_them():
+    """The words show gender too (and merit, in the answers); the voice shows gender and a
+    speaking rate of merit. Shared with the text, or with voice and text joined, the face's
+    direction is still gender, not its leading look, nor merit; a partner missing at fit is
+    named."""
+    x, v, ident, gender, look, merit = _face_and_voice()
+    g = torch.Generator().manual_seed(1)
+    people = len(gender)
+    mix = torch.randn(3, 40, generator=g)
+    words = torch.stack([gender, 2.0 * merit, torch.randn(people, generator=g)], 1) @ mix
+    t = words[ident] + 0.5 * torch.randn(len(ident), 40, generator=g)
+    for partners, views in ((("text",), {"text": t}),
+                            (("voice", "text"), {"voice": v, "text": t})):
+        comp = ProxyComponents(24, 1, "cross_modal", partners)
+        stats = comp.fit(x, ident, views)
+        z = comp(x)[:, 0]
+        assert _corr(z, gender[ident]) > 0.9, partners
+        assert _corr(z, look[ident]) < 0.2 and _corr(z, merit[ident]) < 0.2, partners
+        assert stats["proxy/canonical_correlation_1"] > 0.8
+    with pytest.raises(ValueError, match="needs the clips' text"):
+        ProxyComponents(24, 1, "cross_modal", ("voice", "text")).fit(x, ident, {"voice": v})
+    with pytest.raises(ValueError, match="partners must be distinct"):
+        ProxyComponents(24, 1, "cross_modal", ("voice", "voice"))
+    with pytest.raises(ValueError, match="partners must be distinct"):
+        ProxyComponents(24, 1, "cross_modal", ("face",))
+
+
+def test_text_statistics_read_real_sentences_only():
+    from fair_lightning.models.proxy import text_statistics
+
+    text = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [100.0, 100.0]]])
+    assert torch.allclose(text_statistics(text, torch.tensor([[True, True, False]])),
+                          torch.tensor([[2.0, 4.0]]))
 
 
 def test_voice_statistics_read_real_frames_only():
@@ -209,3 +244,15 @@ def test_the_cross_modal_proxy_is_a_config_choice_with_clear_errors():
         load_config("adversarial", [("model.face_proxy", "cross_modal"),
                                     ("model.face_proxy_components", "1"),
                                     ("data.speaker_norm", "person")])
+    # the words are not touched by the speaker normalisation
+    cfg = load_config("adversarial", [("model.face_proxy", "cross_modal"),
+                                      ("model.face_proxy_components", "1"),
+                                      ("model.face_proxy_partners", "[text]"),
+                                      ("data.speaker_norm", "person")])
+    adv = FaceMatchAdversary.from_config(cfg.model, cfg.adversary)
+    assert adv.components.partners == ("text",)
+    for bad in ("[]", "[voice,voice]", "[face]"):
+        with pytest.raises(ConfigError, match="face_proxy_partners"):
+            load_config("adversarial", [("model.face_proxy", "cross_modal"),
+                                        ("model.face_proxy_components", "1"),
+                                        ("model.face_proxy_partners", bad)])
