@@ -24,7 +24,7 @@ help:
 	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
 	@echo "make sync RUN=runs/<run dir>                         upload its offline W&B runs (each run once, however often resumed)"
-	@echo "make realface [POP=lfw|fairface] [RUNS='baseline adversarial ...'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface-POP] [ARGS=...]  real-face development benchmark"
+	@echo "make realface [POP=lfw|fairface|synthetic] [RUNS='baseline adversarial ...'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface-POP] [ARGS=...]  real-face development benchmark"
 	@echo "make test | make test-integration | make test-all     unit tests and a smoke run | end-to-end tests | everything, slow ones too"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
@@ -89,7 +89,7 @@ seeds: install
 # real-face development benchmark: a ChaLearn-layout corpus from real photographs (never part of
 # this repository), then `make train` on it per run and seed -> runs/realface-<POP>/{results.json,
 # table.md}. POP: lfw (../shared/data/lfw-dev) or fairface (../shared/data/fairface-dev);
-# PHOTOS overrides the folder
+# PHOTOS overrides the folder; synthetic: the same runs on the embedded synthetic data
 POP ?= lfw
 PHOTOS ?=
 REALFACE_OUT ?= runs/realface-$(POP)

@@ -457,8 +457,8 @@ def build(s: Settings, photos: Path = DEFAULT_PHOTOS, cache: Path = DEFAULT_CACH
     return final
 
 
-def add_population_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--population", choices=sorted(POPULATIONS), default="lfw",
+def add_population_arguments(ap: argparse.ArgumentParser, more: tuple[str, ...] = ()) -> None:
+    ap.add_argument("--population", choices=sorted(POPULATIONS) + list(more), default="lfw",
                     help="which photographs and how people are drawn from them (default "
                     "%(default)s)")
     ap.add_argument("--photos", type=Path, default=None,

@@ -11,6 +11,14 @@ biased label hides) and writes, under the output folder:
 * `table.md`: per run, mean ± std over seeds with the worst seed, of gender at clip and
   person level on every audited layer, DP ratio, r(score, merit); and the label's own row.
 
+* a proxy table (what each run's face proxy singles out, carries of each attribute, and
+  explains of the label and of the true merit, joined from the run's `proxy.csv`), and a
+  validation table (the end-of-fit audit on the validation people: what a default is
+  chosen on).
+
+`--population synthetic` trains the same runs on the embedded synthetic data (no corpus;
+r(score, merit) is the run's own `test/pearson_merit`).
+
 A finished run (summary.json present) is read, not rerun; an interrupted one resumes.
 """
 
@@ -66,6 +74,12 @@ RUNS = {
     "adversarial-both-proxies": ("adversarial", ["model.face_proxy=both"]),
     "adversarial-cross-modal-branches": ("adversarial", [
         "model.face_proxy=cross_modal", "adversary.dependence_layers=[fused,text,audio,video]"]),
+    # the face's directions shared with the words, or with voice and words joined
+    "adversarial-cross-modal-text": ("adversarial", [
+        "model.face_proxy=cross_modal", "model.face_proxy_partners=[text]"]),
+    "adversarial-cross-modal-voice-text-branches": ("adversarial", [
+        "model.face_proxy=cross_modal", "model.face_proxy_partners=[voice,text]",
+        "adversary.dependence_layers=[fused,text,audio,video]"]),
     # the label-free default with the same pressure on the branches (face proxy target)
     "adversarial-audio": ("adversarial", ["adversary.dependence_layers=[fused,audio]"]),
     "adversarial-branches": ("adversarial",
@@ -74,6 +88,11 @@ RUNS = {
     "baseline-speaker-norm": ("baseline", ["data.speaker_norm=person"]),
     "adversarial-speaker-norm": ("adversarial", ["data.speaker_norm=person"]),
 }
+# the embedded synthetic data through the same runs (no corpus, no photographs): the third
+# population a default is chosen on. Its face embedding is the identity encoder's, whose
+# `auto` proxy is the whole embedding, so a cross-modal proxy is given k directions here
+SYNTHETIC = "synthetic"
+SYNTHETIC_COMPONENTS = 2
 DEFAULT_RUNS = ("baseline", "adversarial", "label_adversary", "label_erasure", "label_dependence")
 LAYERS = ("fused", "erased", "head", "score", "proxy", "audio", "video", "text")
 LEVELS = ("clip", "person")
@@ -198,6 +217,11 @@ def _stat(values: list[float], worst=max) -> str:
 ATTRIBUTES = ("gender", "ethnicity")
 
 
+def merit_r(r: dict) -> float:
+    """r(score, merit) on test clips: joined from the corpus's truth, or the synthetic run's."""
+    return r.get("realface/pearson_merit", r.get("test/pearson_merit", math.nan))
+
+
 def table(results: dict[str, dict], reference: dict | None, corpus: dict | None = None,
           one_photo: bool = False) -> str:
     """Markdown: per attribute audited, one row per run (seeds pooled); the label's row;
@@ -223,7 +247,7 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
                                              for r in rs]) for lv in LEVELS))
             row.append(_stat([r.get(f"fair/{attr}/dp_ratio", math.nan) for r in rs], min))
             if attr == "gender":
-                row += [_stat([r.get("realface/pearson_merit", math.nan) for r in rs], min),
+                row += [_stat([merit_r(r) for r in rs], min),
                         _stat([r.get("test/pearson", math.nan) for r in rs], min),
                         _stat([r.get("erase/kept_variance", math.nan) for r in rs], min)]
             lines.append("| " + " | ".join(row) + " |")
@@ -238,6 +262,7 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
                 f"{reference.get('merit/gender_dp_ratio', math.nan):.3f}, with the label "
                 f"{reference.get('label/gender_dp_ratio', math.nan):.3f}.\n")
     out += proxy_table(by_run, one_photo)
+    out += validation_table(by_run)
     out += ("\nBalanced accuracy of the strongest attacker the audit selects, on test people "
             "(mean ± std over seeds, worst seed in brackets; for DP ratio and r the worst is the "
             "lowest). `fused`: h as trained, full width; `erased`: the erasure stage's output at "
@@ -262,6 +287,34 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
         code = sorted({str(r.get("setup/code", "unknown")) for r in results.values()})
         out += f" CPU threads: {', '.join(threads)}. Code: {', '.join(code)}."
     return out + ("\n" if corpus or results else "")
+
+
+def validation_table(by_run: dict[str, list[dict]]) -> str:
+    """What a default is chosen on: the end-of-fit audit of the validation people
+    (`fit_leak/...`), the head's validation r with the label (`select/val_task`) and, where
+    the data has it, with the true merit; mean ± std over seeds (worst seed)."""
+    layers = [la for la in ("erased", "fused")
+              if any(f"fit_leak/{la}/gender/clip/bal_acc" in r for rs in by_run.values()
+                     for r in rs)]
+    attrs = [a for a in ATTRIBUTES if any(f"fit_leak/fused/{a}/clip/bal_acc" in r
+                                          for rs in by_run.values() for r in rs)]
+    if not layers:
+        return ""
+    cols = [(la, a) for a in attrs for la in layers]
+    head = ["run", "seeds", *(f"val {a} `{la}` clip / person" for la, a in cols),
+            "val r(head, label)", "val r(head, merit)"]
+    out = ["", "Validation (the end-of-fit audit on the validation people; what a default is "
+           "chosen on):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run, rs in by_run.items():
+        row = [run, str(len(rs))]
+        row += [" / ".join(_stat([r.get(f"fit_leak/{la}/{a}/{lv}/bal_acc", math.nan)
+                                  for r in rs]) for lv in LEVELS) for la, a in cols]
+        row += [_stat([r.get("select/val_task", math.nan) for r in rs], min),
+                _stat([r.get("erase/val_pearson_merit_after", r.get("val/pearson_merit",
+                                                                      math.nan)) for r in rs],
+                      min)]
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
 
 
 PROXY_COLUMNS = (("proxy/retrieval", "retrieval"), ("proxy/setting_retrieval", "setting only"),
@@ -321,13 +374,22 @@ def run_overrides(run: str) -> list[str]:
     return args
 
 
-def train_keys(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
+def train_keys(run: str, seed: int, root: Path | None, out: Path, extra: list[str]) -> list[str]:
+    """The run's keys on the corpus at `root`, or on the synthetic data (root None)."""
     args = run_overrides(run)
-    return ["data.source=chalearn", f"data.chalearn.root={root}", f"seed={seed}",
-            f"output_dir={out / f'{run}-s{seed}'}", "resume=auto", *args, *extra]
+    if root is None:
+        data = []
+        if any(a.startswith("model.face_proxy=") and a != "model.face_proxy=leading"
+               for a in args):
+            args.append(f"model.face_proxy_components={SYNTHETIC_COMPONENTS}")
+    else:
+        data = ["data.source=chalearn", f"data.chalearn.root={root}"]
+    return [*data, f"seed={seed}", f"output_dir={out / f'{run}-s{seed}'}", "resume=auto",
+            *args, *extra]
 
 
-def train_command(run: str, seed: int, root: Path, out: Path, extra: list[str]) -> list[str]:
+def train_command(run: str, seed: int, root: Path | None, out: Path,
+                  extra: list[str]) -> list[str]:
     return [os.environ.get("MAKE", "make"), "--no-print-directory", "train",
             f"EXP={RUNS[run][0]}", f"ARGS={shlex.join(train_keys(run, seed, root, out, extra))}"]
 
@@ -360,20 +422,23 @@ def main(argv: list[str] | None = None) -> int:
                                  "corpus, train through `make train`, tabulate.")
     ap.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=sorted(RUNS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    add_population_arguments(ap)
+    add_population_arguments(ap, more=(SYNTHETIC,))
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default runs/realface-<population>)")
     ap.add_argument("--args", default="", help="more key=value overrides for every run")
     a = ap.parse_args(argv)
     a.out = a.out or Path(f"runs/realface-{a.population}")
-    photos, settings = population_settings(a)
-    try:
-        root = build(settings, photos, a.cache).resolve()
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    root = truth = corpus = None
+    if a.population != SYNTHETIC:
+        photos, settings = population_settings(a)
+        try:
+            root = build(settings, photos, a.cache).resolve()
+        except BuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        truth = read_truth(root)
+        corpus = json.loads((root / "corpus.json").read_text())
     a.out.mkdir(parents=True, exist_ok=True)
-    truth = read_truth(root)
     results_path = a.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     reference = None
@@ -407,18 +472,19 @@ def main(argv: list[str] | None = None) -> int:
             summary = json.loads((run_dir / "summary.json").read_text())
             if took is not None:  # a run read again keeps the time it took when it ran
                 summary["realface/run_seconds"] = round(took, 1)
-            pred = read_predictions(run_dir)
-            summary.update(merit_figures(pred, truth))
-            summary.update(proxy_merit_figures(run_dir, truth))
             summary["run_dir"] = str(run_dir)
             summary.update(run_settings(run_dir))
+            if truth is not None:  # synthetic runs score merit themselves (test/pearson_merit)
+                pred = read_predictions(run_dir)
+                summary.update(merit_figures(pred, truth))
+                summary.update(proxy_merit_figures(run_dir, truth))
+                if reference is None:
+                    reference = label_reference(sorted(pred), truth)
             results[name] = summary
-            if reference is None:
-                reference = label_reference(sorted(pred), truth)
             atomic_write(results_path, json_text(results))
     chosen = {k: v for k, v in results.items() if k.rsplit("-s", 1)[0] in a.runs}
-    corpus = json.loads((root / "corpus.json").read_text())
-    atomic_write(a.out / "table.md", table(chosen, reference, corpus, one_photo_each(truth)))
+    atomic_write(a.out / "table.md", table(chosen, reference, corpus,
+                                           truth is not None and one_photo_each(truth)))
     print((a.out / "table.md").read_text())
     print(f"realface: {results_path}, {a.out / 'table.md'}")
     if failed:

@@ -332,6 +332,36 @@ def test_the_proxy_is_scored_against_the_corpus_merit(tmp_path):
     assert not rfrun.one_photo_each(truth)
 
 
+def test_synthetic_is_a_population_of_the_same_runs(tmp_path):
+    """`--population synthetic`: the same runs on the embedded data (no corpus keys); a
+    cross-modal proxy is given k directions there, where `auto` would be the whole embedding."""
+    from fair_lightning.config import load_config, parse_overrides
+
+    keys = rfrun.train_keys("adversarial-cross-modal", 1, None, tmp_path, [])
+    assert not any(k.startswith("data.") for k in keys)
+    assert f"model.face_proxy_components={rfrun.SYNTHETIC_COMPONENTS}" in keys
+    cfg = load_config("adversarial", parse_overrides(keys)[1])
+    assert cfg.data.source == "synthetic" and cfg.model.face_proxy == "cross_modal"
+    assert "model.face_proxy_components=2" not in rfrun.train_keys("adversarial", 1, None,
+                                                                   tmp_path, [])
+    # its merit is the run's own; the validation table is what a default is chosen on
+    runs = {f"adversarial-s{s}": {"test/pearson_merit": 0.5 + 0.1 * s,
+                                  "fit_leak/erased/gender/clip/bal_acc": 0.6,
+                                  "fit_leak/erased/gender/person/bal_acc": 0.7,
+                                  "fit_leak/fused/gender/clip/bal_acc": 0.8,
+                                  "fit_leak/fused/gender/person/bal_acc": 0.9,
+                                  "select/val_task": 0.4, "erase/val_pearson_merit_after": 0.45}
+            for s in range(2)}
+    md = rfrun.table(runs, None)
+    test_row = next(line for line in md.splitlines() if line.startswith("| adversarial |"))
+    assert "0.550 ± 0.071 (0.500)" in test_row  # r(score, merit), the lowest seed worst
+    val = md[md.index("Validation"):]
+    row = next(line for line in val.splitlines() if line.startswith("| adversarial |"))
+    assert row == ("| adversarial | 2 | 0.600 ± 0.000 (0.600) / 0.700 ± 0.000 (0.700) | "
+                   "0.800 ± 0.000 (0.800) / 0.900 ± 0.000 (0.900) | 0.400 ± 0.000 (0.400) | "
+                   "0.450 ± 0.000 (0.450) |")
+
+
 def test_a_run_is_the_command_a_user_types(tmp_path):
     cmd = rfrun.train_command("adversarial-whole-proxy", 2, tmp_path / "corpus", tmp_path / "out",
                               ["trainer.max_epochs=1"])
