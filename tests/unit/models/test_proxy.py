@@ -256,3 +256,49 @@ def test_the_cross_modal_proxy_is_a_config_choice_with_clear_errors():
             load_config("adversarial", [("model.face_proxy", "cross_modal"),
                                         ("model.face_proxy_components", "1"),
                                         ("model.face_proxy_partners", bad)])
+
+
+class _Holder(torch.nn.Module):
+    """What the fit callback reads of a LightningModule: the adversary and the device."""
+
+    def __init__(self, adversary):
+        super().__init__()
+        self.adversary = adversary
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+
+def test_the_fit_callback_is_label_free_and_deterministic():
+    """The cross-modal fit reads the training split through a loader without sensitive
+    attributes (reading them would raise), and gives the same directions whatever the order
+    of its batches."""
+    from data_modules.collate import collate_records, strip_sensitive
+    from fair_lightning.lightning.callbacks import ProxyComponentsFit
+    from tests.conftest import make_records
+
+    recs = [strip_sensitive(r) for r in make_records(n_ids=24, clips=2)]
+    batches = [collate_records(recs[i:i + 8]) for i in range(0, len(recs), 8)]
+
+    class Data:
+        asked: list = []
+
+        def __init__(self, order):
+            self.order = order
+
+        def eval_dataloader(self, split, sensitive=True):
+            Data.asked.append((split, sensitive))
+            return [batches[i] for i in self.order]
+
+    def fitted(order):
+        torch.manual_seed(0)
+        adv = FaceMatchAdversary(8, 8, 16, face_encoder="identity", components=1,
+                                 proxy_kind="cross_modal", proxy_partners=("voice", "text"))
+        ProxyComponentsFit(Data(order)).on_fit_start(None, _Holder(adv))
+        return adv.components
+
+    a, b = fitted(range(len(batches))), fitted(reversed(range(len(batches))))
+    assert Data.asked == [("train", False)] * 2
+    assert a.fitted and torch.allclose(a.basis, b.basis, atol=1e-5)
+    assert torch.allclose(a.explained, b.explained, atol=1e-5)
