@@ -49,7 +49,7 @@ def _overrides(cache: str, people: int, extra=()) -> list[tuple[str, str]]:
 
 
 def _prepare(exp: str, overrides):
-    """Config, data and module as `train.run` builds them (identity face encoder included)."""
+    """Config, data and module as `fair_lightning.experiment.run` builds them (identity face encoder included)."""
     import lightning as L
 
     from fair_lightning.config import load_config

@@ -12,8 +12,8 @@ Lightning's automatic optimization trains the task alone.
 
 `trainer.global_step` counts optimizer steps: it grows by `optimizer_steps_per_batch`
 (k_disc + 1 alternating, 2 joint, 1 without adversary) per batch. Config values
-`trainer.max_steps` and `trainer.checkpoint_every_n_batches` are in batches; `train.py`
-converts them. `trained_batches` counts batches, and checkpoints keep it.
+`trainer.max_steps` and `trainer.checkpoint_every_n_batches` are in batches;
+`fair_lightning.experiment.build_trainer` converts them. `trained_batches` counts batches, and checkpoints keep it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from fair_lightning.models.adversaries import (
     FaceEncoder,
     FaceMatchAdversary,
     FaceMatchDiscriminator,
-    GradientReversal,
     LabelAdversary,
     grad_reverse,
     sample_pairs,
@@ -34,7 +33,7 @@ from fair_lightning.models.scorer import (
 __all__ = [
     "ADVERSARIES", "OBJECTIVES", "REPRESENTATIONS", "SCORER_REPRESENTATIONS", "Adversary", "AdversaryOutput",
     "AttributeAdversary", "ConfusionObjective", "DependenceObjective", "FaceBank", "FaceEncoder",
-    "FaceMatchAdversary", "FaceMatchDiscriminator", "GradientReversal", "LabelAdversary",
+    "FaceMatchAdversary", "FaceMatchDiscriminator", "LabelAdversary",
     "MinimaxObjective", "MultimodalScorer", "Objective", "ReversalObjective", "ScorerOutput",
     "grad_reverse", "kernel_dependence", "sample_pairs",
 ]

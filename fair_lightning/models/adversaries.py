@@ -153,15 +153,6 @@ def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return _GradReverse.apply(x, scale)
 
 
-class GradientReversal(nn.Module):
-    def __init__(self, scale: float = 1.0):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, x):
-        return grad_reverse(x, self.scale)
-
-
 def sample_pairs(identity: torch.Tensor, negatives_per_positive: int, *,
                  own_positives: bool = True, generator: torch.Generator | None = None):
     """Pairs (i, j, target) for D: h of clip i with the faces of batch clip j.
@@ -340,7 +331,7 @@ class FaceMatchAdversary(Adversary):
     """The label-free adversary: the face encoder, D(h, f), and the pairs D learns on.
 
     `face_encoder`: "cnn" trains with D; "identity" is frozen here and gets its pretrained
-    weights from `train.py`; "frozen" loads `checkpoint`. With `positive_faces=other_clip`
+    weights from `fair_lightning.experiment` (`face_pretrain.identity_face_encoder`); "frozen" loads `checkpoint`. With `positive_faces=other_clip`
     the positives are faces of another clip of the same person, from a bank per stage
     (validation must not find training clips, nor the reverse). With `components` k > 0
     (a frozen encoder only), the embedding everything downstream sees (D, the dependence
