@@ -29,7 +29,7 @@ def dump(ckpt: Path, out: Path) -> None:
     import numpy as np
 
     from fair_lightning.experiment import build_datamodule, load_checkpoint, load_config_file
-    from fair_lightning.lightning.callbacks import extract_representations
+    from fair_lightning.lightning.collect import extract_representations
 
     cfg = load_config_file(ckpt.resolve().parent.parent / "config.yaml", [])
     module = load_checkpoint(ckpt).eval()
@@ -50,7 +50,7 @@ def audit(reps: Path, out: Path, workers: int) -> None:
     from omegaconf import OmegaConf
 
     import fair_lightning
-    from fair_lightning.lightning.callbacks import AttackAudit
+    from fair_lightning.audit.engine import AttackAudit
     from fair_lightning.models import REPRESENTATIONS
 
     d = np.load(reps, allow_pickle=True)

@@ -628,7 +628,9 @@ def _check_proxy_components(cfg: DictConfig) -> None:
         raise ConfigError("model.face_proxy_components needs a frozen face encoder "
                           "(model.face_encoder=pretrained, identity or frozen): the cnn trains "
                           "with D and its directions would move")
-    dim = 128 if enc == "pretrained" else cfg.model.face_dim  # dlib's descriptor is 128-d
+    from data_modules.features.dlib_faces import DESCRIPTOR_DIM
+
+    dim = DESCRIPTOR_DIM if enc == "pretrained" else cfg.model.face_dim
     if k > dim:
         raise ConfigError(f"model.face_proxy_components={k} exceeds the face embedding's "
                           f"{dim} dims")

@@ -141,7 +141,8 @@ def build_datamodule(cfg):
 
 
 def analysis_callbacks(cfg, datamodule) -> list:
-    from fair_lightning.lightning.callbacks import OutputFairnessCallback, SensitiveAttributeProbe
+    from fair_lightning.lightning.fairness import OutputFairnessCallback
+    from fair_lightning.lightning.probe import SensitiveAttributeProbe
 
     cbs = []
     if cfg.probe.enabled:
@@ -395,10 +396,11 @@ def data_summary(dm) -> dict[str, int]:
 def run(cfg) -> Path:
     import lightning as L
 
-    from data_modules.files import atomic_write, json_text
-    from fair_lightning.audit.report import write_run_report
+    from fair_lightning.lightning.erasure_stage import ErasureStage
+    from fair_lightning.lightning.probe import SensitiveAttributeProbe
     from fair_lightning.lightning.resume import RunPosition, read_record
-    from fair_lightning.lightning.tracking import collect_summary, finish_wandb, make_loggers
+    from fair_lightning.lightning.summary import collect_summary, finish
+    from fair_lightning.lightning.tracking import make_loggers
     from fair_lightning.ops.runtime import ensure_data, global_rank, resolve_run_dir
 
     run_dir = resolve_run_dir(cfg.output_dir, cfg.experiment)
@@ -423,16 +425,14 @@ def run(cfg) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm.feature_dims())
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
-    from fair_lightning.lightning.callbacks import TestPredictions
+    from fair_lightning.lightning.predictions import TestPredictions
 
     callbacks = analysis_callbacks(cfg, dm) + [TestPredictions(run_dir / "predictions.csv")]
     if getattr(module.adversary, "components", None) is not None:
-        from fair_lightning.lightning.callbacks import ProxyComponentsFit
+        from fair_lightning.lightning.proxy_fit import ProxyComponentsFit
 
         callbacks.insert(0, ProxyComponentsFit(dm))
     if module.erased_head is not None:  # before the probes: the end-of-fit audit sees it
-        from fair_lightning.lightning.callbacks import ErasureStage
-
         callbacks.insert(0, ErasureStage(dm, run_dir / "checkpoints" / "last.ckpt"))
     trainer = build_trainer(cfg, run_dir, module, callbacks,
                             make_loggers(cfg, run_dir, dm.cache_name, wandb_id))
@@ -441,11 +441,10 @@ def run(cfg) -> Path:
                 weights_only=True)
     fit_s = time.time() - t1
     for cb in callbacks:  # a run resumed after its last epoch skips fit, and its audit
-        if hasattr(cb, "ensure_fitted"):
+        if isinstance(cb, ErasureStage):
             cb.ensure_fitted(trainer, module)
-        if hasattr(cb, "ensure_fit_audit"):
+        if isinstance(cb, SensitiveAttributeProbe):
             cb.ensure_fit_audit(trainer, module)
-    erase = next((cb.metrics for cb in callbacks if hasattr(cb, "ensure_fitted")), {})
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     position = next(cb for cb in trainer.callbacks if isinstance(cb, RunPosition))
     val = val or position.val_metrics  # resumed after the last epoch: no val ran
@@ -457,19 +456,16 @@ def run(cfg) -> Path:
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False,
                                 weights_only=True)
     if trainer.is_global_zero:
-        summary = collect_summary(trainer, test_metrics, callbacks)
-        summary.update({"time/data_s": round(data_s, 2), "time/fit_s": round(fit_s, 2),
-                        "time/total_s": round(time.time() - t0, 2),
-                        "train/epochs": trainer.current_epoch,
-                        "train/batches": batches,
-                        "train/optimizer_steps": trainer.global_step,
-                        "train/resumes": len(read_record(run_dir).get("starts", [1])) - 1,
-                        **pretrain_stats, **erase, **proxy_components_summary(module),
-                        **data_summary(dm), **setup_summary(cfg)})
+        summary = collect_summary(trainer, test_metrics, callbacks, {
+            "time/data_s": round(data_s, 2), "time/fit_s": round(fit_s, 2),
+            "time/total_s": round(time.time() - t0, 2),
+            "train/epochs": trainer.current_epoch, "train/batches": batches,
+            "train/optimizer_steps": trainer.global_step,
+            "train/resumes": len(read_record(run_dir).get("starts", [1])) - 1,
+            **pretrain_stats, **proxy_components_summary(module)},
+            data_summary(dm), setup_summary(cfg))
         summary.update(selection_metrics(cfg, val, summary))
-        atomic_write(run_dir / "summary.json", json_text(summary))
-        write_run_report(run_dir, cfg, summary, callbacks)
-        finish_wandb(trainer, summary, run_dir)
+        finish(run_dir, cfg, summary, trainer, callbacks)
     return run_dir
 
 
@@ -527,9 +523,9 @@ def with_erasure(module, cfg):
 def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     import lightning as L
 
-    from data_modules.files import atomic_write, json_text
-    from fair_lightning.audit.report import write_run_report
-    from fair_lightning.lightning.tracking import collect_summary, finish_wandb, make_loggers
+    from data_modules.files import atomic_write
+    from fair_lightning.lightning.summary import collect_summary, finish
+    from fair_lightning.lightning.tracking import make_loggers
 
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
@@ -550,7 +546,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     if refit:
         import torch
 
-        from fair_lightning.lightning.callbacks import ErasureStage
+        from fair_lightning.lightning.erasure_stage import ErasureStage
 
         erase = ErasureStage(dm, out / "erased.ckpt").fit_head(module)
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -562,10 +558,8 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     trainer = build_audit_trainer(cfg, out, callbacks,
                                   make_loggers(cfg, out, dm.cache_name, job_type="audit"))
     results = trainer.test(module, datamodule=dm, verbose=False)
-    summary = collect_summary(trainer, results, callbacks)
-    summary.update(erase)
-    summary["audit/checkpoint"] = str(ckpt.resolve())
-    atomic_write(out / "summary.json", json_text(summary))
-    write_run_report(out, cfg, summary, callbacks)
-    finish_wandb(trainer, summary, out)
+    summary = collect_summary(trainer, results, callbacks, erase,
+                              proxy_components_summary(module), data_summary(dm),
+                              setup_summary(cfg), {"audit/checkpoint": str(ckpt.resolve())})
+    finish(out, cfg, summary, trainer, callbacks)
     return out

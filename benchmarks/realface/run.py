@@ -44,7 +44,9 @@ from benchmarks.realface.build import (
     population_settings,
 )
 from data_modules.files import atomic_write, json_text
+from data_modules.schema import SENSITIVE
 from fair_lightning.audit.proxy_audit import MERIT_R_WARN
+from fair_lightning.models.scorer import BRANCHES, REPRESENTATIONS
 
 # name -> (experiment, extra overrides): what RUNS may name
 RUNS = {
@@ -94,7 +96,8 @@ RUNS = {
 SYNTHETIC = "synthetic"
 SYNTHETIC_COMPONENTS = 2
 DEFAULT_RUNS = ("baseline", "adversarial", "label_adversary", "label_erasure", "label_dependence")
-LAYERS = ("fused", "erased", "head", "score", "proxy", "audio", "video", "text")
+# the audited layers, h and what is read from it first, the branches last
+LAYERS = (*(la for la in REPRESENTATIONS if la not in BRANCHES), *BRANCHES)
 LEVELS = ("clip", "person")
 
 
@@ -214,7 +217,6 @@ def _stat(values: list[float], worst=max) -> str:
     return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} ({worst(v):.3f})"
 
 
-ATTRIBUTES = ("gender", "ethnicity")
 
 
 def merit_r(r: dict) -> float:
@@ -230,7 +232,7 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
     for name, r in results.items():
         by_run.setdefault(name.rsplit("-s", 1)[0], []).append(r)
     out = []
-    for attr in ATTRIBUTES:
+    for attr in SENSITIVE:
         layers = [la for la in LAYERS
                   if any(f"leak/{la}/{attr}/clip/bal_acc" in r for r in results.values())]
         if attr != "gender" and not layers:
@@ -296,7 +298,7 @@ def validation_table(by_run: dict[str, list[dict]]) -> str:
     layers = [la for la in ("erased", "fused")
               if any(f"fit_leak/{la}/gender/clip/bal_acc" in r for rs in by_run.values()
                      for r in rs)]
-    attrs = [a for a in ATTRIBUTES if any(f"fit_leak/fused/{a}/clip/bal_acc" in r
+    attrs = [a for a in SENSITIVE if any(f"fit_leak/fused/{a}/clip/bal_acc" in r
                                           for rs in by_run.values() for r in rs)]
     if not layers:
         return ""

@@ -22,6 +22,7 @@ torchmetrics twin that accumulates over batches and processes (DDP).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -307,3 +308,13 @@ class OutputFairness(Metric):
             people=self._people(),
             min_group_size=self.min_group_size,
         )
+
+
+@dataclass
+class ScoreGroups:
+    """What the report plots of the test split: every clip's score, each attribute's group
+    per clip (-1 where unknown or suppressed), and the invite decision's cut-off."""
+    score: np.ndarray
+    groups: dict[str, np.ndarray]
+    cutoff: float | None
+    cutoff_label: str

@@ -36,7 +36,7 @@ def plot_probe_results(rows: list[dict], path: Path, title: str = "") -> Path:
     other attacker of that level, so a reader sees how far the attackers disagree.
 
     rows: dicts with layer, attr, attacker, level, selected, bal_acc, bal_acc_ci_low,
-    bal_acc_ci_high, chance (see `fair_lightning.lightning.callbacks.AttackAudit`).
+    bal_acc_ci_high, chance (see `fair_lightning.audit.engine.AttackAudit`).
     """
     attrs = sorted({r["attr"] for r in rows}, key=["gender", "ethnicity"].index)
     layers = list(dict.fromkeys(r["layer"] for r in rows))

@@ -15,9 +15,10 @@ import numpy as np
 
 from data_modules.files import atomic_write
 from data_modules.schema import SENSITIVE
+from fair_lightning.audit.fairness import ScoreGroups
+from fair_lightning.models.scorer import REPRESENTATIONS
 
-LAYERS = ("text", "audio", "video", "fused", "erased", "head", "score", "proxy")
-ATTRS = tuple(SENSITIVE)
+LAYERS = REPRESENTATIONS  # the audited layers, in the report's order
 TASK_KEYS = ("test/pearson", "test/pearson_merit", "test/mae", "test/r2")
 
 
@@ -56,7 +57,7 @@ def leakage_section(s: dict, families=("linear", "kernel")) -> list[str]:
         if f"leak/{layer}/gender/clip/bal_acc" not in s:
             continue
         cells = []
-        for a in ATTRS:
+        for a in SENSITIVE:
             for level in ("clip", "person"):
                 base = f"leak/{layer}/{a}/{level}"
                 name = str(s.get(f"{base}/attacker", "")).split(" (")[0]
@@ -73,7 +74,7 @@ def leakage_section(s: dict, families=("linear", "kernel")) -> list[str]:
                   "|---|---|---|---|---|"]
         for att in attackers:
             cells = []
-            for a in ATTRS:
+            for a in SENSITIVE:
                 base = f"probe/fused/{a}/{att}"
                 cells += [_fmt(s.get(f"{base}/cv_bal_acc")), _ci(s, base)]
             lines.append(f"| {att} | " + " | ".join(cells) + " |")
@@ -148,20 +149,18 @@ def _proxy_lines(cfg, s: dict) -> list[str]:
     return lines
 
 
-def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
-    """report.md for one run, plus a scores-by-group plot from the fairness callback."""
+def write_run_report(run_dir: Path, cfg, summary: dict, scores: ScoreGroups | None = None
+                     ) -> Path:
+    """report.md for one run, plus a scores-by-group plot of the test split's scores."""
     from fair_lightning.audit.plots import plot_scores_by_group
 
     run_dir = Path(run_dir)
     (run_dir / "plots").mkdir(exist_ok=True)
+    if scores is not None:
+        plot_scores_by_group(scores.score, scores.groups,
+                             run_dir / "plots" / "test_scores_by_group.png",
+                             cutoff=scores.cutoff, cutoff_label=scores.cutoff_label)
     plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
-    for cb in callbacks:
-        scores = getattr(cb, "test_scores", {})
-        if "score" in scores:
-            groups = {a: scores[a] for a in ATTRS if a in scores}
-            plot_scores_by_group(scores["score"], groups, run_dir / "plots" / "test_scores_by_group.png",
-                                 cutoff=cb.test_cutoff, cutoff_label=cb.cutoff_label())
-            plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     s = summary
     lines = [
         f"# Run report: {cfg.experiment}",
@@ -206,12 +205,12 @@ def write_run_report(run_dir: Path, cfg, summary: dict, callbacks=()) -> Path:
                   "decision; EO: equal-opportunity difference (TPR gap among qualified candidates).",
                   "", "| attribute | DP diff | DP ratio | EO diff | MAE gap | mean-score gap | score–gender r |",
                   "|---|---|---|---|---|---|---|"]
-        for a in ATTRS:
+        for a in SENSITIVE:
             lines.append(f"| {a} | {_fmt(s.get(f'fair/{a}/dp_diff'))} | {_fmt(s.get(f'fair/{a}/dp_ratio'))} | "
                          f"{_fmt(s.get(f'fair/{a}/eo_diff'))} | {_fmt(s.get(f'fair/{a}/mae_gap'))} | "
                          f"{_fmt(s.get(f'fair/{a}/mean_score_gap'))} | "
                          f"{_fmt(s.get(f'fair/{a}/score_corr')) if a == 'gender' else '–'} |")
-        hidden = {a: int(s.get(f"fair/{a}/groups_suppressed") or 0) for a in ATTRS}
+        hidden = {a: int(s.get(f"fair/{a}/groups_suppressed") or 0) for a in SENSITIVE}
         if any(hidden.values()):
             lines += ["", "Suppressed: " + ", ".join(f"{n} {a} group(s)" for a, n in
                                                       hidden.items() if n)
@@ -258,8 +257,8 @@ def load_run(run_dir: Path) -> dict:
 
 COMPARE_COLUMNS = (
     ["test/pearson", "test/pearson_merit", "test/mae"]
-    + [f"leak/fused/{a}/{lv}/bal_acc" for a in ATTRS for lv in ("clip", "person")]
-    + [f"fair/{a}/{k}" for a in ATTRS for k in ("dp_diff", "eo_diff", "mae_gap")]
+    + [f"leak/fused/{a}/{lv}/bal_acc" for a in SENSITIVE for lv in ("clip", "person")]
+    + [f"fair/{a}/{k}" for a in SENSITIVE for k in ("dp_diff", "eo_diff", "mae_gap")]
     + ["fair/gender/score_corr"]
 )
 # the direction in which a value is worse, for the worst run of a group
@@ -400,7 +399,7 @@ def worst_leak(summary: dict, prefix: str = "leak") -> float:
     over attributes and levels."""
     layer = head_layer(summary, prefix)
     gaps = [summary[f"{prefix}/{layer}/{a}/{lv}/bal_acc"] - summary[f"{prefix}/{layer}/{a}/{lv}/chance"]
-            for a in ATTRS for lv in ("clip", "person")
+            for a in SENSITIVE for lv in ("clip", "person")
             if f"{prefix}/{layer}/{a}/{lv}/bal_acc" in summary]
     return max(gaps) if gaps else math.nan
 
@@ -422,7 +421,7 @@ def leak_excess(summary: dict, prefix: str = "leak") -> float:
     1.0: every cell moves it."""
     layer = claim_layer(summary, prefix)
     shares = []
-    for a in ATTRS:
+    for a in SENSITIVE:
         for lv in ("clip", "person"):
             bal = summary.get(f"{prefix}/{layer}/{a}/{lv}/bal_acc")
             if bal is None or math.isnan(bal):

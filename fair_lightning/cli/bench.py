@@ -4,7 +4,7 @@
     python -m fair_lightning.cli.bench preprocess [--clips 8] [--scale 4] [--workers 1 2]
 
 `train` (the default): framework overhead, adversary cost, loader headroom, memory against
-data size, audit cost and growth; see `fair_lightning.bench_train`. Writes
+data size, audit cost and growth; see `fair_lightning.bench.measure`. Writes
 runs/bench/bench.json and bench.md.
 
 `preprocess`: raw-video preprocessing on generated interview-sized clips (15 s, 1280x720,
@@ -153,7 +153,7 @@ def _train_bench(args) -> int:
     import logging
     import warnings
 
-    from fair_lightning.bench_train import markdown, run
+    from fair_lightning.bench.measure import markdown, run
     from fair_lightning.ops.runtime import quiet_warnings, set_offline_env
 
     set_offline_env()

@@ -105,7 +105,7 @@ class FairScorerModule(L.LightningModule):
         self.adversary = adversary_cls.from_config(m, self.adv_cfg) if adversary_cls else None
         self.objective = (OBJECTIVES[self.adv_cfg.objective].from_config(m, self.adv_cfg)
                           if self.adversary is not None else None)
-        # the erasure stage (fitted after training by `callbacks.ErasureStage`)
+        # the erasure stage (fitted after training by `lightning.erasure_stage.ErasureStage`)
         e = erasure or {}
         self.erased_head = (ErasedHead(m.fused_dim, head_dims=e["head_dims"],
                                        weight_decay=self.optim_cfg.weight_decay,

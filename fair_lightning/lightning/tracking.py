@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import numbers
 import os
 from pathlib import Path
@@ -210,58 +209,3 @@ def finish_wandb(trainer, summary: dict, run_dir: Path) -> None:
             if (Path(run_dir) / name).is_file():
                 run.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
         run.finish()
-
-
-def flat_metrics(metrics: dict, prefixes: tuple[str, ...]) -> dict[str, float]:
-    """Scalar metrics whose names start with one of `prefixes`, as plain floats."""
-    out = {}
-    for k, v in metrics.items():
-        if not k.startswith(prefixes):
-            continue
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        out[k] = f if math.isfinite(f) else float("nan")
-    return dict(sorted(out.items()))
-
-
-SUMMARY_PREFIXES = ("test/", "probe/", "leak/", "fit_leak/", "fair/", "adv/test_", "time/",
-                    "erase/", "proxy/")
-
-
-def collect_summary(trainer, test_results: list[dict], callbacks) -> dict[str, float | str]:
-    """Final flat metrics: test metrics, fairness, the test-time attacker suite (every
-    attacker and the selected leakage), the end-of-fit leakage on val, and the name of
-    each selected attacker."""
-    from fair_lightning.lightning.callbacks import (
-        audit_time_key,
-        rows_to_metrics,
-        selected_attackers,
-    )
-
-    metrics = dict(trainer.callback_metrics)
-    for d in test_results or []:
-        metrics.update(d)
-    names = {}
-    for cb in callbacks:
-        results = getattr(cb, "results", {})
-        for prefix, keep in (("probe", None), ("fit_probe", "fit_leak/")):
-            rows = results.get(prefix)
-            if rows:
-                m = rows_to_metrics(rows, prefix)
-                metrics.update({k: v for k, v in m.items() if keep is None or
-                                k.startswith(keep)})
-                names.update(selected_attackers(rows, prefix))
-        if "probe" in results:
-            metrics.update({audit_time_key(p): t for p, t in cb.timings.items()})
-            metrics["probe/suites_reused"] = cb.audit.reused
-            metrics["probe/suites_shared"] = cb.audit.shared
-            metrics["probe/workers"] = cb.audit.pool_size
-            metrics["probe/fit_representations_reused"] = float(
-                cb.fit_reps_reused.get("probe", False))
-            metrics["probe/shared_people_dropped"] = cb.shared_dropped.get("probe", 0)
-            metrics.update(cb.proxy)
-            metrics.update({f"leak/skipped/{a}": 1.0 for a in cb.skipped.get("probe", {})})
-            metrics.update({f"leak/refused/{la}": 1.0 for la in cb.refused.get("probe", {})})
-    return {**flat_metrics(metrics, SUMMARY_PREFIXES), **dict(sorted(names.items()))}

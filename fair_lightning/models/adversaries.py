@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_modules.features.dlib_faces import DESCRIPTOR_DIM
 from fair_lightning.models.encoders import small_cnn
 from fair_lightning.models.proxy import ProxyComponents
 
@@ -65,7 +66,7 @@ class PrecomputedFaceEncoder(nn.Module):
     """`face_encoder: pretrained`: descriptors computed at preprocessing (dlib's ResNet) ->
     the mean over a clip's K frames, unit length. Nothing to train."""
 
-    dim = 128  # dlib's descriptor size
+    dim = DESCRIPTOR_DIM  # dlib's descriptor size
     frozen = True
 
     def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
@@ -336,7 +337,7 @@ class FaceMatchAdversary(Adversary):
     (validation must not find training clips, nor the reverse). With `components` k > 0
     (a frozen encoder only), the embedding everything downstream sees (D, the dependence
     term, the erasure stage, the audit's `proxy`) is its k leading directions across people
-    (`ProxyComponents`, fitted at the start of fit by `callbacks.ProxyComponentsFit`).
+    (`ProxyComponents`, fitted at the start of fit by `lightning.proxy_fit.ProxyComponentsFit`).
     """
 
     def __init__(self, h_dim: int, face_dim: int, hidden: int, *, heads: int = 1,

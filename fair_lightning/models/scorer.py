@@ -13,7 +13,8 @@ from fair_lightning.models.encoders import AudioEncoder, TextEncoder, VideoEncod
 # `erased` is h after the erasure stage at h's full width, `head` the few directions of it
 # the refitted head reads (with erasure.head_dims > 0), `score` the prediction alone, and
 # `proxy` the face embedding the face adversary uses in place of the sensitive labels.
-SCORER_REPRESENTATIONS = ("text", "audio", "video", "fused")
+BRANCHES = ("text", "audio", "video")  # the modality branches, each read by the audit
+SCORER_REPRESENTATIONS = (*BRANCHES, "fused")
 REPRESENTATIONS = (*SCORER_REPRESENTATIONS, "erased", "head", "score", "proxy")
 
 

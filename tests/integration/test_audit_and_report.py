@@ -93,6 +93,16 @@ def test_standalone_audit_rewrites_the_same_files(runs, tmp_path, capsys):
     assert not (out / "erased.ckpt").exists()  # the same erasure: nothing refitted
     assert a["leak/fused/gender/clip/attacker"].split(" ")[0] in ("linear", "kernel")
     assert (out / "plots" / "probe_leakage.png").is_file()
+    # one summary for a run and an audit: the audit's has the run's setup and data keys,
+    # and its report their lines
+    for k in ("setup/face_proxy", "setup/threads", "setup/code", "data/clips/test",
+              "data/people/train", "probe/suites_reused", "time/probe_audit_s"):
+        assert k in a and k in t, k
+    assert a["data/clips/test"] == t["data/clips/test"] and a["setup/face_proxy"] == t[
+        "setup/face_proxy"]
+    report = (out / "report.md").read_text()
+    assert "- setup: face proxy" in report and "- clips train/val/test:" in report
+    assert (out / "plots" / "test_scores_by_group.png").is_file()
 
 
 def test_audit_refits_another_erasure_on_the_trained_weights(runs, tmp_path, capsys):
@@ -200,7 +210,7 @@ def test_tiny_splits_publish_no_individual_and_the_report_warns(tmp_path):
 def test_the_fit_split_is_extracted_again_only_when_the_weights_change(monkeypatch):
     import torch
 
-    import fair_lightning.lightning.callbacks as cb
+    import fair_lightning.lightning.probe as cb
     from fair_lightning.config import load_config
 
     calls = []
@@ -228,8 +238,8 @@ def test_the_fit_split_is_extracted_again_only_when_the_weights_change(monkeypat
 
 
 def test_an_attribute_annotated_for_one_group_is_a_counted_skip_not_a_crash():
+    from fair_lightning.audit.engine import AttackAudit, unauditable
     from fair_lightning.config import load_config
-    from fair_lightning.lightning.callbacks import AttackAudit, unauditable
 
     rng = np.random.default_rng(0)
     person = np.repeat(np.arange(24), 2)
@@ -250,7 +260,7 @@ def test_an_attribute_annotated_for_one_group_is_a_counted_skip_not_a_crash():
 
 
 def test_a_layer_erased_to_round_off_is_refused_not_scored():
-    from fair_lightning.lightning.callbacks import AttackAudit, relative_spread
+    from fair_lightning.audit.engine import AttackAudit, relative_spread
 
     rng = np.random.default_rng(1)
     person = np.repeat(np.arange(20), 2)

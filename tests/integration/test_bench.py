@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from fair_lightning.bench_train import _prepare, plain_epochs
+from fair_lightning.bench.measure import _prepare, plain_epochs
 from tests.conftest import tiny_overrides
 
 

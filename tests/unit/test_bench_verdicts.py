@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fair_lightning.bench_train import verdict
+from fair_lightning.bench.measure import verdict
 
 
 def test_verdicts_name_the_goal_and_whether_it_is_met():
@@ -12,7 +12,7 @@ def test_verdicts_name_the_goal_and_whether_it_is_met():
 
 
 def test_the_audit_figures_of_every_scale_are_reported_with_their_goals():
-    from fair_lightning.bench_train import flat_ratios, markdown
+    from fair_lightning.bench.measure import flat_ratios, markdown
 
     def audit(people, fit_end, test, training):
         return {"people": people, "fit_end_s": fit_end, "test_s": test, "training_s": training,

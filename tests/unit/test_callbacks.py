@@ -4,7 +4,7 @@ stage and the audit."""
 import numpy as np
 import torch
 
-from fair_lightning.lightning.callbacks import collect_rows
+from fair_lightning.lightning.collect import collect_rows
 
 
 class _Batch:
@@ -58,8 +58,8 @@ def test_the_audit_fits_each_distinct_suite_once_and_its_workers_change_nothing(
     """Layers with the same bytes (`erased` when the erasure stage erased nothing) share one
     fitted suite; suites fitted on two workers read exactly as on one; the process's
     thread count is left as it was."""
+    from fair_lightning.audit.engine import AttackAudit
     from fair_lightning.config import load_config
-    from fair_lightning.lightning.callbacks import AttackAudit
 
     fit, ev = _audit_rows()
     results = {}
@@ -96,8 +96,8 @@ def test_the_audit_fits_each_distinct_suite_once_and_its_workers_change_nothing(
 def test_two_attributes_with_the_same_bytes_are_not_one_suite():
     """Gender and ethnicity may hold equal labels; a 2-class and a 3-class suite still
     differ (chance 1/2 against 1/3)."""
+    from fair_lightning.audit.engine import AttackAudit
     from fair_lightning.config import load_config
-    from fair_lightning.lightning.callbacks import AttackAudit
 
     fit, ev = _audit_rows()
     fit, ev = dict(fit, ethnicity=fit["gender"]), dict(ev, ethnicity=ev["gender"])
@@ -110,8 +110,8 @@ def test_two_attributes_with_the_same_bytes_are_not_one_suite():
 
 
 def test_a_changed_layer_is_fitted_again_and_stale_suites_are_dropped():
+    from fair_lightning.audit.engine import AttackAudit
     from fair_lightning.config import load_config
-    from fair_lightning.lightning.callbacks import AttackAudit
 
     fit, ev = _audit_rows()
     cfg = load_config("baseline", [("probe.attackers", "[linear]"),

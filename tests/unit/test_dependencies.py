@@ -96,6 +96,9 @@ def _layer_violations() -> list[str]:
         mods = _imports_of(f)
         if not rel.startswith("fair_lightning/cli/"):  # entry points: imported by nothing
             bad += [f"{rel} imports {m}" for m in mods if m.startswith("fair_lightning.cli")]
+            if not rel.startswith("fair_lightning/bench/"):  # the bench: by its entry point
+                bad += [f"{rel} imports {m}" for m in mods
+                        if m.startswith("fair_lightning.bench")]
         if rel.startswith(("fair_lightning/audit/", "fair_lightning/models/", "fair_lightning/ops/")) \
                 or rel == "fair_lightning/steps.py":  # plain torch and numpy, no Lightning
             bad += [f"{rel} imports {m}" for m in mods
@@ -107,9 +110,9 @@ def _layer_violations() -> list[str]:
 
 
 def test_layers_import_downwards_only():
-    """cli -> experiment -> lightning -> audit, models, steps, ops -> data_modules: no entry
-    point is imported by library code, and the audit, the networks, the training step and the
-    plumbing run without Lightning."""
+    """cli -> bench -> experiment -> lightning -> audit, models, steps, ops -> data_modules:
+    no entry point and no bench code is imported by library code, and the audit, the
+    networks, the training step and the plumbing run without Lightning."""
     assert _layer_violations() == []
 
 
@@ -118,13 +121,16 @@ def test_the_layer_check_sees_an_upward_import(tmp_path, monkeypatch):
     fake = tmp_path / "fair_lightning" / "audit"
     fake.mkdir(parents=True)
     (fake / "x.py").write_text("def f():\n    from fair_lightning.cli.train import main\n"
-                               "    import lightning\n")
+                               "    import lightning\n"
+                               "    from fair_lightning.bench.plain import PlainEngine\n")
     (tmp_path / "data_modules").mkdir()
     (tmp_path / "data_modules" / "y.py").write_text("from fair_lightning import config\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert sorted(_layer_violations()) == [
         "data_modules/y.py imports fair_lightning",
         "data_modules/y.py imports fair_lightning.config",
+        "fair_lightning/audit/x.py imports fair_lightning.bench.plain",
+        "fair_lightning/audit/x.py imports fair_lightning.bench.plain.PlainEngine",
         "fair_lightning/audit/x.py imports fair_lightning.cli.train",
         "fair_lightning/audit/x.py imports fair_lightning.cli.train.main",
         "fair_lightning/audit/x.py imports lightning"]

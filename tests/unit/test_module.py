@@ -12,11 +12,11 @@ from data_modules.batch import SensitiveAccessError
 from data_modules.collate import collate_records, strip_sensitive
 from data_modules.datamodule import InterviewDataModule
 from data_modules.shards import write_shards
+from fair_lightning.bench.plain import PlainEngine
 from fair_lightning.config import load_config
 from fair_lightning.lightning.module import FairScorerModule, dann_weight
 from fair_lightning.models import kernel_dependence
 from fair_lightning.models.objectives import occurrence_index
-from fair_lightning.steps import PlainEngine
 from tests.conftest import make_records
 
 

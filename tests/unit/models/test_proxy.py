@@ -118,7 +118,7 @@ def test_a_resumed_run_keeps_its_fitted_components():
     (a refit would read the data; here there is none to read)."""
     from types import SimpleNamespace
 
-    from fair_lightning.lightning.callbacks import ProxyComponentsFit
+    from fair_lightning.lightning.proxy_fit import ProxyComponentsFit
 
     x, ident, _, _ = _people()
     comp = ProxyComponents(32, 2)
@@ -275,7 +275,7 @@ def test_the_fit_callback_is_label_free_and_deterministic():
     attributes (reading them would raise), and gives the same directions whatever the order
     of its batches."""
     from data_modules.collate import collate_records, strip_sensitive
-    from fair_lightning.lightning.callbacks import ProxyComponentsFit
+    from fair_lightning.lightning.proxy_fit import ProxyComponentsFit
     from tests.conftest import make_records
 
     recs = [strip_sensitive(r) for r in make_records(n_ids=24, clips=2)]

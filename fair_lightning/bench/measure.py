@@ -100,7 +100,7 @@ def plain_epoch(module, loader, opts, parts: dict | None = None) -> float:
     """One epoch without Lightning: the module's own training step strategy
     (`fair_lightning.steps`) driven by a plain PyTorch engine (backward, clipping,
     toggling, a constant lambda, no logging); `parts` adds up seconds by part of the step."""
-    from fair_lightning.steps import PlainEngine
+    from fair_lightning.bench.plain import PlainEngine
 
     module.train()
     params = [list(module.scorer.parameters())]
@@ -258,7 +258,8 @@ def bench_audit(cache: str, people: int, run_dir: Path) -> dict:
 
 def audit_once(cfg, dm, module) -> float:
     """One end-of-fit audit (train -> val, every layer and attribute), extraction included."""
-    from fair_lightning.lightning.callbacks import AttackAudit, extract_representations
+    from fair_lightning.audit.engine import AttackAudit
+    from fair_lightning.lightning.collect import extract_representations
     from fair_lightning.models import REPRESENTATIONS
 
     t = time.perf_counter()
