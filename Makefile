@@ -27,7 +27,7 @@ help:
 	@echo "make realface [POP=lfw|fairface|synthetic] [RUNS='baseline adversarial ...'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface-POP] [ARGS=...]  real-face development benchmark"
 	@echo "make test | make test-integration | make test-all     unit tests and a smoke run | end-to-end tests | everything, slow ones too"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
-	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        side-by-side table + plot"
+	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        tables by group and by run + plot"
 	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [SEED_JOBS=2] [ARGS=...]  every experiment x seed (one thread each), then compare"
 	@echo "make lint | make clean"
 

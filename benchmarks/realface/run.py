@@ -46,7 +46,7 @@ from benchmarks.realface.build import (
 from data_modules.files import atomic_write, json_text
 from data_modules.schema import SENSITIVE
 from fair_lightning.audit.proxy_audit import MERIT_R_WARN
-from fair_lightning.models.scorer import BRANCHES, REPRESENTATIONS
+from fair_lightning.audit.tables import leakage_tables, stat, table_notes
 
 # name -> (experiment, extra overrides): what RUNS may name
 RUNS = {
@@ -96,8 +96,6 @@ RUNS = {
 SYNTHETIC = "synthetic"
 SYNTHETIC_COMPONENTS = 2
 DEFAULT_RUNS = ("baseline", "adversarial", "label_adversary", "label_erasure", "label_dependence")
-# the audited layers, h and what is read from it first, the branches last
-LAYERS = (*(la for la in REPRESENTATIONS if la not in BRANCHES), *BRANCHES)
 LEVELS = ("clip", "person")
 
 
@@ -208,20 +206,6 @@ def run_settings(run_dir: Path) -> dict[str, str]:
                                if cfg.erasure.enabled else "off")}
 
 
-def _stat(values: list[float], worst=max) -> str:
-    v = [x for x in values if x is not None and not math.isnan(x)]
-    if not v:
-        return "–"
-    if len(v) == 1:
-        return f"{v[0]:.3f}"
-    return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} ({worst(v):.3f})"
-
-
-
-
-def merit_r(r: dict) -> float:
-    """r(score, merit) on test clips: joined from the corpus's truth, or the synthetic run's."""
-    return r.get("realface/pearson_merit", r.get("test/pearson_merit", math.nan))
 
 
 def table(results: dict[str, dict], reference: dict | None, corpus: dict | None = None,
@@ -231,30 +215,7 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
     by_run: dict[str, list[dict]] = {}
     for name, r in results.items():
         by_run.setdefault(name.rsplit("-s", 1)[0], []).append(r)
-    out = []
-    for attr in SENSITIVE:
-        layers = [la for la in LAYERS
-                  if any(f"leak/{la}/{attr}/clip/bal_acc" in r for r in results.values())]
-        if attr != "gender" and not layers:
-            continue
-        head = ["run", "seeds"] + [f"{attr} `{la}` clip / person" for la in layers] + [
-            f"{attr} DP ratio"]
-        if attr == "gender":
-            head += ["r(score, merit)", "test r(label)", "kept variance of h"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for run, rs in by_run.items():
-            row = [run, str(len(rs))]
-            for la in layers:
-                row.append(" / ".join(_stat([r.get(f"leak/{la}/{attr}/{lv}/bal_acc", math.nan)
-                                             for r in rs]) for lv in LEVELS))
-            row.append(_stat([r.get(f"fair/{attr}/dp_ratio", math.nan) for r in rs], min))
-            if attr == "gender":
-                row += [_stat([merit_r(r) for r in rs], min),
-                        _stat([r.get("test/pearson", math.nan) for r in rs], min),
-                        _stat([r.get("erase/kept_variance", math.nan) for r in rs], min)]
-            lines.append("| " + " | ".join(row) + " |")
-        out.append("\n".join(lines) + "\n")
-    out = "\n".join(out)
+    out = leakage_tables(by_run)
     if reference:
         out += ("\nThe label itself on the same test clips: gender read from the label "
                 f"{reference.get('label/gender/clip/bal_acc', math.nan):.3f} (clip) / "
@@ -265,12 +226,8 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
                 f"{reference.get('label/gender_dp_ratio', math.nan):.3f}.\n")
     out += proxy_table(by_run, one_photo)
     out += validation_table(by_run)
-    out += ("\nBalanced accuracy of the strongest attacker the audit selects, on test people "
-            "(mean ± std over seeds, worst seed in brackets; for DP ratio and r the worst is the "
-            "lowest). `fused`: h as trained, full width; `erased`: the erasure stage's output at "
-            "h's width; `head`: the directions the refitted head reads; `score`: the score "
-            "alone; `proxy`: the face embedding the adversary uses. Chance is 0.5 for gender "
-            "and 1/3 for ethnicity (ChaLearn's three groups).\n")
+    out += "\n" + table_notes({"gender": 0.5, "ethnicity": 1 / 3}).replace(
+        "ethnicity 0.333.", "ethnicity 0.333 (ChaLearn's three groups).")
     if corpus:
         st = corpus["settings"]
         out += (f"\nCorpus: {corpus['people']} people ({st['strata']}), {corpus['clips']} clips, "
@@ -284,10 +241,6 @@ def table(results: dict[str, dict], reference: dict | None, corpus: dict | None 
     if fits:
         out += (f" Training with the end-of-fit audit: {np.mean(fits):.0f} s a run on average "
                 f"(`time/fit_s`).")
-    if results:
-        threads = sorted({str(r.get("setup/threads", "unknown")) for r in results.values()})
-        code = sorted({str(r.get("setup/code", "unknown")) for r in results.values()})
-        out += f" CPU threads: {', '.join(threads)}. Code: {', '.join(code)}."
     return out + ("\n" if corpus or results else "")
 
 
@@ -309,10 +262,10 @@ def validation_table(by_run: dict[str, list[dict]]) -> str:
            "chosen on):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, rs in by_run.items():
         row = [run, str(len(rs))]
-        row += [" / ".join(_stat([r.get(f"fit_leak/{la}/{a}/{lv}/bal_acc", math.nan)
+        row += [" / ".join(stat([r.get(f"fit_leak/{la}/{a}/{lv}/bal_acc", math.nan)
                                   for r in rs]) for lv in LEVELS) for la, a in cols]
-        row += [_stat([r.get("select/val_task", math.nan) for r in rs], min),
-                _stat([r.get("erase/val_pearson_merit_after", r.get("val/pearson_merit",
+        row += [stat([r.get("select/val_task", math.nan) for r in rs], min),
+                stat([r.get("erase/val_pearson_merit_after", r.get("val/pearson_merit",
                                                                       math.nan)) for r in rs],
                       min)]
         out.append("| " + " | ".join(row) + " |")
@@ -347,7 +300,7 @@ def proxy_table(by_run: dict[str, list[dict]], one_photo: bool = False) -> str:
         k = rs[0].get("config/face_proxy_components", 0)
         cells = [run, f"{rs[0].get('config/face_encoder', '?')}, "
                       f"{rs[0].get('config/face_proxy', 'leading')}", str(k or "all")]
-        cells += [_stat([r.get(key, math.nan) for r in rs]) for key, _ in PROXY_COLUMNS]
+        cells += [stat([r.get(key, math.nan) for r in rs]) for key, _ in PROXY_COLUMNS]
         out.append("| " + " | ".join(cells) + " |")
     note = ("\nThe face proxy on test people: `retrieval` is the share of clips whose nearest "
             "other clip shows the same person (`setting only`: the same from the colours "

@@ -114,7 +114,8 @@ def plot_scores_by_group(scores: np.ndarray, groups: dict[str, np.ndarray], path
 
 
 LAYER_WORDS = {"fused": "h", "erased": "erased h", "head": "the head's directions",
-               "score": "the score", "proxy": "the face proxy"}
+               "score": "the score", "proxy": "the face proxy",
+               "h": "h at full width (erased where erased)"}
 
 
 def describe_metric(key: str) -> str:

@@ -255,48 +255,12 @@ def load_run(run_dir: Path) -> dict:
     return summary
 
 
-COMPARE_COLUMNS = (
-    ["test/pearson", "test/pearson_merit", "test/mae"]
-    + [f"leak/fused/{a}/{lv}/bal_acc" for a in SENSITIVE for lv in ("clip", "person")]
-    + [f"fair/{a}/{k}" for a in SENSITIVE for k in ("dp_diff", "eo_diff", "mae_gap")]
-    + ["fair/gender/score_corr"]
-)
-# the direction in which a value is worse, for the worst run of a group
-HIGHER_IS_BETTER = ("test/pearson", "test/pearson_merit", "test/r2")
-
-
-def worst(column: str, values: np.ndarray) -> float:
-    """The worst value of a column over runs: lowest task quality, highest leakage or gap
-    (absolute value for a correlation, whose sign is not a direction of harm)."""
-    if not len(values):
-        return float("nan")
-    if column in HIGHER_IS_BETTER:
-        return float(np.nanmin(values))
-    if column.endswith("score_corr"):
-        return float(values[np.nanargmax(np.abs(values))])
-    return float(np.nanmax(values))
-
-
-def aggregate(runs: list[dict]) -> list[dict]:
-    """Mean, std and worst value over runs of the same experiment (e.g. seeds)."""
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(r["_experiment"], []).append(r)
-    out = []
-    for exp, rs in groups.items():
-        row = {"_name": exp, "_n": len(rs)}
-        for c in COMPARE_COLUMNS:
-            vals = np.array([r[c] for r in rs if c in r], dtype=float)
-            row[c] = (float(np.nanmean(vals)) if len(vals) else float("nan"),
-                      float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan"),
-                      worst(c, vals))
-        out.append(row)
-    return out
-
-
 # keys that say where or how fast, not what: runs that differ only in these saw the same data
 _DATA_KEYS_IGNORED = ("data.batch_size", "data.num_workers", "data.cache_dir",
                       "data.derived_cache_dir", "data.preprocess.workers")
+# how fast or where, not what: left out of a group's name
+_SPEED_KEYS = ("probe.workers", "probe.device", "resume", "trainer.enable_progress_bar",
+               "logger")
 # keys that differ between the runs of any comparison by design
 _RUN_KEYS_IGNORED = ("seed", "output_dir", "experiment", "description")
 
@@ -314,10 +278,57 @@ def runs_config_differences(run_dirs: list[Path]) -> tuple[list[str], list[str]]
     return data, other
 
 
+def group_labels(run_dirs: list[Path], runs: list[dict]) -> list[str]:
+    """Each run's group: its experiment plus `key=value` for each setting whose values
+    differ between that experiment's runs (seeds, output folders and how fast aside), so
+    `adversarial` runs with two proxies form two groups."""
+    from omegaconf import OmegaConf
+
+    from fair_lightning.config import ConfigError, differing_keys, flat_config, load_config_file
+
+    def settings(d: Path) -> dict:
+        """The run's config, keys added since it was made at today's defaults."""
+        path = Path(d) / "config.yaml"
+        if not path.is_file():
+            return {}
+        try:
+            return OmegaConf.to_container(load_config_file(path), resolve=True)
+        except ConfigError:
+            return OmegaConf.to_container(OmegaConf.load(path))
+
+    configs = [settings(d) for d in run_dirs]
+    flats = [flat_config(c) for c in configs]
+    labels = []
+    for r, flat in zip(runs, flats, strict=True):
+        same = [c for c, rr in zip(configs, runs, strict=True)
+                if rr["_experiment"] == r["_experiment"]]
+        keys = differing_keys(same, _RUN_KEYS_IGNORED + _DATA_KEYS_IGNORED + _SPEED_KEYS)
+        labels.append(" ".join([r["_experiment"], *(f"{k}={flat.get(k)}" for k in keys)]))
+    return labels
+
+
+def _csv_columns(runs: list[dict]) -> list[str]:
+    """Every figure the tables read, for each run: leakage with its interval on every
+    layer, the DP ratio and the task figures."""
+    from fair_lightning.audit.tables import LAYERS, LEVELS
+
+    cols = ["test/pearson", "test/pearson_merit", "realface/pearson_merit", "test/mae",
+            "erase/kept_variance", "setup/threads", "setup/code"]
+    for a in SENSITIVE:
+        cols += [f"leak/{la}/{a}/{lv}/{k}" for la in LAYERS for lv in LEVELS
+                 for k in ("bal_acc", "bal_acc_ci_low", "bal_acc_ci_high")]
+        cols += [f"fair/{a}/{k}" for k in ("dp_ratio", "dp_diff", "eo_diff", "mae_gap")]
+    cols.append("fair/gender/score_corr")
+    return [c for c in cols if any(c in r for r in runs)]
+
+
 def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_merit",
-            leakage: str = "leak/fused/gender/clip/bal_acc", *,
-            allow_mixed_data: bool = False) -> dict[str, Path]:
+            leakage: str = "h", *, allow_mixed_data: bool = False) -> dict[str, Path]:
+    """comparison.md (the leakage tables by group of runs, then by run), comparison.csv
+    (every run's figures) and tradeoff.png (task against leakage; `leakage="h"`: gender in
+    h at full width, clip level, the erased h where the run has an erasure stage)."""
     from fair_lightning.audit.plots import plot_tradeoff
+    from fair_lightning.audit.tables import leakage_tables, table_notes
 
     unique = list(dict.fromkeys(Path(d).resolve() for d in run_dirs))
     if len(unique) < len(run_dirs):
@@ -329,59 +340,44 @@ def compare(run_dirs: list[Path], out_dir: Path, metric: str = "test/pearson_mer
                          "differ); their numbers are not comparable. Pass --allow-mixed-data "
                          "to compare them anyway")
     runs = [load_run(d) for d in unique]
+    for r, label in zip(runs, group_labels(unique, runs), strict=True):
+        r["_group"] = label
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["_group"], []).append(r)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    cols = _csv_columns(runs)
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["run", "experiment", "dir", *COMPARE_COLUMNS,
-                *[c + "_ci_low" for c in COMPARE_COLUMNS if c.startswith("leak/")],
-                *[c + "_ci_high" for c in COMPARE_COLUMNS if c.startswith("leak/")]])
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "group", "dir", *cols])
     for r in runs:
-        probe_cols = [c for c in COMPARE_COLUMNS if c.startswith("leak/")]
-        w.writerow([r["_name"], r["_experiment"], r["_dir"], *[r.get(c, "") for c in COMPARE_COLUMNS],
-                    *[r.get(c.replace("/bal_acc", "/bal_acc_ci_low"), "") for c in probe_cols],
-                    *[r.get(c.replace("/bal_acc", "/bal_acc_ci_high"), "") for c in probe_cols]])
+        w.writerow([r["_name"], r["_group"], r["_dir"], *[r.get(c, "") for c in cols]])
     atomic_write(out_dir / "comparison.csv", buf.getvalue())
-    short = {c: c.replace("leak/fused/", "h ").replace("/bal_acc", "").replace("fair/", "")
-                 .replace("/", " ") for c in COMPARE_COLUMNS}
     families = list(dict.fromkeys(f for r in runs for f in r.get("_attackers", [])))
     among = (f"among the families {', '.join(FAMILY_NAMES.get(f, f) for f in families)}"
              if families else "among the run's attacker families")
     lines = ["# Comparison", "",
-             "Leakage columns (`h <attribute> <level>`): balanced accuracy, on the test split, "
-             "of the attacker that grouped cross-validation on the training split selected "
-             f"{among} (clip level, and person level pooling a person's clips) on "
-             "the fused representation h, with a 95% bootstrap interval over people. Chance: "
-             "gender 0.5, ethnicity 0.333. Fairness gaps are max − min over groups on the test "
-             "split.", "",
+             "The attacker is the one grouped cross-validation on the fit split selected "
+             f"{among}, at clip level and at person level (pooling a person's clips); the DP "
+             "ratio is the invite decision's (lowest group rate over highest).", "",
              *([f"**Warning**: the runs were made on different data ({', '.join(data_keys)}).",
                 ""] if data_keys else []),
              *([f"Settings that differ between the runs (besides seed and experiment): "
                 f"{', '.join(other_keys)}.", ""] if other_keys else []),
-             "## Runs", "",
-             "| run | " + " | ".join(short[c] for c in COMPARE_COLUMNS) + " |",
-             "|---|" + "---|" * len(COMPARE_COLUMNS)]
-    for r in runs:
-        cells = []
-        for c in COMPARE_COLUMNS:
-            if c.startswith("leak/") and c in r:
-                cells.append(_ci(r, c[: -len("/bal_acc")]))
-            else:
-                cells.append(_fmt(r.get(c)))
-        lines.append(f"| {r['_name']} | " + " | ".join(cells) + " |")
-    agg = aggregate(runs)
-    if any(a["_n"] > 1 for a in agg):
-        lines += ["", "## Per experiment (mean ± std over runs; worst run in brackets)", "",
-                  "Worst: the lowest Pearson, the highest leakage, error or gap.", "",
-                  "| experiment | n | " + " | ".join(short[c] for c in COMPARE_COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(COMPARE_COLUMNS)]
-        for a in agg:
-            cells = [f"{_fmt(a[c][0])} ± {_fmt(a[c][1])} ({_fmt(a[c][2])})"
-                     for c in COMPARE_COLUMNS]
-            lines.append(f"| {a['_name']} | {a['_n']} | " + " | ".join(cells) + " |")
-    lines += ["", "![trade-off](tradeoff.png)", ""]
+             "## By group", "", leakage_tables(groups), table_notes(),
+             "## Runs", "", leakage_tables({r["_name"]: [r] for r in runs}),
+             "![trade-off](tradeoff.png)", ""]
     atomic_write(out_dir / "comparison.md", "\n".join(lines))
-    plot_tradeoff(runs, metric, leakage, out_dir / "tradeoff.png")
+    if leakage == "h":
+        for r in runs:  # each run's h at full width: the erased h where there is one
+            base = f"leak/{claim_layer(r)}/gender/clip"
+            r.update({f"leak/h/gender/clip/{k}": r[f"{base}/{k}"] for k in
+                      ("bal_acc", "bal_acc_ci_low", "bal_acc_ci_high", "chance")
+                      if f"{base}/{k}" in r})
+        leakage = "leak/h/gender/clip/bal_acc"
+    plot_tradeoff([{**r, "_experiment": r["_group"]} for r in runs], metric, leakage,
+                  out_dir / "tradeoff.png")
     return {"markdown": out_dir / "comparison.md", "csv": out_dir / "comparison.csv",
             "plot": out_dir / "tradeoff.png"}
 

@@ -15,7 +15,9 @@ from fair_lightning.audit.report import compare, pareto_report
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fair_lightning.cli.report",
-                                description="Compare finished runs: table (markdown, CSV) and a "
+                                description="Compare finished runs: leakage tables by group of runs "
+                                            "and by run (every audited layer, DP ratio, r with "
+                                            "merit, kept variance; markdown, CSV) and a "
                                             "task-metric-against-leakage plot.")
     p.add_argument("runs", nargs="+", type=Path, help="run directories (each with summary.json), "
                    "or with --sweep one sweep directory (runs/sweeps/<name>)")
@@ -23,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a sweep's Pareto report: front, every trial, the selected one")
     p.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output directory")
     p.add_argument("--metric", default="test/pearson_merit", help="task metric on the y axis")
-    p.add_argument("--leakage", default="leak/fused/gender/clip/bal_acc",
-                   help="leakage metric on the x axis")
+    p.add_argument("--leakage", default="h",
+                   help="leakage metric on the x axis (default h: gender in h at full width, "
+                   "clip level; the erased h where the run has an erasure stage)")
     p.add_argument("--allow-mixed-data", action="store_true",
                    help="compare runs made on different data (refused otherwise)")
     args = p.parse_args(argv)

@@ -167,16 +167,58 @@ def test_compare_counts_a_run_once_and_refuses_mixed_data(runs, tmp_path, capsys
         tmp_path / "c" / "comparison.md").read_text()
 
 
-def test_aggregate_gives_mean_std_and_the_worst_run():
-    from fair_lightning.audit.report import aggregate
+def test_the_tables_give_mean_std_and_the_worst_run_of_each_group():
+    from fair_lightning.audit.tables import leakage_tables, stat
 
-    runs = [{"_experiment": "adv", "test/pearson_merit": m, "leak/fused/gender/clip/bal_acc": g,
-             "fair/gender/score_corr": c} for m, g, c in ((0.8, 0.6, 0.1), (0.7, 0.7, -0.3))]
-    row = aggregate(runs)[0]
-    assert row["_n"] == 2
-    assert row["test/pearson_merit"] == pytest.approx((0.75, np.std([0.8, 0.7], ddof=1), 0.7))
-    assert row["leak/fused/gender/clip/bal_acc"][2] == 0.7  # the highest leakage
-    assert row["fair/gender/score_corr"][2] == -0.3  # the largest in magnitude
+    assert stat([0.8, 0.7]) == f"0.750 ± {np.std([0.8, 0.7], ddof=1):.3f} (0.800)"
+    assert stat([0.8, 0.7], min).endswith("(0.700)") and stat([]) == "–"
+    assert stat([0.5, float("nan")]) == "0.500"  # a run without the figure is left out
+    runs = [{"leak/erased/gender/clip/bal_acc": g, "leak/erased/gender/person/bal_acc": 0.9,
+             "fair/gender/dp_ratio": d, "test/pearson_merit": m, "setup/threads": 2,
+             "setup/code": "git 0123456789abcdef"} for g, d, m in ((0.6, 0.8, 0.5), (0.7, 0.9, 0.4))]
+    md = leakage_tables({"adversarial": runs, "old": [{"leak/fused/ethnicity/clip/bal_acc": 0.4}]})
+    row = next(line for line in md.splitlines() if line.startswith("| adversarial"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["adversarial", "2"]
+    assert cells[2] == "0.650 ± 0.071 (0.700) / 0.900 ± 0.000 (0.900)"  # highest leakage worst
+    assert cells[3] == "0.850 ± 0.071 (0.800)"  # DP ratio: the lowest is the worst
+    assert cells[4] == "0.450 ± 0.071 (0.400)"  # r(score, merit)
+    assert cells[-2:] == ["2", "0123456789ab"]  # threads and code
+    old = next(line for line in md.splitlines() if line.startswith("| old"))
+    assert old.endswith("| unknown | unknown |")  # a run from before they were recorded
+    assert "ethnicity `fused` clip / person" in md  # the ethnicity table: its layer only
+
+
+def test_compare_groups_runs_by_the_settings_that_differ(tmp_path):
+    """Two proxies of one experiment are two groups, named by the key that differs; a key a
+    run predates takes today's default and splits nothing."""
+    from fair_lightning.audit.report import compare
+    from fair_lightning.config import save_config
+
+    dirs = []
+    for proxy in ("leading", "cross_modal"):
+        for seed in (0, 1):
+            d = tmp_path / f"{proxy}{seed}"
+            d.mkdir()
+            save_config(load_config("adversarial", [("seed", str(seed)),
+                                                    ("model.face_proxy", proxy),
+                                                    ("model.face_proxy_components", "2")]),
+                        d / "config.yaml")
+            if seed == 0:  # a run made before the key existed
+                from omegaconf import OmegaConf
+
+                saved = OmegaConf.load(d / "config.yaml")
+                del saved.model["face_proxy_partners"]
+                OmegaConf.save(saved, d / "config.yaml")
+            (d / "summary.json").write_text(json.dumps(
+                {"test/pearson": 0.5, "leak/fused/gender/clip/bal_acc": 0.6 + 0.1 * seed}))
+            dirs.append(d)
+    md = compare(dirs, tmp_path / "out", metric="test/pearson")["markdown"].read_text()
+    by_group = md[md.index("## By group"):md.index("## Runs")]
+    rows = [line for line in by_group.splitlines() if line.startswith("| adversarial")]
+    assert [r.split(" | ")[0] for r in rows] == ["| adversarial model.face_proxy=leading",
+                                                 "| adversarial model.face_proxy=cross_modal"]
+    assert all(" | 2 | 0.650 ± 0.071 (0.700) / – | " in r for r in rows)
 
 
 def test_compare_names_a_run_without_summary(tmp_path, capsys):
