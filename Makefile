@@ -15,7 +15,7 @@ EXPS     ?= baseline face_discriminator adversarial label_adversary
 # trajectory; one thread gives the same numbers on any machine (the tables of docs/results.md)
 SEED_THREADS ?= 1
 
-.PHONY: install train preprocess bench sweep pareto sync audit compare seeds realface realface-setup test test-integration test-all lint clean help
+.PHONY: install train preprocess bench sweep pareto sync audit compare results seeds realface realface-setup test test-integration test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
@@ -28,6 +28,7 @@ help:
 	@echo "make test | make test-integration | make test-all     unit tests and a smoke run | end-to-end tests | everything, slow ones too"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        tables by group and by run + plot"
+	@echo "make results                                        the docs' generated tables, from the runs' figures"
 	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [SEED_JOBS=2] [ARGS=...]  every experiment x seed (one thread each), then compare"
 	@echo "make lint | make clean"
 
@@ -74,6 +75,11 @@ audit: install
 compare: install
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS='run_dir1 run_dir2 ...' [OUT=dir]"; exit 2; }
 	$(BIN)/python -m fair_lightning.cli.report $(RUNS) --out $(OUT)
+
+# the docs' generated tables: figures of the runs that exist -> docs/results/*.json (committed)
+# -> the tables in the docs (benchmarks/doc_tables.py; `make test` checks they agree)
+results: install
+	$(BIN)/python -m benchmarks.doc_tables
 
 # every experiment on every seed, on the same data, then one comparison (mean, std, worst);
 # SEED_JOBS runs go at once (each on SEED_THREADS threads: 2 x 1 fills 2 cores)

@@ -1,0 +1,138 @@
+"""`make results`: the docs' generated tables, from run directories to committed figures to
+markdown.
+
+Each table in `TABLES` names the runs it shows, the command that made them, and the
+benchmark output (`results.json`) they are read from. `make results`:
+
+1. reads those runs' figures (the keys the tables use, nothing else) into
+   `docs/results/<table>.json`, which is committed, for each table whose runs are present;
+2. renders every table from its committed figures with the code that renders the
+   benchmarks' own tables (`fair_lightning.audit.tables`, `benchmarks.realface.run`), and
+   writes it into the docs between `<!-- generated: <table> -->` and
+   `<!-- /generated: <table> -->`.
+
+`--check` renders from the committed figures and fails where a doc's table differs: the
+unit suite runs it, so prose and data cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "docs" / "results"
+PROXY_RUNS = ("baseline", "adversarial", "adversarial-cross-modal", "adversarial-both-proxies",
+              "adversarial-cross-modal-text", "adversarial-branches",
+              "adversarial-cross-modal-branches",
+              "adversarial-cross-modal-voice-text-branches", "label_dependence",
+              "label_dependence-branches", "label_erasure")
+
+
+@dataclass(frozen=True)
+class Table:
+    doc: str  # the doc holding the table, relative to the checkout
+    results: str  # the benchmark output its figures are read from
+    runs: tuple[str, ...]  # the runs shown, in order
+    command: str  # what made the runs
+    one_photo: bool = False  # each person shows one photograph (retrieval says nothing)
+
+
+TABLES = {
+    f"proxies-{pop}": Table(
+        "docs/results.md", f"runs/{'synthetic-proxy' if pop == 'synthetic' else 'realface-' + pop}"
+        "/results.json", PROXY_RUNS,
+        f"make realface POP={pop} RUNS=\"{' '.join(PROXY_RUNS)}\""
+        + (" REALFACE_OUT=runs/synthetic-proxy" if pop == "synthetic" else ""),
+        one_photo=pop == "fairface")
+    for pop in ("fairface", "lfw", "synthetic")
+}
+# what a table reads of a run's summary
+KEEP = re.compile(r"^(leak/[a-z]+/[a-z]+/(clip|person)/bal_acc|fit_leak/(erased|fused)/[a-z]+/"
+                  r"(clip|person)/bal_acc|fair/[a-z]+/dp_ratio|realface/pearson_merit|"
+                  r"test/pearson|test/pearson_merit|erase/kept_variance|"
+                  r"erase/val_pearson_merit_after|select/val_task|setup/threads|setup/code|"
+                  r"proxy/(retrieval|setting_retrieval|label_r|merit_r)|"
+                  r"config/(face_encoder|face_proxy|face_proxy_components))$")
+
+
+def extract(table: Table, results: dict) -> dict[str, dict]:
+    """`<run>-s<seed>` -> the figures the table reads, for the table's runs, in its order."""
+    out = {}
+    for run in table.runs:
+        for name in sorted(k for k in results if k.rsplit("-s", 1)[0] == run):
+            out[name] = {k: v for k, v in sorted(results[name].items()) if KEEP.match(k)}
+    return out
+
+
+def render(name: str, table: Table, figures: dict[str, dict]) -> str:
+    """The markdown block: the leakage tables, the proxy table, the validation table."""
+    from benchmarks.realface.run import proxy_table, validation_table
+    from fair_lightning.audit.tables import leakage_tables, table_notes
+
+    by_run: dict[str, list[dict]] = {}
+    for run_seed, figs in figures.items():
+        by_run.setdefault(run_seed.rsplit("-s", 1)[0], []).append(figs)
+    return (f"Made by `{table.command}`; figures in `docs/results/{name}.json`, rendered by "
+            "`make results`.\n\n" + leakage_tables(by_run) + "\n" + table_notes()
+            + proxy_table(by_run, table.one_photo) + validation_table(by_run))
+
+
+def block(name: str, body: str) -> str:
+    return f"<!-- generated: {name} -->\n{body.strip()}\n<!-- /generated: {name} -->"
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"<!-- generated: {re.escape(name)} -->\n.*?<!-- /generated: "
+                      rf"{re.escape(name)} -->", re.S)
+
+
+def doc_block(text: str, name: str) -> str | None:
+    m = _pattern(name).search(text)
+    return m.group(0) if m else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true",
+                    help="render from the committed figures only; exit 1 where a doc differs")
+    a = ap.parse_args(argv)
+    from data_modules.files import atomic_write, json_text
+
+    bad = []
+    for name, table in TABLES.items():
+        data = DATA / f"{name}.json"
+        source = ROOT / table.results
+        if not a.check and source.is_file():
+            figures = extract(table, json.loads(source.read_text()))
+            if figures:
+                DATA.mkdir(parents=True, exist_ok=True)
+                atomic_write(data, json_text(figures))
+                print(f"results: {name}: {len(figures)} runs from {table.results}")
+        if not data.is_file():
+            print(f"results: {name}: no figures ({data.relative_to(ROOT)}): skipped")
+            continue
+        want = block(name, render(name, table, json.loads(data.read_text())))
+        doc = ROOT / table.doc
+        text = doc.read_text()
+        have = doc_block(text, name)
+        if have is None:
+            bad.append(f"{table.doc} has no block `<!-- generated: {name} -->`")
+        elif have != want:
+            if a.check:
+                bad.append(f"{table.doc}: the table `{name}` differs from "
+                           f"docs/results/{name}.json: run `make results`")
+            else:
+                atomic_write(doc, text.replace(have, want))
+                print(f"results: {table.doc}: `{name}` rewritten")
+    for line in bad:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
