@@ -186,7 +186,7 @@ class AdversaryConfig:
     negatives_per_positive: int = rule(check=at_least(1))
     positive_faces: str = rule(one_of=("own_clip", "other_clip"))
     dependence_queue: int = rule(check=at_least(0))
-    hsic_h_kernel: str = rule(one_of=("gaussian", "linear"))
+    dependence_h_kernel: str = rule(one_of=("gaussian", "linear"))
     dependence_measure: str = rule(one_of=("cka", "nocco"))
     nocco_eps: float = rule(check=above(0, "the centred Gram matrix is singular: eps must lift it"))
     dependence_layers: list[str] = rule(
@@ -365,6 +365,43 @@ def parse_overrides(args: list[str]) -> tuple[str | None, list[tuple[str, str]]]
     return experiment, pairs
 
 
+# keys and values renamed to say what they compute; the old ones are still read (saved
+# configs, experiment files, overrides, sweeps) and saved under the new names
+RENAMED_KEYS = {"adversary.hsic_h_kernel": "adversary.dependence_h_kernel"}
+RENAMED_VALUES = {"adversary.objective": {"hsic": "dependence"}}
+
+
+def _renamed(cfg: DictConfig, source: str) -> DictConfig:
+    for old, new in RENAMED_KEYS.items():
+        if OmegaConf.select(cfg, old) is None:
+            continue
+        if OmegaConf.select(cfg, new) is not None:
+            raise ConfigError(f"{source}: '{old}' is the old name of '{new}': set one of them")
+        group, leaf = old.rsplit(".", 1)
+        OmegaConf.update(cfg, new, OmegaConf.select(cfg, old), merge=False)
+        del OmegaConf.select(cfg, group)[leaf]
+    for key, values in RENAMED_VALUES.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value in values:
+            OmegaConf.update(cfg, key, values[value], merge=False)
+    return cfg
+
+
+def renamed_group(group: str, values: dict) -> dict:
+    """A config group as a plain dict (a checkpoint's hyperparameters) with its renamed keys
+    and values under their new names."""
+    out = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        g, leaf = old.rsplit(".", 1)
+        if g == group and leaf in out:
+            out.setdefault(new.rsplit(".", 1)[1], out.pop(leaf))
+    for key, aliases in RENAMED_VALUES.items():
+        g, leaf = key.rsplit(".", 1)
+        if g == group and isinstance(out.get(leaf), str):
+            out[leaf] = aliases.get(out[leaf], out[leaf])
+    return out
+
+
 def _yaml_file(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
@@ -372,7 +409,7 @@ def _yaml_file(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at top level")
-    return cfg
+    return _renamed(cfg, str(path))
 
 
 def load_config(
@@ -465,6 +502,9 @@ def _is_count(v) -> bool:
 
 def _finish(cfg: DictConfig, schema: DictConfig, overrides) -> DictConfig:
     for key, value in overrides or []:
+        key = RENAMED_KEYS.get(key, key)
+        if isinstance(value, str):
+            value = RENAMED_VALUES.get(key, {}).get(value, value)
         if key not in _all_keys(schema):
             raise ConfigError(
                 f"override: unknown key '{key}' (closest valid key: '{_closest(key, schema)}')"
@@ -533,9 +573,9 @@ def validate(cfg: DictConfig) -> None:
     _check_proxy_components(cfg)
     _check_erasure(cfg)
     if (list(cfg.adversary.dependence_layers) != ["fused"]
-            and (cfg.adversary.method == "none" or cfg.adversary.objective != "hsic")):
+            and (cfg.adversary.method == "none" or cfg.adversary.objective != "dependence")):
         raise ConfigError("key 'adversary.dependence_layers' is read by adversary.objective="
-                          "hsic only (with an adversary method); got objective="
+                          "dependence only (with an adversary method); got objective="
                           f"{cfg.adversary.objective}, method={cfg.adversary.method}")
     _check_face_models(cfg)
     if cfg.model.face_encoder == "frozen" and not cfg.model.face_encoder_checkpoint:

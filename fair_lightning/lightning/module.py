@@ -27,6 +27,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MetricCollection, Pearso
 from torchmetrics.classification import BinaryAUROC
 
 from data_modules.batch import Batch
+from fair_lightning.config import renamed_group
 from fair_lightning.models import MultimodalScorer
 from fair_lightning.models.adversaries import ADVERSARIES, AdversaryOutput
 from fair_lightning.models.erasure import ErasedHead
@@ -91,6 +92,7 @@ class FairScorerModule(L.LightningModule):
             for c in (model, adversary, optim))
         if isinstance(erasure, DictConfig):
             erasure = OmegaConf.to_container(erasure, resolve=True)
+        adversary = renamed_group("adversary", adversary)  # a checkpoint's older names
         self.save_hyperparameters()
         m = OmegaConf.create(model)
         self.adv_cfg = OmegaConf.create(adversary)

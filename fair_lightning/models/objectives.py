@@ -148,7 +148,7 @@ class DependenceObjective(Objective):
         widths = {"fused": model.fused_dim, "text": model.hidden_dim,
                   "audio": model.hidden_dim, "video": model.hidden_dim}
         names = adversary.get("dependence_layers", ["fused"])
-        return cls(model.fused_dim, adversary.dependence_queue, adversary.hsic_h_kernel,
+        return cls(model.fused_dim, adversary.dependence_queue, adversary.dependence_h_kernel,
                    adversary.get("dependence_measure", "cka"), adversary.get("nocco_eps", 0.01),
                    layers={n: widths[n] for n in names})
 
@@ -211,12 +211,12 @@ class DependenceObjective(Objective):
         if not est:
             return {}
         per_layer = {n: torch.stack([e[n] for e in est]).mean() for n in self.layers}
-        out = {"hsic": sum(per_layer.values())}  # the term's own value, as in training
+        out = {"dependence": sum(per_layer.values())}  # the term's own value, as in training
         if len(self.layers) > 1:
-            out.update({f"hsic_{n}": v for n, v in per_layer.items()})
+            out.update({f"dependence_{n}": v for n, v in per_layer.items()})
         return out
 
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "confusion": ConfusionObjective, "minimax": MinimaxObjective, "grl": ReversalObjective,
-    "hsic": DependenceObjective}
+    "dependence": DependenceObjective}

@@ -450,7 +450,7 @@ def test_the_table_adds_ethnicity_where_it_was_audited_and_the_references_are_ru
     # the references are runs of the product's own experiments
     assert rfrun.RUNS["label_erasure"][0] == "label_erasure"
     cmd = rfrun.train_command("label_dependence", 0, Path("c"), Path("o"), [])
-    assert cmd[3] == "EXP=label_adversary" and "adversary.objective=hsic" in cmd[4]
+    assert cmd[3] == "EXP=label_adversary" and "adversary.objective=dependence" in cmd[4]
     # the label-free default's objective, read from its experiment, not a copy of it
     from fair_lightning.config import load_config
 
@@ -468,7 +468,7 @@ def test_the_table_adds_ethnicity_where_it_was_audited_and_the_references_are_ru
     assert config_differences(exp, bench, ("description", "experiment")) == []
     # the branch variants: the same objective, more layers
     cmd = rfrun.train_command("label_dependence-branches", 0, Path("c"), Path("o"), [])
-    assert "adversary.objective=hsic" in cmd[4]
+    assert "adversary.objective=dependence" in cmd[4]
     assert "adversary.dependence_layers=[fused,text,audio,video]" in cmd[4]
     assert set(rfrun.DEFAULT_RUNS) >= {"baseline", "adversarial", "label_adversary",
                                        "label_erasure", "label_dependence"}

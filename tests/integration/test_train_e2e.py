@@ -48,7 +48,7 @@ def test_adversarial_train_writes_a_complete_run_dir(tmp_path, shared_cache, cap
               "probe/fused/gender/person_mean_kernel/bal_acc", "leak/fused/gender/clip/bal_acc",
               "leak/fused/ethnicity/person/bal_acc_ci_high", "fit_leak/fused/gender/clip/bal_acc",
               "probe/video/gender/linear/chance", "fair/gender/dp_diff", "fair/gender/eo_diff",
-              "fair/ethnicity/mae_gap", "adv/test_d_auc", "adv/test_hsic"):
+              "fair/ethnicity/mae_gap", "adv/test_d_auc", "adv/test_dependence"):
         assert k in s and isinstance(s[k], float), k
     assert s["probe/fused/gender/linear/chance"] == 0.5
     assert math.isclose(s["leak/fused/ethnicity/clip/chance"], 1 / 3)
@@ -325,7 +325,7 @@ def test_a_bf16_mixed_run_completes_on_cpu(tmp_path, shared_cache):
     for layer in ("fused", "erased"):
         assert 0.0 <= s[f"leak/{layer}/gender/clip/bal_acc"] <= 1.0
     rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
-    col = rows[0].split(",").index("adv/val_hsic")
+    col = rows[0].split(",").index("adv/val_dependence")
     vals = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
     assert vals and all(math.isfinite(v) for v in vals)
 
@@ -335,7 +335,7 @@ def test_a_label_dependence_run_on_h_and_the_branches_logs_each_layer(tmp_path, 
     dependence objective on h and the voice branch trains, and each layer's value is logged
     beside their sum."""
     cfg = _cfg(tmp_path, shared_cache, "label_adversary", **{
-        "adversary.objective": "hsic", "adversary.dependence_measure": "nocco",
+        "adversary.objective": "dependence", "adversary.dependence_measure": "nocco",
         "adversary.dependence_layers": "[fused,audio]", "trainer.max_epochs": "2",
         "adversary.warmup_epochs": "1"})
     run_dir = run(cfg)
@@ -348,6 +348,7 @@ def test_a_label_dependence_run_on_h_and_the_branches_logs_each_layer(tmp_path, 
         for name, v in zip(cols, r.split(","), strict=False):
             if v:
                 last[name] = float(v)
-    assert {"adv/val_hsic", "adv/val_hsic_fused", "adv/val_hsic_audio"} <= set(last)
-    assert math.isclose(last["adv/val_hsic"],
-                        last["adv/val_hsic_fused"] + last["adv/val_hsic_audio"], rel_tol=1e-4)
+    assert {"adv/val_dependence", "adv/val_dependence_fused", "adv/val_dependence_audio"} <= set(last)
+    assert math.isclose(last["adv/val_dependence"],
+                        last["adv/val_dependence_fused"] + last["adv/val_dependence_audio"],
+                        rel_tol=1e-4)

@@ -81,7 +81,7 @@ def _changed(before, mod):
 
 @pytest.mark.parametrize("engine", ["lightning", "plain"])
 @pytest.mark.parametrize("method,objective", [("indirect", "confusion"), ("label", "confusion"),
-                                              ("indirect", "hsic"), ("label", "hsic")])
+                                              ("indirect", "dependence"), ("label", "dependence")])
 def test_alternating_steps_update_the_right_parameters(method, objective, engine, records):
     """Through the Trainer's engine and the benchmark's plain one alike: the same strategy
     steps the adversary alone, then the scorer alone."""
@@ -160,12 +160,12 @@ def test_main_step_pushes_h_against_the_discriminator(records):
             assert term >= torch.log(torch.tensor(2.0)) - 1e-6
 
 
-def test_hsic_term_measures_h_against_fixed_targets(records):
-    """hsic: the main term is the kernel dependence of h on the discriminator's face
+def test_dependence_term_measures_h_against_fixed_targets(records):
+    """dependence: the main term is the kernel dependence of h on the discriminator's face
     embeddings (indirect) or on the one-hot attributes (label); only h gets its gradient."""
     torch.manual_seed(0)
     free = collate_records([strip_sensitive(r) for r in records])
-    m = _module("indirect", objective="hsic")
+    m = _module("indirect", objective="dependence")
     h = m.scorer(free).h
     obs = m.adversary.observe(free, "train")
     faces = obs.faces
@@ -177,7 +177,7 @@ def test_hsic_term_measures_h_against_fixed_targets(records):
     term.backward()
     assert all(p.grad is None for p in m.adversary.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.scorer.parameters())
-    lab = _module("label", objective="hsic")
+    lab = _module("label", objective="dependence")
     full = collate_records(records)
     h = lab.scorer(full).h
     s = full.sensitive
@@ -194,7 +194,7 @@ def test_indirect_training_step_cannot_read_sensitive(records):
     batch = collate_records([strip_sensitive(r) for r in records])
     # the dependence term on h and every branch reads the face proxy alone, too
     for m in (_module("indirect"),
-              _module("indirect", "hsic", dependence_layers="[fused,text,audio,video]")):
+              _module("indirect", "dependence", dependence_layers="[fused,text,audio,video]")):
         _attach(m)
         m.training_step(batch, 0)  # succeeds without the attributes
     with pytest.raises(SensitiveAccessError):

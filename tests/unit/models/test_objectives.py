@@ -192,7 +192,7 @@ def test_dependence_on_a_split_averages_slices_of_kth_clips():
     got = obj.eval_compute()
     want = torch.stack([kernel_dependence(h[s], y[s, None])
                         for s in (slice(0, 10), slice(10, 16), slice(16, 20))]).mean()
-    assert torch.allclose(got["hsic"], want)
+    assert torch.allclose(got["dependence"], want)
     assert obj.eval_compute() == {}
     assert ConfusionObjective().eval_compute() == {}
 
@@ -228,19 +228,19 @@ def test_dependence_on_several_layers_sums_each_layers_term_on_one_row_per_perso
     obj.eval()
     obj.eval_update(adv, rep, _Batch(torch.arange(12)), y)
     got = obj.eval_compute()
-    assert set(got) == {"hsic", "hsic_fused", "hsic_audio"}
-    assert torch.allclose(got["hsic"], got["hsic_fused"] + got["hsic_audio"])
-    assert torch.allclose(got["hsic_audio"], kernel_dependence(audio, y[:, None]))
+    assert set(got) == {"dependence", "dependence_fused", "dependence_audio"}
+    assert torch.allclose(got["dependence"], got["dependence_fused"] + got["dependence_audio"])
+    assert torch.allclose(got["dependence_audio"], kernel_dependence(audio, y[:, None]))
 
 
 def test_dependence_layers_are_read_from_the_config_and_refused_where_nothing_reads_them():
-    cfg = load_config("label_adversary", [("adversary.objective", "hsic"),
+    cfg = load_config("label_adversary", [("adversary.objective", "dependence"),
                                           ("adversary.dependence_layers", ["fused", "audio"])])
     obj = DependenceObjective.from_config(cfg.model, cfg.adversary)
     assert obj.layers == {"fused": cfg.model.fused_dim, "audio": cfg.model.hidden_dim}
     for bad in ([("adversary.dependence_layers", ["fused", "audio"])],  # confusion reads h
-                [("adversary.objective", "hsic"), ("adversary.dependence_layers", ["score"])],
-                [("adversary.objective", "hsic"), ("adversary.dependence_layers", [])]):
+                [("adversary.objective", "dependence"), ("adversary.dependence_layers", ["score"])],
+                [("adversary.objective", "dependence"), ("adversary.dependence_layers", [])]):
         with pytest.raises(ConfigError, match="dependence_layers"):
             load_config("label_adversary", bad)
 
@@ -321,3 +321,25 @@ def test_dependence_on_the_voice_branch_removes_a_planted_channel_where_it_enter
     _, _, r2_plain = _planted_branch_readout([], plant=False)
     _, _, r2_clean = _planted_branch_readout(["fused", "audio"], plant=False)
     assert r2_clean > r2_plain - 0.05, (r2_clean, r2_plain)
+
+
+def test_the_old_names_of_the_dependence_objective_are_still_read(tmp_path):
+    """`objective: hsic` and `hsic_h_kernel` (the names before the rename) in an override, an
+    experiment file and a checkpoint's hyperparameters mean `dependence` and
+    `dependence_h_kernel`; setting a key under both names is an error."""
+    from fair_lightning.config import renamed_group
+
+    old = load_config("adversarial", [("adversary.objective", "hsic"),
+                                      ("adversary.hsic_h_kernel", "linear")])
+    assert old.adversary.objective == "dependence"
+    assert old.adversary.dependence_h_kernel == "linear"
+    exp = tmp_path / "mine.yaml"
+    exp.write_text("adversary:\n  method: indirect\n  objective: hsic\n  hsic_h_kernel: linear\n")
+    cfg = load_config(str(exp))
+    assert (cfg.adversary.objective, cfg.adversary.dependence_h_kernel) == ("dependence", "linear")
+    exp.write_text("adversary:\n  hsic_h_kernel: linear\n  dependence_h_kernel: gaussian\n")
+    with pytest.raises(ConfigError, match="old name of 'adversary.dependence_h_kernel'"):
+        load_config(str(exp))
+    hp = renamed_group("adversary", {"objective": "hsic", "hsic_h_kernel": "linear", "k_disc": 1})
+    assert hp == {"objective": "dependence", "dependence_h_kernel": "linear", "k_disc": 1}
+    assert renamed_group("model", {"objective": "hsic"}) == {"objective": "hsic"}
