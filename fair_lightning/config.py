@@ -467,7 +467,8 @@ def resolve_auto(cfg: DictConfig) -> None:
     descriptor, which would take who a person is (and their merit) out of h, and the
     erasure stage erases those directions from h (LEACE at their full rank). Synthetic: the
     renders are too small for dlib, the identity encoder is the proxy, whole, and nothing of
-    it is erased (rank 0)."""
+    it is erased (rank 0). A cross-modal proxy (`model.face_proxy` other than `leading`)
+    keeps `REAL_PROXY_COMPONENTS` canonical directions on any source."""
     real = cfg.data.source in REAL_SOURCES
     pre = cfg.data.preprocess
     if pre.detector == "auto":
@@ -480,8 +481,9 @@ def resolve_auto(cfg: DictConfig) -> None:
     k = cfg.model.face_proxy_components
     if k == "auto":
         cfg.model.face_proxy_components = (
-            REAL_PROXY_COMPONENTS if cfg.model.face_encoder == "pretrained"
-            and cfg.adversary.method == "indirect" else 0)
+            REAL_PROXY_COMPONENTS if cfg.adversary.method == "indirect" and (
+                cfg.model.face_encoder == "pretrained" or cfg.model.face_proxy != "leading")
+            else 0)
     elif not _is_count(k):
         raise ConfigError(f"key 'model.face_proxy_components' must be auto or a count >= 0, "
                           f"got {k!r}")

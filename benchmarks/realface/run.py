@@ -91,10 +91,8 @@ RUNS = {
     "adversarial-speaker-norm": ("adversarial", ["data.speaker_norm=person"]),
 }
 # the embedded synthetic data through the same runs (no corpus, no photographs): the third
-# population a default is chosen on. Its face embedding is the identity encoder's, whose
-# `auto` proxy is the whole embedding, so a cross-modal proxy is given k directions here
+# population a default is chosen on
 SYNTHETIC = "synthetic"
-SYNTHETIC_COMPONENTS = 2
 DEFAULT_RUNS = ("baseline", "adversarial", "label_adversary", "label_erasure", "label_dependence")
 LEVELS = ("clip", "person")
 
@@ -332,13 +330,7 @@ def run_overrides(run: str) -> list[str]:
 def train_keys(run: str, seed: int, root: Path | None, out: Path, extra: list[str]) -> list[str]:
     """The run's keys on the corpus at `root`, or on the synthetic data (root None)."""
     args = run_overrides(run)
-    if root is None:
-        data = []
-        if any(a.startswith("model.face_proxy=") and a != "model.face_proxy=leading"
-               for a in args):
-            args.append(f"model.face_proxy_components={SYNTHETIC_COMPONENTS}")
-    else:
-        data = ["data.source=chalearn", f"data.chalearn.root={root}"]
+    data = [] if root is None else ["data.source=chalearn", f"data.chalearn.root={root}"]
     return [*data, f"seed={seed}", f"output_dir={out / f'{run}-s{seed}'}", "resume=auto",
             *args, *extra]
 

@@ -335,16 +335,17 @@ def test_the_proxy_is_scored_against_the_corpus_merit(tmp_path):
 
 def test_synthetic_is_a_population_of_the_same_runs(tmp_path):
     """`--population synthetic`: the same runs on the embedded data (no corpus keys); a
-    cross-modal proxy is given k directions there, where `auto` would be the whole embedding."""
+    cross-modal proxy keeps 2 directions there too (`auto`), the whole identity embedding
+    stays the leading proxy."""
     from fair_lightning.config import load_config, parse_overrides
 
     keys = rfrun.train_keys("adversarial-cross-modal", 1, None, tmp_path, [])
     assert not any(k.startswith("data.") for k in keys)
-    assert f"model.face_proxy_components={rfrun.SYNTHETIC_COMPONENTS}" in keys
     cfg = load_config("adversarial", parse_overrides(keys)[1])
     assert cfg.data.source == "synthetic" and cfg.model.face_proxy == "cross_modal"
-    assert "model.face_proxy_components=2" not in rfrun.train_keys("adversarial", 1, None,
-                                                                   tmp_path, [])
+    assert cfg.model.face_proxy_components == 2 and cfg.erasure.rank == 2
+    keys = rfrun.train_keys("adversarial", 1, None, tmp_path, [])
+    assert load_config("adversarial", parse_overrides(keys)[1]).model.face_proxy_components == 0
     # its merit is the run's own; the validation table is what a default is chosen on
     runs = {f"adversarial-s{s}": {"test/pearson_merit": 0.5 + 0.1 * s,
                                   "fit_leak/erased/gender/clip/bal_acc": 0.6,
@@ -361,6 +362,22 @@ def test_synthetic_is_a_population_of_the_same_runs(tmp_path):
     assert row == ("| adversarial | 2 | 0.600 ± 0.000 (0.600) / 0.700 ± 0.000 (0.700) | "
                    "0.800 ± 0.000 (0.800) / 0.900 ± 0.000 (0.900) | 0.400 ± 0.000 (0.400) | "
                    "0.450 ± 0.000 (0.450) |")
+
+
+def test_the_cross_modal_experiment_is_the_benchmarks_run(tmp_path):
+    """`EXP=adversarial_cross_modal` trains what the run `adversarial-cross-modal-branches`
+    does, on the corpus and on synthetic data: only the experiment's name differs."""
+    from omegaconf import OmegaConf
+
+    from fair_lightning.config import config_differences, load_config, parse_overrides
+
+    for root in (None, tmp_path / "corpus"):
+        keys = parse_overrides(rfrun.train_keys("adversarial-cross-modal-branches", 0, root,
+                                                tmp_path, []))[1]
+        run = OmegaConf.to_container(load_config("adversarial", keys), resolve=True)
+        exp = OmegaConf.to_container(load_config("adversarial_cross_modal", keys), resolve=True)
+        assert [d.split(":")[0] for d in config_differences(run, exp)] == ["description",
+                                                                          "experiment"]
 
 
 def test_a_run_is_the_command_a_user_types(tmp_path):
