@@ -234,7 +234,10 @@ def test_the_cross_modal_proxy_is_a_config_choice_with_clear_errors():
     adv = FaceMatchAdversary.from_config(cfg.model, cfg.adversary)
     assert adv.components.kind == "both" and adv.components.out_dim == 4
     assert adv.discriminator is not None
-    for bad in ([("model.face_proxy", "cross_modal")],  # synthetic default: 0 components
+    # auto: 2 canonical directions on any source (the synthetic leading proxy is whole)
+    assert load_config("adversarial", [("model.face_proxy", "cross_modal")]
+                       ).model.face_proxy_components == 2
+    for bad in ([("model.face_proxy", "cross_modal"), ("model.face_proxy_components", "0")],
                 [("model.face_proxy", "cross_modal"), ("model.face_proxy_components", "11")]):
         with pytest.raises(ConfigError, match="model.face_proxy"):
             load_config("adversarial", bad)
