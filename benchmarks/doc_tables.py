@@ -51,6 +51,13 @@ TABLES = {
         one_photo=pop == "fairface")
     for pop in ("fairface", "lfw", "synthetic")
 }
+# the validation figures the default is chosen on, across the three populations' tables
+CHOICE = "proxy-choice"
+CHOICE_RUNS = ("adversarial", "adversarial-branches", "adversarial-cross-modal",
+               "adversarial-both-proxies", "adversarial-cross-modal-text",
+               "adversarial-cross-modal-branches",
+               "adversarial-cross-modal-voice-text-branches")
+CHOICE_FROM = ("proxies-fairface", "proxies-lfw", "proxies-synthetic")
 # what a table reads of a run's summary
 KEEP = re.compile(r"^(leak/[a-z]+/[a-z]+/(clip|person)/bal_acc|fit_leak/(erased|fused)/[a-z]+/"
                   r"(clip|person)/bal_acc|fair/[a-z]+/dp_ratio|realface/pearson_merit|"
@@ -82,6 +89,38 @@ def render(name: str, table: Table, figures: dict[str, dict]) -> str:
             + proxy_table(by_run, table.one_photo) + validation_table(by_run))
 
 
+def render_choice(figures: dict[str, dict[str, dict]]) -> str:
+    """Per candidate: gender in h at full width on validation people (clip / person, mean
+    over seeds) on each population, and the synthetic validation merit r of the score the
+    run tests with (the erasure stage's refitted head)."""
+    import math
+
+    import numpy as np
+
+    def mean(values) -> str:
+        v = [x for x in values if x is not None and not math.isnan(x)]
+        return f"{np.mean(v):.3f}" if v else "–"
+
+    pops = [n.removeprefix("proxies-") for n in CHOICE_FROM]
+    head = ["candidate", *(f"val gender in h, {p}" for p in pops), "synthetic val merit r"]
+    lines = [f"Rendered by `make results` from `docs/results/{{{','.join(CHOICE_FROM)}}}.json` "
+             "(validation people; h at full width: the erased h, clip / person; mean of the "
+             "seeds).", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in CHOICE_RUNS:
+        row = [f"`{run}`"]
+        for name in CHOICE_FROM:
+            rs = [f for k, f in figures.get(name, {}).items() if k.rsplit("-s", 1)[0] == run]
+            layer = "erased" if any("fit_leak/erased/gender/clip/bal_acc" in r for r in rs) \
+                else "fused"
+            row.append(" / ".join(mean([r.get(f"fit_leak/{layer}/gender/{lv}/bal_acc")
+                                        for r in rs]) for lv in ("clip", "person")))
+        synthetic = [f for k, f in figures.get(CHOICE_FROM[-1], {}).items()
+                     if k.rsplit("-s", 1)[0] == run]
+        row.append(mean([r.get("erase/val_pearson_merit_after") for r in synthetic]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def block(name: str, body: str) -> str:
     return f"<!-- generated: {name} -->\n{body.strip()}\n<!-- /generated: {name} -->"
 
@@ -94,6 +133,24 @@ def _pattern(name: str) -> re.Pattern:
 def doc_block(text: str, name: str) -> str | None:
     m = _pattern(name).search(text)
     return m.group(0) if m else None
+
+
+def _put(doc_name: str, name: str, body: str, check: bool) -> list[str]:
+    """Write (or, checking, compare) one block of a doc; the problems found."""
+    from data_modules.files import atomic_write
+
+    doc = ROOT / doc_name
+    text = doc.read_text()
+    want, have = block(name, body), doc_block(text, name)
+    if have is None:
+        return [f"{doc_name} has no block `<!-- generated: {name} -->`"]
+    if have != want:
+        if check:
+            return [f"{doc_name}: the table `{name}` differs from its figures in "
+                    "docs/results/: run `make results`"]
+        atomic_write(doc, text.replace(have, want))
+        print(f"results: {doc_name}: `{name}` rewritten")
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,19 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         if not data.is_file():
             print(f"results: {name}: no figures ({data.relative_to(ROOT)}): skipped")
             continue
-        want = block(name, render(name, table, json.loads(data.read_text())))
-        doc = ROOT / table.doc
-        text = doc.read_text()
-        have = doc_block(text, name)
-        if have is None:
-            bad.append(f"{table.doc} has no block `<!-- generated: {name} -->`")
-        elif have != want:
-            if a.check:
-                bad.append(f"{table.doc}: the table `{name}` differs from "
-                           f"docs/results/{name}.json: run `make results`")
-            else:
-                atomic_write(doc, text.replace(have, want))
-                print(f"results: {table.doc}: `{name}` rewritten")
+        bad += _put(table.doc, name, render(name, table, json.loads(data.read_text())),
+                    a.check)
+    if all((DATA / f"{n}.json").is_file() for n in CHOICE_FROM):
+        figures = {n: json.loads((DATA / f"{n}.json").read_text()) for n in CHOICE_FROM}
+        bad += _put(TABLES[CHOICE_FROM[0]].doc, CHOICE, render_choice(figures), a.check)
     for line in bad:
         print(f"error: {line}", file=sys.stderr)
     return 1 if bad else 0

@@ -58,3 +58,25 @@ def test_extract_keeps_the_figures_the_tables_read_only():
 def test_each_table_names_the_command_that_makes_its_runs(name):
     t = doc_tables.TABLES[name]
     assert t.command.startswith("make realface POP=") and all(r in t.command for r in t.runs)
+
+
+def test_the_choice_table_reads_validation_on_every_population():
+    """Gender in h at full width on validation (the erased h where the run has one), mean
+    over seeds, per population; the synthetic validation merit of the tested head."""
+    def run(clip, person, merit=None, erased=True):
+        layer = "erased" if erased else "fused"
+        out = {f"fit_leak/{layer}/gender/clip/bal_acc": clip,
+               f"fit_leak/{layer}/gender/person/bal_acc": person}
+        if merit is not None:
+            out["erase/val_pearson_merit_after"] = merit
+        return out
+
+    figures = {"proxies-fairface": {"adversarial-s0": run(0.8, 0.9), "adversarial-s1": run(0.6, 0.7)},
+               "proxies-lfw": {"adversarial-s0": run(0.7, 0.75, erased=False)},
+               "proxies-synthetic": {"adversarial-s0": run(0.5, 0.6, merit=0.7),
+                                     "adversarial-s1": run(0.7, 0.6, merit=0.8)}}
+    md = doc_tables.render_choice(figures)
+    row = next(line for line in md.splitlines() if line.startswith("| `adversarial` |"))
+    assert row == "| `adversarial` | 0.700 / 0.800 | 0.700 / 0.750 | 0.600 / 0.600 | 0.750 |"
+    missing = next(line for line in md.splitlines() if line.startswith("| `adversarial-branches`"))
+    assert missing.endswith("| – / – | – / – | – / – | – |")
