@@ -81,9 +81,10 @@ def render(name: str, table: Table, figures: dict[str, dict]) -> str:
     from benchmarks.realface.run import proxy_table, validation_table
     from fair_lightning.audit.tables import leakage_tables, table_notes
 
-    by_run: dict[str, list[dict]] = {}
-    for run_seed, figs in figures.items():
+    by_run: dict[str, list[dict]] = {run: [] for run in table.runs}  # the table's order
+    for run_seed, figs in sorted(figures.items()):
         by_run.setdefault(run_seed.rsplit("-s", 1)[0], []).append(figs)
+    by_run = {run: rs for run, rs in by_run.items() if rs}
     return (f"Made by `{table.command}`; figures in `docs/results/{name}.json`, rendered by "
             "`make results`.\n\n" + leakage_tables(by_run) + "\n" + table_notes()
             + proxy_table(by_run, table.one_photo) + validation_table(by_run))

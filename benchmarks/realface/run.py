@@ -47,6 +47,7 @@ from data_modules.files import atomic_write, json_text
 from data_modules.schema import SENSITIVE
 from fair_lightning.audit.proxy_audit import MERIT_R_WARN
 from fair_lightning.audit.tables import leakage_tables, stat, table_notes
+from fair_lightning.models.proxy import proxy_width
 
 # name -> (experiment, extra overrides): what RUNS may name
 RUNS = {
@@ -296,8 +297,9 @@ def proxy_table(by_run: dict[str, list[dict]], one_photo: bool = False) -> str:
     out = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, rs in rows.items():
         k = rs[0].get("config/face_proxy_components", 0)
-        cells = [run, f"{rs[0].get('config/face_encoder', '?')}, "
-                      f"{rs[0].get('config/face_proxy', 'leading')}", str(k or "all")]
+        kind = rs[0].get("config/face_proxy", "leading")
+        cells = [run, f"{rs[0].get('config/face_encoder', '?')}, {kind}",
+                 str(proxy_width(k, kind) if k else "all")]
         cells += [stat([r.get(key, math.nan) for r in rs]) for key, _ in PROXY_COLUMNS]
         out.append("| " + " | ".join(cells) + " |")
     note = ("\nThe face proxy on test people: `retrieval` is the share of clips whose nearest "

@@ -259,7 +259,7 @@ def test_cli_errors_are_clear(tmp_path):
                               capture_output=True, text=True, cwd=tmp_path, env=env)
 
     r = cli("experiment=nope")
-    assert r.returncode == 2 and "available: adversarial, baseline, face_discriminator, label_adversary" in r.stderr
+    assert r.returncode == 2 and "available: adversarial, adversarial_cross_modal, baseline, face_discriminator, label_adversary" in r.stderr
     r = cli("trainer.max_epochs")
     assert r.returncode == 2 and "malformed override 'trainer.max_epochs'" in r.stderr
     r = cli("--help")
