@@ -371,35 +371,29 @@ RENAMED_KEYS = {"adversary.hsic_h_kernel": "adversary.dependence_h_kernel"}
 RENAMED_VALUES = {"adversary.objective": {"hsic": "dependence"}}
 
 
-def _renamed(cfg: DictConfig, source: str) -> DictConfig:
-    for old, new in RENAMED_KEYS.items():
-        if OmegaConf.select(cfg, old) is None:
-            continue
-        if OmegaConf.select(cfg, new) is not None:
-            raise ConfigError(f"{source}: '{old}' is the old name of '{new}': set one of them")
-        group, leaf = old.rsplit(".", 1)
-        OmegaConf.update(cfg, new, OmegaConf.select(cfg, old), merge=False)
-        del OmegaConf.select(cfg, group)[leaf]
-    for key, values in RENAMED_VALUES.items():
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, str) and value in values:
-            OmegaConf.update(cfg, key, values[value], merge=False)
-    return cfg
-
-
-def renamed_group(group: str, values: dict) -> dict:
-    """A config group as a plain dict (a checkpoint's hyperparameters) with its renamed keys
-    and values under their new names."""
+def renamed_group(group: str, values: dict, source: str = "config") -> dict:
+    """A config group as a plain dict (a file's group, a checkpoint's hyperparameters) with
+    its renamed keys and values under their new names; both names set is an error."""
     out = dict(values)
     for old, new in RENAMED_KEYS.items():
         g, leaf = old.rsplit(".", 1)
-        if g == group and leaf in out:
-            out.setdefault(new.rsplit(".", 1)[1], out.pop(leaf))
+        if g != group or leaf not in out:
+            continue
+        if new.rsplit(".", 1)[1] in out:
+            raise ConfigError(f"{source}: '{old}' is the old name of '{new}': set one of them")
+        out[new.rsplit(".", 1)[1]] = out.pop(leaf)
     for key, aliases in RENAMED_VALUES.items():
         g, leaf = key.rsplit(".", 1)
         if g == group and isinstance(out.get(leaf), str):
             out[leaf] = aliases.get(out[leaf], out[leaf])
     return out
+
+
+def _renamed(cfg: DictConfig, source: str) -> DictConfig:
+    for group in {k.split(".")[0] for k in (*RENAMED_KEYS, *RENAMED_VALUES)}:
+        if isinstance(cfg.get(group), DictConfig):
+            cfg[group] = renamed_group(group, OmegaConf.to_container(cfg[group]), source)
+    return cfg
 
 
 def _yaml_file(path: Path) -> DictConfig:

@@ -45,8 +45,9 @@ from benchmarks.realface.build import (
 )
 from data_modules.files import atomic_write, json_text
 from data_modules.schema import SENSITIVE
+from fair_lightning.audit.probes import pearson
 from fair_lightning.audit.proxy_audit import MERIT_R_WARN
-from fair_lightning.audit.tables import leakage_tables, stat, table_notes
+from fair_lightning.audit.tables import LEVELS, leakage_tables, stat, table_notes
 from fair_lightning.models.proxy import proxy_width
 
 # name -> (experiment, extra overrides): what RUNS may name
@@ -95,7 +96,6 @@ RUNS = {
 # population a default is chosen on
 SYNTHETIC = "synthetic"
 DEFAULT_RUNS = ("baseline", "adversarial", "label_adversary", "label_erasure", "label_dependence")
-LEVELS = ("clip", "person")
 
 
 def read_truth(root: Path) -> dict[str, dict]:
@@ -109,13 +109,6 @@ def read_predictions(run_dir: Path) -> dict[str, float]:
         raise FileNotFoundError(f"{path}: the run wrote no test predictions")
     with open(path, newline="", encoding="utf-8") as f:
         return {r["clip_id"]: float(r["score"]) for r in csv.DictReader(f)}
-
-
-def pearson(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def merit_figures(pred: dict[str, float], truth: dict[str, dict]) -> dict[str, float]:

@@ -56,6 +56,14 @@ def _bal_acc_from_counts(support: np.ndarray, correct: np.ndarray) -> np.ndarray
     return recall.sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
+def pearson(a: Any, b: Any) -> float:
+    """Pearson r of two sequences; NaN for fewer than 3 values or a constant one."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def balanced_accuracy(y_true: Any, y_pred: Any, num_classes: int) -> float:
     r"""Balanced accuracy: the mean per-class recall over the classes present in ``y_true``.
 

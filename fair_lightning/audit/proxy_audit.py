@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fair_lightning.audit.probes import pearson
+
 MERIT_R_WARN = 0.2  # a proxy whose read-out follows merit this closely removes merit
 RIDGE_PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)  # times the number of rows
 READOUT_FOLDS = 4
@@ -108,12 +110,6 @@ def _ridge(z: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, np
     return w, np.stack([mu, sd])
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def task_readout(z_fit, y_fit, groups_fit, z_ev, y_ev) -> float:
     """Held-out Pearson r of the best linear read-out of y from z: a ridge fitted on the fit
     rows (penalty chosen by cross-validation grouped by `groups_fit`, so a person's clips never
@@ -132,11 +128,11 @@ def task_readout(z_fit, y_fit, groups_fit, z_ev, y_ev) -> float:
                 tr = folds != f
                 w, (mu, sd) = _ridge(z_fit[tr], y_fit[tr], pen)
                 pred[~tr] = ((z_fit[~tr] - mu) / sd) @ w
-            r = _pearson(pred, y_fit)
+            r = pearson(pred, y_fit)
             if np.isfinite(r) and r > best_r:
                 best, best_r = pen, r
     w, (mu, sd) = _ridge(z_fit, y_fit, best)
-    return _pearson(((z_ev - mu) / sd) @ w, y_ev)
+    return pearson(((z_ev - mu) / sd) @ w, y_ev)
 
 
 def readout_figures(fit: dict, ev: dict) -> dict[str, float]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fair_lightning.audit.probes import pearson
 from fair_lightning.lightning.collect import collect_rows, log_to_loggers
 from fair_lightning.lightning.summary import SummaryPart
 from fair_lightning.models.adversaries import one_hot_attributes
@@ -99,9 +100,9 @@ class ErasureStage(L.Callback, SummaryPart):
             *_, after = head(torch.from_numpy(val["h"]).to(module.device), z)
         after = after.float().cpu().numpy()
         for name, score in (("before", val["score"]), ("after", after)):
-            self.metrics[f"erase/val_pearson_{name}"] = _pearson(score, val["label"])
+            self.metrics[f"erase/val_pearson_{name}"] = pearson(score, val["label"])
             if np.isfinite(val["merit"]).all():
-                self.metrics[f"erase/val_pearson_merit_{name}"] = _pearson(score, val["merit"])
+                self.metrics[f"erase/val_pearson_merit_{name}"] = pearson(score, val["merit"])
         self.metrics["time/erasure_s"] = time.time() - t0
         return self.metrics
 
@@ -116,9 +117,3 @@ class ErasureStage(L.Callback, SummaryPart):
                                    module.erased_head.state_dict().items()})
         ckpt[ERASURE_KEY] = dict(self.metrics)
         atomic_write(self.last_ckpt, lambda tmp: torch.save(ckpt, tmp))
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
