@@ -15,18 +15,19 @@ EXPS     ?= baseline face_discriminator adversarial label_adversary
 # trajectory; one thread gives the same numbers on any machine (the tables of docs/results.md)
 SEED_THREADS ?= 1
 
-.PHONY: install train preprocess bench sweep pareto sync audit compare results seeds realface realface-setup test test-integration test-all lint clean help
+.PHONY: install train predict preprocess bench sweep pareto sync audit compare results seeds realface realface-setup test test-integration test-all lint clean help
 
 help:
 	@echo "make train EXP=<experiment> ARGS='key=value ...'   train, test, probe, report"
 	@echo "make preprocess ARGS='data.source=chalearn data.chalearn.root=DIR'  raw clips -> cached shards"
-	@echo "make bench [BENCH=train|preprocess] [ARGS=...]      benchmarks -> runs/bench/bench.json, preprocess.json"
+	@echo "make bench [BENCH=train|preprocess|predict] [ARGS=...]  benchmarks -> runs/bench/{bench,preprocess,predict}.json"
 	@echo "make sweep SWEEP=<yaml> [COUNT=n] [ARGS='k=v ...']   W&B sweep (offline without a login)"
 	@echo "make pareto SWEEP_DIR=runs/sweeps/<name>            a sweep's front and its selected trial"
 	@echo "make sync RUN=runs/<run dir>                         upload its offline W&B runs (each run once, however often resumed)"
 	@echo "make realface [POP=lfw|fairface|synthetic] [RUNS='baseline adversarial ...'] [SEEDS='0 1 2'] [PHOTOS=dir] [REALFACE_OUT=runs/realface-POP] [ARGS=...]  real-face development benchmark"
 	@echo "make test | make test-integration | make test-all     unit tests and a smoke run | end-to-end tests | everything, slow ones too"
 	@echo "make audit CKPT=<ckpt> ARGS='...'                  re-run the leakage audit"
+	@echo "make predict CKPT=<ckpt> [DATA=clips.csv|dir] [SPLIT=test] [OUT=scores.csv]  score clips: scores and invite decisions"
 	@echo "make compare RUNS='dir1 dir2 ...' [OUT=dir]        tables by group and by run + plot"
 	@echo "make results                                        the docs' generated tables, from the runs' figures"
 	@echo "make seeds [SEEDS='0 1 2'] [EXPS='...'] [SEED_JOBS=2] [ARGS=...]  every experiment x seed (one thread each), then compare"
@@ -71,6 +72,13 @@ pareto: install
 audit: install
 	@test -n "$(CKPT)" || { echo "usage: make audit CKPT=path/to/checkpoint.ckpt [ARGS='...']"; exit 2; }
 	$(BIN)/python -m fair_lightning.cli.audit ckpt=$(CKPT) $(ARGS)
+
+# score clips with a checkpoint: DATA a manifest CSV or a ChaLearn folder (none: the run's own
+# data), SPLIT test|val|train|all, OUT the scores CSV (a JSON sidecar beside it)
+predict: install
+	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=path/to/checkpoint.ckpt [DATA=clips.csv|dir] [SPLIT=test] [OUT=scores.csv] [ARGS='...']"; exit 2; }
+	$(BIN)/python -m fair_lightning.cli.predict ckpt=$(CKPT) $(if $(DATA),data=$(DATA)) \
+	  $(if $(SPLIT),split=$(SPLIT)) $(if $(OUT),out=$(OUT)) $(ARGS)
 
 compare: install
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS='run_dir1 run_dir2 ...' [OUT=dir]"; exit 2; }

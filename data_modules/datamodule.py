@@ -37,6 +37,18 @@ class SpeakerNorm:
         return {**record, "audio": audio.astype(np.float16)}
 
 
+def speaker_stats(records) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """identity -> (mean, std) of each audio feature over all frames of the person's clips
+    among `records` (training, testing and scoring alike: no label is read)."""
+    acc: dict[str, list] = {}
+    for r in records:
+        a = np.asarray(r["audio"], dtype=np.float64)
+        n, s, q = acc.setdefault(r["identity"], [0, 0.0, 0.0])
+        acc[r["identity"]] = [n + len(a), s + a.sum(0), q + (a * a).sum(0)]
+    return {p: (s / n, np.sqrt(np.maximum(q / n - (s / n) ** 2, 0.0)))
+            for p, (n, s, q) in acc.items() if n > 0}
+
+
 class Chain:
     def __init__(self, steps):
         self.steps = steps
@@ -111,15 +123,7 @@ class InterviewDataModule(L.LightningDataModule):
         in `split` (computed once per split; reads no sensitive attribute)."""
         if split not in self._speaker_stats:
             ds = open_streaming(self.split_dir(split), shuffle=False, seed=0)
-            acc: dict[str, list] = {}
-            for i in range(len(ds)):
-                r = ds[i]
-                a = np.asarray(r["audio"], dtype=np.float64)
-                n, s, q = acc.setdefault(r["identity"], [0, 0.0, 0.0])
-                acc[r["identity"]] = [n + len(a), s + a.sum(0), q + (a * a).sum(0)]
-            self._speaker_stats[split] = {
-                p: (s / n, np.sqrt(np.maximum(q / n - (s / n) ** 2, 0.0)))
-                for p, (n, s, q) in acc.items() if n > 0}
+            self._speaker_stats[split] = speaker_stats(ds[i] for i in range(len(ds)))
         return self._speaker_stats[split]
 
     def _transform(self, split: str, keep_sensitive: bool):

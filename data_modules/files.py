@@ -139,3 +139,14 @@ def forked_children_die_with_parent() -> None:
     if not _registered:
         multiprocessing.util.register_after_fork(_FORK_HOOK, lambda _: die_with_parent())
         _registered = True
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

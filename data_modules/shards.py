@@ -12,7 +12,6 @@ chunk is an error that names it instead of different numbers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from functools import partial
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.files import atomic_dir, forked_children_die_with_parent
+from data_modules.files import atomic_dir, file_sha256, forked_children_die_with_parent
 from data_modules.schema import check_record
 
 # bump when the on-disk layout changes: sources put it in their cache keys, so old caches
@@ -51,12 +50,6 @@ def _data_only(item, load=None) -> dict:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _formats(index: dict) -> set[str]:
@@ -97,7 +90,7 @@ def write_shards(items: Sequence, out_dir: Path, *, shuffle_seed: int | None = N
             raise ValueError(f"{out_dir}: a field would be stored as "
                              f"{sorted(_formats(index) - DATA_FORMATS)}; only numbers, numpy "
                              "arrays and strings are stored")
-        sums = {c["filename"]: _sha256(tmp / c["filename"]) for c in index["chunks"]}
+        sums = {c["filename"]: file_sha256(tmp / c["filename"]) for c in index["chunks"]}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
     return out_dir
 
@@ -151,7 +144,7 @@ def verify_checksums(path: Path) -> tuple[int, int]:
     size = 0
     for c in chunks:
         f = path / c["filename"]
-        if sums.get(c["filename"]) != _sha256(f):
+        if sums.get(c["filename"]) != file_sha256(f):
             raise ShardError(f"shard chunk {f} does not match its checksum (corrupt or "
                              f"changed); {rebuild}")
         size += f.stat().st_size

@@ -445,6 +445,16 @@ def load_config_file(path: Path, overrides: list[tuple[str, str]] | None = None)
     return _finish(_merge(base, _yaml_file(path), str(path)), schema, overrides)
 
 
+def load_config_dict(saved: dict, source: str,
+                     overrides: list[tuple[str, str]] | None = None) -> DictConfig:
+    """A resolved config kept as a plain dict (inside a checkpoint) + overrides, validated
+    again as `load_config_file` does; `source` names it in errors."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    base = _merge(schema, _yaml_file(EXPERIMENTS_DIR / "base.yaml"), "base.yaml")
+    return _finish(_merge(base, _renamed(OmegaConf.create(saved), source), source), schema,
+                   overrides)
+
+
 REAL_SOURCES = ("chalearn", "manifest")
 REAL_PROXY_COMPONENTS = 2  # chosen on the real-face benchmark's validation split (docs/results.md)
 

@@ -19,7 +19,6 @@ set_offline_env()  # before anything imports W&B or a hub client
 
 from fair_lightning.config import (  # noqa: E402
     ConfigError,
-    load_config_file,
     save_config,
 )
 
@@ -116,6 +115,18 @@ def build_audit_trainer(cfg, out: Path, callbacks, loggers):
                      devices=1, logger=loggers, callbacks=callbacks,
                      enable_progress_bar=False, enable_model_summary=False,
                      enable_checkpointing=False, deterministic=cfg.trainer.deterministic)
+
+
+def build_predict_trainer(cfg, out: Path, callbacks):
+    """One process scoring clips: the run's accelerator (its GPU when there is one) and
+    precision, no logger, no checkpoints."""
+    import lightning as L
+
+    return L.Trainer(default_root_dir=str(out), accelerator=cfg.trainer.accelerator,
+                     devices=1, precision=cfg.trainer.precision, logger=False,
+                     callbacks=callbacks, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False,
+                     deterministic=cfg.trainer.deterministic)
 
 
 def progress_bar_on(setting) -> bool:
@@ -425,9 +436,11 @@ def run(cfg) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm.feature_dims())
     pretrain_stats = prepare_face_encoder(cfg, dm, module)
+    from fair_lightning.lightning.checkpoint import ConfigInCheckpoint
     from fair_lightning.lightning.predictions import TestPredictions
 
-    callbacks = analysis_callbacks(cfg, dm) + [TestPredictions(run_dir / "predictions.csv")]
+    callbacks = analysis_callbacks(cfg, dm) + [TestPredictions(run_dir / "predictions.csv"),
+                                               ConfigInCheckpoint(cfg)]
     if getattr(module.adversary, "components", None) is not None:
         from fair_lightning.lightning.proxy_fit import ProxyComponentsFit
 
@@ -465,8 +478,23 @@ def run(cfg) -> Path:
             **pretrain_stats, **proxy_components_summary(module)},
             data_summary(dm), setup_summary(cfg))
         summary.update(selection_metrics(cfg, val, summary))
+        summary.update(record_decision(cfg, callbacks, Path(ckpt), f"the test split of {run_dir}"))
         finish(run_dir, cfg, summary, trainer, callbacks)
     return run_dir
+
+
+def record_decision(cfg, callbacks, ckpt: Path, tested: str) -> dict[str, float]:
+    """Write the invite rule the test used into the tested checkpoint, so that scoring new
+    clips with it (`fair-predict`) applies the same cut-off; `fair/invite_cutoff`."""
+    from fair_lightning.lightning.checkpoint import decision_of, write_decision
+    from fair_lightning.lightning.fairness import OutputFairnessCallback
+
+    fairness = next((cb for cb in callbacks if isinstance(cb, OutputFairnessCallback)), None)
+    decision = decision_of(cfg, fairness.test_cutoff if fairness else None, tested)
+    if decision is None:
+        return {}
+    write_decision(ckpt, decision)
+    return {"fair/invite_cutoff": decision["cutoff"]}
 
 
 def load_checkpoint(ckpt: Path):
@@ -520,19 +548,28 @@ def with_erasure(module, cfg):
     return fresh, fresh.erased_head is not None
 
 
+def home_of(ckpt: Path) -> Path:
+    """Where a command writes what it makes of a checkpoint: its run directory when it lies
+    in one's checkpoints/, else the checkpoint's own folder (a copy, an audit's file)."""
+    for parent in Path(ckpt).resolve().parents:
+        if parent.name == "checkpoints":
+            return parent.parent
+    return Path(ckpt).resolve().parent
+
+
 def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     import lightning as L
 
     from data_modules.files import atomic_write
+    from fair_lightning.lightning.checkpoint import CONFIG_KEY, checkpoint_config, read_checkpoint
     from fair_lightning.lightning.summary import collect_summary, finish
     from fair_lightning.lightning.tracking import make_loggers
 
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    cfg_path = ckpt.resolve().parent.parent / "config.yaml"
-    cfg = load_config_file(cfg_path, overrides)
+    saved = read_checkpoint(ckpt)
+    cfg, cfg_from = checkpoint_config(ckpt, overrides, saved)
+    log.info("config of %s: %s", ckpt, cfg_from)
     out = Path(cfg.output_dir) if any(k == "output_dir" for k, _ in overrides) else (
-        cfg_path.parent / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        home_of(ckpt) / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     out = out.resolve()
     module = load_checkpoint(ckpt)
     check_config_matches(module, cfg, ckpt)
@@ -545,6 +582,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     erase = {}
     if refit:
         import torch
+        from omegaconf import OmegaConf
 
         from fair_lightning.lightning.erasure_stage import ErasureStage
 
@@ -552,6 +590,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         saved["state_dict"] = module.state_dict()
         saved["hyper_parameters"] = dict(module.hparams)
+        saved[CONFIG_KEY] = OmegaConf.to_container(cfg, resolve=True)  # its own erasure keys
         atomic_write(out / "erased.ckpt", lambda p: torch.save(saved, p))
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # after the data, as in train
     callbacks = analysis_callbacks(cfg, dm)
@@ -561,5 +600,8 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
     summary = collect_summary(trainer, results, callbacks, erase,
                               proxy_components_summary(module), data_summary(dm),
                               setup_summary(cfg), {"audit/checkpoint": str(ckpt.resolve())})
+    if refit:  # the refitted model's own invite rule; an audited file is left as it is
+        summary.update(record_decision(cfg, callbacks, out / "erased.ckpt",
+                                       f"the test split of the audit {out}"))
     finish(out, cfg, summary, trainer, callbacks)
     return out

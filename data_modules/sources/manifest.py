@@ -12,6 +12,9 @@
 * ethnicity (optional): a group index 0, 1 or 2; empty = unknown.
 Gender and ethnicity are read only by the probes, the fairness metrics and the
 `label_adversary` experiment; the label-free experiments never see them.
+
+Scoring new clips (`fair-predict`) needs clip, person and transcript only: a label, gender
+or ethnicity column there is never read.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from data_modules.schema import SENSITIVE, UNKNOWN
 from data_modules.sources.raw import RawSource
 
 REQUIRED = ("clip", "person", "transcript", "label")
+SCORING_REQUIRED = ("clip", "person", "transcript")
 GENDER_VALUES = {"female": 0, "f": 0, "0": 0, "male": 1, "m": 1, "1": 1, "": UNKNOWN}
 
 
@@ -44,6 +48,10 @@ def _transcript(value: str, base: Path, clip_id: str) -> str | Skipped:
 
 class ManifestSource(RawSource):
     name = "manifest"
+
+    def __init__(self, data_cfg, scoring: bool = False):
+        super().__init__(data_cfg)
+        self.scoring = scoring  # clips to score: no label or attribute is read
 
     def corpus(self) -> Path:
         path = self.cfg.manifest.path
@@ -68,7 +76,8 @@ class ManifestSource(RawSource):
             raise CorpusError(f"{path}: cannot read as UTF-8 text: {e}") from None
         rows = csv.DictReader(text.splitlines(keepends=True))
         header = [h.strip() for h in rows.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
+        missing = [c for c in (SCORING_REQUIRED if self.scoring else REQUIRED)
+                   if c not in header]
         if missing:
             raise CorpusError(f"{path}: missing column(s) {missing}; the header is {header}")
         rows.fieldnames = header
@@ -86,6 +95,11 @@ class ManifestSource(RawSource):
                 raise CorpusError(f"{where}: clip {clip!r} is listed again (first on line "
                                   f"{seen[clip_id]})")
             seen[clip_id] = line
+            transcript = _transcript(row["transcript"] or "", base, clip_id)
+            if self.scoring:
+                entries_or_skip(entries, skipped, clip_id, person, clip_path, transcript,
+                                where, math.nan, UNKNOWN, UNKNOWN)
+                continue
             try:
                 label = float(row["label"])
             except (TypeError, ValueError):
@@ -101,16 +115,22 @@ class ManifestSource(RawSource):
             if e and e not in {str(i) for i in range(SENSITIVE["ethnicity"])}:
                 raise CorpusError(f"{where}: ethnicity {e!r} must be a group index 0-"
                                   f"{SENSITIVE['ethnicity'] - 1} or empty")
-            transcript = _transcript(row["transcript"] or "", base, clip_id)
-            if isinstance(transcript, Skipped):
-                skipped.append(transcript)
-            elif not clip_path.is_file():
-                skipped.append(Skipped(clip_id, "missing_file", str(clip_path)))
-            elif not transcript.strip():
-                skipped.append(Skipped(clip_id, "empty_transcript", where))
-            else:
-                entries.append(ClipEntry(
-                    clip_id=clip_id, identity=person, path=str(clip_path),
-                    transcript=transcript, label=label, gender=GENDER_VALUES[g],
-                    ethnicity=int(e) if e else UNKNOWN))
+            entries_or_skip(entries, skipped, clip_id, person, clip_path, transcript, where,
+                            label, GENDER_VALUES[g], int(e) if e else UNKNOWN)
         return entries, skipped
+
+
+def entries_or_skip(entries: list, skipped: list, clip_id: str, person: str, clip_path: Path,
+                    transcript: str | Skipped, where: str, label: float, gender: int,
+                    ethnicity: int) -> None:
+    """A listed clip to its entry, or to a counted skip with its reason."""
+    if isinstance(transcript, Skipped):
+        skipped.append(transcript)
+    elif not clip_path.is_file():
+        skipped.append(Skipped(clip_id, "missing_file", str(clip_path)))
+    elif not transcript.strip():
+        skipped.append(Skipped(clip_id, "empty_transcript", where))
+    else:
+        entries.append(ClipEntry(clip_id=clip_id, identity=person, path=str(clip_path),
+                                 transcript=transcript, label=label, gender=gender,
+                                 ethnicity=ethnicity))

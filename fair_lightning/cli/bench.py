@@ -2,6 +2,7 @@
 
     python -m fair_lightning.cli.bench [train] [--threads N] [--memory-scale 10] ...
     python -m fair_lightning.cli.bench preprocess [--clips 8] [--scale 4] [--workers 1 2]
+    python -m fair_lightning.cli.bench predict [--ckpt PATH] [--batch-sizes 32 256]
 
 `train` (the default): framework overhead, adversary cost, loader headroom, memory against
 data size, audit cost and growth; see `fair_lightning.bench.measure`. Writes
@@ -13,6 +14,10 @@ of decoding the same frames and audio with PyAV alone (the floor any pipeline pa
 whole per-clip work, the speed-up from workers, a projection for ChaLearn's 10,000 clips,
 and peak memory at `clips / scale` and `clips` clips (each run in a fresh process). Writes
 runs/bench/preprocess.json and .md.
+
+`predict`: scoring throughput of `fair-predict` in clips/s, preprocessing apart (the run's
+cached clips), per split and batch size; see `fair_lightning.bench.scoring`. Writes
+runs/bench/predict.json and .md.
 """
 
 from __future__ import annotations
@@ -211,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--cache", default=".cache/fair_lightning")
     p.add_argument("--out", default="runs/bench")
+    s = sub.add_parser("predict", help="scoring throughput of fair-predict")
+    s.add_argument("--ckpt", help="the checkpoint to score with (default: train the default "
+                   "experiment first, under --out)")
+    s.add_argument("--splits", nargs="+", default=["test", "train"])
+    s.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--out", default="runs/bench")
     once = sub.add_parser("_run_once")
     once.add_argument("--clips-dir")
     once.add_argument("--n", type=int)
@@ -224,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "train":
         return _train_bench(args)
+    if args.what == "predict":
+        from fair_lightning.bench.scoring import bench_predict, markdown
+        from fair_lightning.ops.runtime import quiet_warnings
+
+        quiet_warnings()
+        return _write(Path(args.out), "predict", bench_predict(args), markdown)
     return _write(Path(args.out), "preprocess", bench_preprocess(args), _markdown)
 
 

@@ -16,7 +16,6 @@ set_offline_env()
 
 from fair_lightning.config import (  # noqa: E402
     DEFAULT_EXPERIMENT,
-    ConfigError,
     available_experiments,
     config_from_argv,
 )
@@ -47,15 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         return 0
     quiet_warnings()
-    from data_modules.errors import CorpusError
-    from data_modules.shards import ShardError
+    from fair_lightning.cli import user_errors
     from fair_lightning.experiment import run
     from fair_lightning.lightning.cluster import Requeued
 
     try:
         cfg = config_from_argv(argv)
         run_dir = run(cfg)
-    except (ConfigError, ShardError, CorpusError, FileNotFoundError, TimeoutError) as e:
+    except (*user_errors(), TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Requeued as e:

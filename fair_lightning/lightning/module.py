@@ -230,8 +230,11 @@ class FairScorerModule(L.LightningModule):
             "trained_batches", checkpoint.get("global_step", 0) // self.optimizer_steps_per_batch)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(
-            batch, device, dataloader_idx)
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        if isinstance(batch, tuple) and batch and isinstance(batch[0], Batch):  # scoring's
+            return (batch[0].to(device), *batch[1:])
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def forward(self, batch: Batch):
         return self.outputs(batch)
@@ -331,6 +334,14 @@ class FairScorerModule(L.LightningModule):
 
     def on_test_epoch_end(self):
         self._eval_epoch_end("test")
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Scoring new clips (`fair-predict`): the score the run tests with (after the
+        erasure stage, the refitted head's). `batch`: a Batch, or (Batch, the people by
+        name) as the scoring loaders give it."""
+        batch, people = batch if isinstance(batch, tuple) else (batch, batch.identity.tolist())
+        return {"clip_id": list(batch.clip_id), "person": [str(p) for p in people],
+                "score": self.outputs(batch).score.detach().float().cpu()}
 
     @torch.no_grad()
     def representations(self, batch: Batch) -> dict[str, torch.Tensor]:

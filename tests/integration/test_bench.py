@@ -31,3 +31,28 @@ def test_the_plain_loop_trains_through_the_modules_strategy(tmp_path, exp, monke
     assert "loading" in parts and "main backward and step" in parts
     if exp == "adversarial":
         assert f"adversary: {cfg.adversary.k_disc} steps" in parts
+
+
+def test_the_scoring_bench_measures_the_commands_path(tmp_path):
+    """`make bench BENCH=predict`: clips/s per split and batch size through fair-predict's
+    own function, on a run's cached clips, written as JSON and markdown."""
+    import json
+
+    from fair_lightning.cli.bench import main as bench_main
+    from fair_lightning.config import load_config
+    from fair_lightning.experiment import run
+
+    run_dir = run(load_config("adversarial", tiny_overrides(tmp_path,
+                                                            **{"probe.enabled": "false"})))
+    out = tmp_path / "bench"
+    assert bench_main(["predict", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"),
+                       "--splits", "test", "val", "--batch-sizes", "4", "16", "--repeats", "2",
+                       "--out", str(out)]) == 0
+    r = json.loads((out / "predict.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [(x["split"], x["batch_size"]) for x in r["runs"]] == [
+        ("test", 4), ("test", 16), ("val", 4), ("val", 16)]
+    for x in r["runs"]:
+        assert x["clips"] == summary[f"data/clips/{x['split']}"] and x["clips_per_s"] > 0
+        assert len(x["clips_per_s_all"]) == 2 and x["device"] == "cpu"
+    assert "| test | 16 |" in (out / "predict.md").read_text()

@@ -56,8 +56,8 @@ def test_the_wheel_ships_the_experiments_and_no_fixtures(installed):
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry).decode()
-    for cmd in ("fair-train", "fair-audit", "fair-preprocess", "fair-sweep", "fair-report",
-                "fair-bench", "fair-sync"):
+    for cmd in ("fair-train", "fair-audit", "fair-predict", "fair-preprocess", "fair-sweep",
+                "fair-report", "fair-bench", "fair-sync"):
         assert f"{cmd} = " in scripts
 
 
@@ -67,7 +67,7 @@ def test_the_installed_commands_run_outside_the_checkout(installed, tmp_path):
                  cwd=tmp_path)
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(venv))  # the wheel's copy, not this checkout
-    for cmd in ("fair-train", "fair-audit", "fair-preprocess", "fair-report"):
+    for cmd in ("fair-train", "fair-audit", "fair-predict", "fair-preprocess", "fair-report"):
         out = _run(venv, cmd, "--help", cwd=tmp_path)
         assert out.returncode == 0 and out.stdout.strip(), (cmd, out.stderr)
     # a 1-epoch tiny run, from an experiment file of the user's own beside the packaged ones
@@ -86,3 +86,12 @@ def test_the_installed_commands_run_outside_the_checkout(installed, tmp_path):
     assert summary["setup/code"] == f"fair_lightning {release}"  # the wheel's, not a commit
     saved = (run_dir / "config.yaml").read_text()
     assert "experiment: mine" in saved and "fused_dim: 16" in saved
+    # the installed fair-predict scores the run's test split from a copy of its checkpoint
+    kept = tmp_path / "kept.ckpt"
+    kept.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    out = _run(venv, "fair-predict", f"ckpt={kept}", f"out={tmp_path / 'scores.csv'}",
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scored = (tmp_path / "scores.csv").read_text().splitlines()
+    assert scored[0] == "clip_id,person,score,invite"
+    assert len(scored) - 1 == summary["data/clips/test"]

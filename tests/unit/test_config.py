@@ -212,3 +212,20 @@ def test_an_experiment_file_of_ones_own(tmp_path):
         load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="or the path of a .yaml file"):
         load_config("adversarial_typo")
+
+
+def test_a_config_carried_as_a_dict_loads_as_its_file_does(tmp_path):
+    """What a checkpoint carries: the resolved config as plain containers. It loads to the
+    same config as the run's config.yaml, older key names mapped, overrides applied and
+    checked."""
+    from fair_lightning.config import load_config_dict, load_config_file, save_config
+
+    cfg = load_config("adversarial", [("seed", "3")])
+    save_config(cfg, tmp_path / "config.yaml")
+    carried = OmegaConf.to_container(cfg, resolve=True)
+    assert load_config_dict(carried, "ckpt") == load_config_file(tmp_path / "config.yaml")
+    carried["adversary"]["objective"] = "hsic"  # a name from before the rename
+    again = load_config_dict(carried, "ckpt", [("trainer.max_epochs", "2")])
+    assert again.adversary.objective == "dependence" and again.trainer.max_epochs == 2
+    with pytest.raises(ConfigError, match="ckpt: unknown key 'model.wat'"):
+        load_config_dict({**carried, "model": {**carried["model"], "wat": 1}}, "ckpt")

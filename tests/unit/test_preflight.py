@@ -108,10 +108,12 @@ def test_a_run_directory_holds_one_run(tmp_path, capsys):
 def test_audit_refuses_a_config_that_disagrees_with_the_checkpoint(tmp_path, capsys):
     run_dir = run(load_config("baseline", tiny_overrides(
         tmp_path, **{"model.fused_dim": "16", "probe.enabled": "false"})))
+    capsys.readouterr()
+    # the checkpoint carries its config: an edited config.yaml beside it changes nothing,
+    # an override that disagrees with the trained model is refused
     cfg = (run_dir / "config.yaml").read_text().replace("fused_dim: 16", "fused_dim: 32")
     (run_dir / "config.yaml").write_text(cfg)
-    capsys.readouterr()
-    assert audit_main([f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}"]) == 2
+    assert audit_main([f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "model.fused_dim=32"]) == 2
     err = capsys.readouterr().err
     assert "model.fused_dim=16 (config: 32)" in err
     assert not list(run_dir.glob("audit-*"))
@@ -119,8 +121,27 @@ def test_audit_refuses_a_config_that_disagrees_with_the_checkpoint(tmp_path, cap
         bad = run_dir / "checkpoints" / name
         bad.write_bytes(content)
         assert audit_main([f"ckpt={bad}"]) == 2
-        assert f"{bad}: not a fair_lightning checkpoint" in capsys.readouterr().err
+        assert f"{bad}: not a readable checkpoint" in capsys.readouterr().err
         assert not list(run_dir.glob("audit-*")), "a failed audit leaves nothing behind"
+
+
+@pytest.mark.parametrize("cli", ["train", "audit"])
+def test_an_erasure_error_after_training_is_an_error_line(cli, tmp_path, capsys, monkeypatch):
+    """The erasure stage runs after the last epoch: its refusal (a rank that would erase
+    every direction of h) is one `error:` line and exit 2, not a traceback."""
+    import fair_lightning.experiment as experiment
+    from fair_lightning.models.erasure import ErasureError
+
+    def refuse(*args, **kwargs):
+        raise ErasureError("erasure leaves 1.0e-13 of h's variance (round-off)")
+
+    monkeypatch.setattr(experiment, "run" if cli == "train" else "audit", refuse)
+    if cli == "train":
+        code = main(_args(tmp_path))
+    else:
+        code = audit_main([f"ckpt={tmp_path / 'any.ckpt'}"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: erasure leaves")
 
 
 def test_an_index_without_chunks_is_an_error(tmp_path, capsys):
