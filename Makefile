@@ -12,7 +12,8 @@ PYTEST   := $(BIN)/python -m pytest
 SEEDS    ?= 0 1 2
 EXPS     ?= baseline face_discriminator adversarial label_adversary
 # torch threads per seed run: the thread count changes float summation order and so the
-# trajectory; one thread gives the same numbers on any machine (the tables of docs/results.md)
+# trajectory; one thread gives the same numbers on any machine. Each table of the docs
+# states the count its runs used (the README's: SEED_THREADS=2, torch's default here)
 SEED_THREADS ?= 1
 
 .PHONY: install train predict preprocess bench sweep pareto sync audit compare results seeds realface realface-setup test test-integration test-all lint clean help

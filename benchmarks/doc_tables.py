@@ -1,8 +1,9 @@
 """`make results`: the docs' generated tables, from run directories to committed figures to
 markdown.
 
-Each table in `TABLES` names the runs it shows, the command that made them, and the
-benchmark output (`results.json`) they are read from. `make results`:
+Each table in `TABLES` names the runs it shows, the command that made them, and where
+they are read from: a benchmark's output (`results.json`) or run directories
+(`<dir>/<run>-s<seed>/summary.json`, as `make seeds` writes them). `make results`:
 
 1. reads those runs' figures (the keys the tables use, nothing else) into
    `docs/results/<table>.json`, which is committed, for each table whose runs are present;
@@ -34,23 +35,74 @@ PROXY_RUNS = ("baseline", "adversarial", "adversarial-cross-modal", "adversarial
 
 
 @dataclass(frozen=True)
+class Row:
+    """A row of a seeds table: the runs named `run`, read on one layer (`h`: h at full width,
+    the erased h where the run has an erasure stage)."""
+
+    label: str
+    run: str
+    layer: str = "h"
+
+
+@dataclass(frozen=True)
 class Table:
     doc: str  # the doc holding the table, relative to the checkout
-    results: str  # the benchmark output its figures are read from
+    results: str  # a benchmark's results.json, or run directories: `<dir>/{run}-s*`
     runs: tuple[str, ...]  # the runs shown, in order
     command: str  # what made the runs
     one_photo: bool = False  # each person shows one photograph (retrieval says nothing)
+    rows: tuple[Row, ...] = ()  # a seeds table's rows (a benchmark table shows every run)
+    score_only: bool = False  # a seeds table's score-only columns
+
+    @property
+    def from_run_dirs(self) -> bool:
+        return "{run}" in self.results
+
+
+HARDER_RUNS = ("baseline", "adversarial", "label_erasure", "label_adversary",
+               "label_dependence")
+LABEL_RUNS = ("baseline", "label_dependence", "label_dependence-audio",
+              "label_dependence-branches", "adversarial", "adversarial-audio",
+              "adversarial-branches")
+
+
+def realface_table(pop: str, runs: tuple[str, ...]) -> Table:
+    """A real-face (or synthetic) benchmark table: the benchmark's results.json, its runs."""
+    out = "synthetic-proxy" if pop == "synthetic" else f"realface-{pop}"
+    return Table("docs/results.md", f"runs/{out}/results.json", runs,
+                 f"make realface POP={pop} RUNS=\"{' '.join(runs)}\""
+                 + (" REALFACE_OUT=runs/synthetic-proxy" if pop == "synthetic" else ""),
+                 one_photo=pop == "fairface")
 
 
 TABLES = {
-    f"proxies-{pop}": Table(
-        "docs/results.md", f"runs/{'synthetic-proxy' if pop == 'synthetic' else 'realface-' + pop}"
-        "/results.json", PROXY_RUNS,
-        f"make realface POP={pop} RUNS=\"{' '.join(PROXY_RUNS)}\""
-        + (" REALFACE_OUT=runs/synthetic-proxy" if pop == "synthetic" else ""),
-        one_photo=pop == "fairface")
-    for pop in ("fairface", "lfw", "synthetic")
+    **{f"harder-{pop}": realface_table(pop, HARDER_RUNS) for pop in ("fairface", "lfw")},
+    **{f"labels-{pop}": realface_table(pop, LABEL_RUNS) for pop in ("fairface", "lfw")},
+    **{f"proxies-{pop}": realface_table(pop, PROXY_RUNS)
+       for pop in ("fairface", "lfw", "synthetic")},
 }
+SEEDS_COMMAND = ("make seeds SEEDS=\"0 1 2 3 4\" EXPS=\"baseline adversarial\" "
+                 "SEED_THREADS=2")
+HEADLINE_ROWS = (
+    Row("baseline (no adversary)", "baseline"),
+    Row("`adversarial`, h at full width", "adversarial"),
+    Row("`adversarial`, the directions the head reads (output fairness, not removal from h)",
+        "adversarial", "head"))
+TABLES["headline"] = Table("README.md", "runs/seeds/{run}-s*", ("baseline", "adversarial"),
+                           SEEDS_COMMAND, rows=HEADLINE_ROWS)
+TABLES["method"] = Table(
+    "docs/results.md", "runs/seeds/{run}-s*",
+    ("baseline", "adversarial", "baseline_erasure", "baseline_label_erasure"),
+    SEEDS_COMMAND + "; then for each seed S: make audit CKPT=runs/seeds/baseline-sS/"
+    "checkpoints/last.ckpt ARGS=\"erasure.enabled=true output_dir=runs/seeds/"
+    "baseline_erasure-sS\" and ARGS=\"erasure.enabled=true erasure.proxy=labels "
+    "erasure.rank=5 erasure.head_dims=0 output_dir=runs/seeds/baseline_label_erasure-sS\"",
+    rows=(*HEADLINE_ROWS,
+          Row("baseline + erasure stage (no adversary), what the head reads",
+              "baseline_erasure", "head"),
+          Row("LEACE of the true labels on the baseline (label reference), h at full width",
+              "baseline_label_erasure")),
+    score_only=True)
 # the validation figures the default is chosen on, across the three populations' tables
 CHOICE = "proxy-choice"
 CHOICE_RUNS = ("adversarial", "adversarial-branches", "adversarial-cross-modal",
@@ -76,8 +128,66 @@ def extract(table: Table, results: dict) -> dict[str, dict]:
     return out
 
 
+def run_dir_figures(table: Table) -> dict[str, dict]:
+    """`<run>-s<seed>` -> the figures the table reads, from each run directory's summary."""
+    out = {}
+    for run in table.runs:
+        for summary in sorted(ROOT.glob(table.results.format(run=run) + "/summary.json")):
+            name = summary.parent.name
+            if name.rsplit("-s", 1)[0] == run:
+                out[name] = {k: v for k, v in sorted(json.loads(summary.read_text()).items())
+                             if KEEP.match(k)}
+    return out
+
+
+def render_rows(name: str, table: Table, figures: dict[str, dict]) -> str:
+    """A seeds table: per row, merit r, gender and ethnicity on the row's layer at clip /
+    person level (score alone too, where asked), the gender DP ratio; mean ± std over
+    seeds with the worst seed; then the seeds, threads and code of the runs."""
+    from fair_lightning.audit.tables import merit_r, provenance, stat
+
+    def runs_of(run):
+        return [f for k, f in sorted(figures.items()) if k.rsplit("-s", 1)[0] == run]
+
+    def leak(rs, layer, attr):
+        cells = []
+        for lv in ("clip", "person"):
+            vals = []
+            for r in rs:
+                la = layer
+                if layer == "h":
+                    la = "erased" if f"leak/erased/{attr}/{lv}/bal_acc" in r else "fused"
+                vals.append(r.get(f"leak/{la}/{attr}/{lv}/bal_acc"))
+            cells.append(stat(vals))
+        return " / ".join(cells)
+
+    head = ["run", "merit r", "gender, clip / person", "ethnicity, clip / person"]
+    if table.score_only:
+        head.append("score alone: gender, clip / person")
+    head.append("gender DP ratio")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    every = []
+    for row in table.rows:
+        rs = runs_of(row.run)
+        every += rs
+        cells = [row.label, stat([merit_r(r) for r in rs], min), leak(rs, row.layer, "gender"),
+                 leak(rs, row.layer, "ethnicity")]
+        if table.score_only:
+            cells.append(leak(rs, "score", "gender"))
+        cells.append(stat([r.get("fair/gender/dp_ratio") for r in rs], min))
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({int(k.rsplit("-s", 1)[1]) for k in figures})
+    threads, code = provenance(every)
+    return (f"Made by `{table.command}`; figures in `docs/results/{name}.json`, rendered by "
+            "`make results`.\n\n" + "\n".join(lines) + "\n\n"
+            f"Seeds {', '.join(map(str, seeds))}; mean ± std (worst seed); threads: {threads}; "
+            f"code: {code}.\n")
+
+
 def render(name: str, table: Table, figures: dict[str, dict]) -> str:
     """The markdown block: the leakage tables, the proxy table, the validation table."""
+    if table.rows:
+        return render_rows(name, table, figures)
     from benchmarks.realface.run import proxy_table, validation_table
     from fair_lightning.audit.tables import leakage_tables, table_notes
 
@@ -165,12 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, table in TABLES.items():
         data = DATA / f"{name}.json"
         source = ROOT / table.results
-        if not a.check and source.is_file():
+        figures = {}
+        if not a.check and table.from_run_dirs:
+            figures = run_dir_figures(table)
+        elif not a.check and source.is_file():
             figures = extract(table, json.loads(source.read_text()))
-            if figures:
-                DATA.mkdir(parents=True, exist_ok=True)
-                atomic_write(data, json_text(figures))
-                print(f"results: {name}: {len(figures)} runs from {table.results}")
+        if figures:
+            DATA.mkdir(parents=True, exist_ok=True)
+            atomic_write(data, json_text(figures))
+            print(f"results: {name}: {len(figures)} runs from {table.results}")
         if not data.is_file():
             print(f"results: {name}: no figures ({data.relative_to(ROOT)}): skipped")
             continue

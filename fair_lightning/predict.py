@@ -250,25 +250,15 @@ def output_path(out: str | None, ckpt: Path) -> Path:
     return path
 
 
-def predict(ckpt: Path, data: str | None, split: str | None, out: str | None,
-            overrides: list[tuple[str, str]], threshold: str | None = None) -> Path:
-    """Score the clips of `data` (None: the run's own data) with `ckpt`; returns the CSV."""
-    import csv
-    import io
-
+def scoring_model(ckpt: Path, overrides: list[tuple[str, str]]):
+    """(the checkpoint's dict, its config with the overrides, the run's own config, where
+    the config was read, the model as tested); a setting that would score other features,
+    another erasure stage or a GPU not here is a ConfigError."""
     from omegaconf import OmegaConf
 
-    from data_modules.files import atomic_write, file_sha256, json_text
-    from fair_lightning.experiment import (
-        build_predict_trainer,
-        check_config_matches,
-        code_version,
-        load_checkpoint,
-        with_erasure,
-    )
+    from fair_lightning.experiment import check_config_matches, load_checkpoint, with_erasure
     from fair_lightning.lightning.checkpoint import checkpoint_config, read_checkpoint
 
-    ckpt = Path(ckpt)
     saved = read_checkpoint(ckpt)
     cfg, cfg_from = checkpoint_config(ckpt, overrides, saved)
     model_cfg, _ = checkpoint_config(ckpt, None, saved)
@@ -277,16 +267,48 @@ def predict(ckpt: Path, data: str | None, split: str | None, out: str | None,
     if changed:
         raise ConfigError(f"{ckpt}: the model reads features made as its run made them; "
                           f"this asks for {', '.join(changed)}")
-    split = split or ("test" if data is None or Path(data).is_dir() else "all")
-    if split not in SPLIT_CHOICES:
-        raise ConfigError(f"split={split!r}: one of {', '.join(SPLIT_CHOICES)}")
-    path = output_path(out, ckpt)
     module = load_checkpoint(ckpt)
     check_config_matches(module, cfg, ckpt)
     if with_erasure(module, cfg)[0] is not module:
         raise ConfigError(f"{ckpt}: erasure.* differ from the checkpoint's; scoring uses the "
                           "model as it was tested: fit another erasure stage with fair-audit "
                           "and score its erased.ckpt")
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{ckpt}: its run used trainer.accelerator={cfg.trainer.accelerator} "
+                          "and no GPU is visible here: add trainer.accelerator=cpu (or auto)")
+    return saved, cfg, model_cfg, cfg_from, module
+
+
+def scores_csv(rows: list[tuple[str, str, float]], cutoff: float) -> tuple[str, int]:
+    """The CSV text (sorted by clip) and how many are invited: a score as written (6
+    decimals) at or above the cut-off as written."""
+    import csv
+    import io
+
+    cut = round(cutoff, 6)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["clip_id", "person", "score", "invite"])
+    invited = 0
+    for c, p, s in rows:
+        invite = int(round(s, 6) >= cut)
+        invited += invite
+        w.writerow([c, p, f"{s:.6f}", invite])
+    return buf.getvalue(), invited
+
+
+def predict(ckpt: Path, data: str | None, split: str | None, out: str | None,
+            overrides: list[tuple[str, str]], threshold: str | None = None) -> Path:
+    """Score the clips of `data` (None: the run's own data) with `ckpt`; returns the CSV."""
+    from data_modules.files import atomic_write, file_sha256, json_text
+    from fair_lightning.experiment import build_predict_trainer, code_version
+
+    ckpt = Path(ckpt)
+    saved, cfg, model_cfg, cfg_from, module = scoring_model(ckpt, overrides)
+    split = split or ("test" if data is None or Path(data).is_dir() else "all")
+    if split not in SPLIT_CHOICES:
+        raise ConfigError(f"split={split!r}: one of {', '.join(SPLIT_CHOICES)}")
+    path = output_path(out, ckpt)
     rule = invite_rule(cfg, saved, ckpt, threshold)
     t0 = time.time()
     scoring = run_data(cfg, split) if data is None else raw_data(cfg, Path(data), split)
@@ -302,15 +324,7 @@ def predict(ckpt: Path, data: str | None, split: str | None, out: str | None,
                   zip(part["clip_id"], part["person"], part["score"].tolist(), strict=True))
     if len({c for c, _, _ in rows}) != len(rows) or len(rows) != scoring.clips:
         raise RuntimeError(f"scored {len(rows)} rows for {scoring.clips} clips")
-    cut = round(rule["cutoff"], 6)  # the decision on the score as written
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["clip_id", "person", "score", "invite"])
-    invited = 0
-    for c, p, s in rows:
-        invite = int(round(s, 6) >= cut)
-        invited += invite
-        w.writerow([c, p, f"{s:.6f}", invite])
+    text, invited = scores_csv(rows, rule["cutoff"])
     sidecar = {
         "checkpoint": str(ckpt.resolve()), "checkpoint_sha256": file_sha256(ckpt),
         "config_from": cfg_from, "code": code_version(),
@@ -325,10 +339,10 @@ def predict(ckpt: Path, data: str | None, split: str | None, out: str | None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path.with_suffix(".json"), json_text(sidecar))
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, text)
     log.info("scored %d clips (%d skipped) in %.1fs, %.0f clips/s; %d invited at score >= %.6f "
              "(%s)", len(rows), len(scoring.skipped), scoring_s, sidecar["clips_per_s"],
-             invited, cut, rule["rule"])
+             invited, rule["cutoff"], rule["rule"])
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import time
@@ -131,6 +132,9 @@ def quiet_warnings() -> None:
     # periodic checkpoints are meant to hold the state after the batch's updates: the
     # resume point the next batch continues from
     warnings.filterwarnings("ignore", ".*ModelCheckpoint with manual optimization.*")
+    # an advertisement Lightning logs when a Trainer has no logger (scoring, the bench)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())
 
 
 def has_wandb_credentials() -> bool:
