@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.rawmedia import make_manifest_corpus
+from benchmarks.rawmedia import make_chalearn_corpus, make_manifest_corpus
 from fair_lightning.cli.audit import main as audit_main
 from fair_lightning.cli.predict import main as predict_main
 from fair_lightning.config import load_config
@@ -199,9 +199,11 @@ def _drop_columns(manifest: Path, keep: tuple[str, ...]) -> Path:
     return out
 
 
-def test_a_manifest_of_new_people_is_scored_and_unreadable_clips_are_counted(tmp_path, capsys):
+def test_a_manifest_of_new_people_is_scored_and_unreadable_clips_are_counted(runs, tmp_path,
+                                                                            capsys):
     """A model trained on drawn raw clips scores a manifest of other people (no label or
-    attribute column); a corrupt clip and a missing one are skipped, counted and named."""
+    attribute column) and a ChaLearn folder; a corrupt clip and a missing one are skipped,
+    counted and named; clips whose features do not fit a model are refused."""
     train = make_manifest_corpus(tmp_path / "train", people=12, clips_per_person=2, seed=0,
                                  seconds=1.0)
     ov = {"data.source": "manifest", "data.manifest.path": str(train),
@@ -234,3 +236,20 @@ def test_a_manifest_of_new_people_is_scored_and_unreadable_clips_are_counted(tmp
     code, err = _predict(capsys, f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
                          f"data={bare}", f"out={tmp_path / 'bare.csv'}")
     assert code == 2 and "transcript" in err and not (tmp_path / "bare.csv").exists()
+    # the same clips, preprocessed at the run's settings, do not fit the synthetic model's
+    # 16-pixel face crops: refused, naming both sizes
+    code, err = _predict(capsys, f"ckpt={runs['adversarial'] / 'checkpoints' / 'last.ckpt'}",
+                         f"data={scoring}", f"out={tmp_path / 'synthetic.csv'}")
+    assert code == 2 and "face crops are (32, 32) pixels" in err and "16 x 16" in err
+    assert not (tmp_path / "synthetic.csv").exists()
+    # a ChaLearn folder: its test split by default (the run's identity split), or all of it
+    folder = tmp_path / "chalearn"
+    truth = make_chalearn_corpus(folder, people=6, clips_per_person=2, seed=3, seconds=1.0)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert predict_main([f"ckpt={ckpt}", f"data={folder}", f"out={tmp_path / 'all.csv'}",
+                         "split=all"]) == 0
+    assert predict_main([f"ckpt={ckpt}", f"data={folder}", f"out={tmp_path / 'test.csv'}"]) == 0
+    every = {r["clip_id"] for r in _rows(tmp_path / "all.csv")}
+    test = {r["clip_id"] for r in _rows(tmp_path / "test.csv")}
+    assert every == set(truth) and test and test < every
+    assert json.loads((tmp_path / "test.json").read_text())["data"]["split"] == "test"
