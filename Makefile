@@ -6,7 +6,6 @@ EXP      ?= adversarial
 ARGS     ?=
 CKPT     ?=
 RUNS     ?=
-OUT      ?= runs/comparison
 PYTEST   := $(BIN)/python -m pytest
 
 SEEDS    ?= 0 1 2
@@ -83,7 +82,7 @@ predict: install
 
 compare: install
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS='run_dir1 run_dir2 ...' [OUT=dir]"; exit 2; }
-	$(BIN)/python -m fair_lightning.cli.report $(RUNS) --out $(OUT)
+	$(BIN)/python -m fair_lightning.cli.report $(RUNS) --out $(or $(OUT),runs/comparison)
 
 # the docs' generated tables: figures of the runs that exist -> docs/results/*.json (committed)
 # -> the tables in the docs (benchmarks/doc_tables.py; `make test` checks they agree)

@@ -79,6 +79,30 @@ def test_the_runs_test_split_scored_again_is_its_predictions(runs, tmp_path, cap
     assert {r["clip_id"] for r in _rows(out3)}.isdisjoint(r["clip_id"] for r in got)
 
 
+def test_make_predict_is_the_command_a_user_runs(runs, tmp_path):
+    """`make predict` as the README prints it: the default output beside the run, and OUT."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    ckpt = runs["adversarial"] / "checkpoints" / "last.ckpt"
+    venv = f"VENV={Path(sys.executable).parent.parent}"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run(["make", "-s", "predict", f"CKPT={ckpt}", venv], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = Path(r.stdout.strip().splitlines()[-1].removeprefix("scores: "))
+    assert written.parent == runs["adversarial"] and written.name.startswith("scores-")
+    assert _rows(written) == _rows(_in_place(runs["adversarial"], tmp_path))
+    out = tmp_path / "mine.csv"
+    r = subprocess.run(["make", "-s", "predict", f"CKPT={ckpt}", f"OUT={out}", "SPLIT=val",
+                        venv], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and out.is_file(), r.stderr[-2000:]
+    written.unlink()
+    written.with_suffix(".json").unlink()
+
+
 def test_a_checkpoint_copied_out_of_its_run_audits_and_scores_as_in_place(runs, tmp_path,
                                                                           capsys):
     run_dir = runs["adversarial"]
