@@ -73,13 +73,14 @@ def checkpoint_config(ckpt: Path, overrides: list[tuple[str, str]] | None = None
 
     saved = read_checkpoint(ckpt) if saved is None else saved
     if CONFIG_KEY in saved:
-        return load_config_dict(saved[CONFIG_KEY], f"{ckpt} (its config)", overrides), str(ckpt)
+        return (load_config_dict(saved[CONFIG_KEY], f"{ckpt} (its config)", overrides),
+                str(Path(ckpt).resolve()))
     path = config_file_near(ckpt)
     if path is None:
         raise ConfigError(f"{ckpt} carries no config (it was written before checkpoints "
                           "did) and no config.yaml lies in the folders above it: keep it in "
                           "its run directory")
-    return load_config_file(path, overrides), str(path)
+    return load_config_file(path, overrides), str(path.resolve())
 
 
 def run_dir_near(ckpt: Path) -> Path | None:
