@@ -78,6 +78,11 @@ RUNS = {
     "adversarial-both-proxies": ("adversarial", ["model.face_proxy=both"]),
     "adversarial-cross-modal-branches": ("adversarial", [
         "model.face_proxy=cross_modal", "adversary.dependence_layers=[fused,text,audio,video]"]),
+    # the same without LEACE after training (the head still refitted on h): what the
+    # erasure stage costs merit, and whether the trained h alone removes as much
+    "adversarial-cross-modal-branches-rank0": ("adversarial", [
+        "model.face_proxy=cross_modal", "adversary.dependence_layers=[fused,text,audio,video]",
+        "erasure.rank=0"]),
     # the face's directions shared with the words, or with voice and words joined
     "adversarial-cross-modal-text": ("adversarial", [
         "model.face_proxy=cross_modal", "model.face_proxy_partners=[text]"]),
