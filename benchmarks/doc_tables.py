@@ -30,7 +30,8 @@ DATA = ROOT / "docs" / "results"
 PROXY_RUNS = ("baseline", "adversarial", "adversarial-cross-modal", "adversarial-both-proxies",
               "adversarial-cross-modal-text", "adversarial-branches",
               "adversarial-cross-modal-branches",
-              "adversarial-cross-modal-voice-text-branches", "label_dependence",
+              "adversarial-cross-modal-voice-text-branches",
+              "adversarial-cross-modal-branches-rank0", "label_dependence",
               "label_dependence-branches", "label_erasure")
 
 
@@ -108,7 +109,8 @@ CHOICE = "proxy-choice"
 CHOICE_RUNS = ("adversarial", "adversarial-branches", "adversarial-cross-modal",
                "adversarial-both-proxies", "adversarial-cross-modal-text",
                "adversarial-cross-modal-branches",
-               "adversarial-cross-modal-voice-text-branches")
+               "adversarial-cross-modal-voice-text-branches",
+               "adversarial-cross-modal-branches-rank0")
 CHOICE_FROM = ("proxies-fairface", "proxies-lfw", "proxies-synthetic")
 # what a table reads of a run's summary
 KEEP = re.compile(r"^(leak/[a-z]+/[a-z]+/(clip|person)/bal_acc|fit_leak/(erased|fused)/[a-z]+/"

@@ -365,15 +365,16 @@ def test_synthetic_is_a_population_of_the_same_runs(tmp_path):
 
 
 def test_the_cross_modal_experiment_is_the_benchmarks_run(tmp_path):
-    """`EXP=adversarial_cross_modal` trains what the run `adversarial-cross-modal-branches`
-    does, on the corpus and on synthetic data: only the experiment's name differs."""
+    """`EXP=adversarial_cross_modal` trains what the run
+    `adversarial-cross-modal-branches-rank0` does, on the corpus and on synthetic data: only
+    the experiment's name differs."""
     from omegaconf import OmegaConf
 
     from fair_lightning.config import config_differences, load_config, parse_overrides
 
     for root in (None, tmp_path / "corpus"):
-        keys = parse_overrides(rfrun.train_keys("adversarial-cross-modal-branches", 0, root,
-                                                tmp_path, []))[1]
+        keys = parse_overrides(rfrun.train_keys("adversarial-cross-modal-branches-rank0", 0,
+                                                root, tmp_path, []))[1]
         run = OmegaConf.to_container(load_config("adversarial", keys), resolve=True)
         exp = OmegaConf.to_container(load_config("adversarial_cross_modal", keys), resolve=True)
         assert [d.split(":")[0] for d in config_differences(run, exp)] == ["description",
