@@ -65,10 +65,11 @@ class ScoringRecords(torch.utils.data.Dataset):
 
 
 def collate_with_people(records) -> tuple:
-    """The model's batch and the clips' people by name (the batch holds them as codes)."""
-    from data_modules.collate import collate_records
+    """The model's batch, without any sensitive attribute (scoring never reads one), and
+    the clips' people by name (the batch holds them as codes)."""
+    from data_modules.collate import collate_records, strip_sensitive
 
-    return collate_records(records), [r["identity"] for r in records]
+    return collate_records([strip_sensitive(r) for r in records]), [r["identity"] for r in records]
 
 
 def feature_changes(saved_cfg, cfg) -> list[str]:

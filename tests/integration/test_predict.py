@@ -21,7 +21,7 @@ from fair_lightning.cli.predict import main as predict_main
 from fair_lightning.config import load_config
 from fair_lightning.experiment import run
 from fair_lightning.lightning.checkpoint import CONFIG_KEY, DECISION_KEY
-from tests.conftest import tiny_overrides
+from tests.conftest import make_records, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,14 @@ def test_the_runs_test_split_scored_again_is_its_predictions(runs, tmp_path, cap
                for r in got)
     assert side["data"]["split"] == "test" and side["data"]["scored"] == len(got)
     assert len(side["checkpoint_sha256"]) == 64 and side["clips_per_s"] > 0
+    # the scoring batches carry no sensitive attribute: reading one raises
+    from fair_lightning.predict import collate_with_people
+
+    batch, people = collate_with_people(
+        [{**r, "identity": f"p{i}"} for i, r in enumerate(make_records(2, 1))])
+    with pytest.raises(Exception, match="sensitive"):
+        batch.sensitive  # noqa: B018
+    assert people == ["p0", "p1"]
     # a fixed threshold instead of the run's cut-off
     out2 = tmp_path / "t.csv"
     assert predict_main([f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"out={out2}",
