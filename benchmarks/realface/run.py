@@ -343,6 +343,9 @@ def train_command(run: str, seed: int, root: Path | None, out: Path,
 
 # how a run is executed, not what it computes: a finished run made with other values is reused
 RUN_ONLY_KEYS = ("data.preprocess.workers", "data.num_workers")
+# what names a run's settings, not the settings: an experiment file renamed or re-described
+# (the default moved into a file of its own) leaves its finished runs reusable
+LABEL_KEYS = ("experiment", "description")
 
 
 def stale_settings(run: str, run_dir: Path, keys: list[str]) -> list[str]:
@@ -361,7 +364,7 @@ def stale_settings(run: str, run_dir: Path, keys: list[str]) -> list[str]:
     wanted = OmegaConf.to_container(load_config(RUNS[run][0], pairs), resolve=True)
     # a key added since the run takes today's default, as when the product reads it
     saved = OmegaConf.to_container(load_config_file(run_dir / "config.yaml"), resolve=True)
-    return config_differences(saved, wanted, MAY_CHANGE + RUN_ONLY_KEYS)
+    return config_differences(saved, wanted, MAY_CHANGE + RUN_ONLY_KEYS + LABEL_KEYS)
 
 
 def main(argv: list[str] | None = None) -> int:

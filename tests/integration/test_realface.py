@@ -420,6 +420,14 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
     other = rfrun.train_keys("adversarial", 0, corpus, out, ["adversary.weight=0.5"])
     differ = rfrun.stale_settings("adversarial", run_dir, other)
     assert len(differ) == 1 and differ[0].startswith("adversary.weight: 0.15 -> 0.5")
+    # the same settings under another experiment name and description: the same run
+    from omegaconf import OmegaConf
+
+    relabelled = OmegaConf.load(run_dir / "config.yaml")
+    relabelled.experiment, relabelled.description = "adversarial_leading", "moved"
+    OmegaConf.save(relabelled, run_dir / "config.yaml")
+    assert rfrun.stale_settings("adversarial", run_dir, same) == []
+    assert len(rfrun.stale_settings("adversarial", run_dir, other)) == 1
 
 
 def test_the_label_reference_gives_the_dp_ratio_a_merit_faithful_score_reaches():
