@@ -136,7 +136,8 @@ class InterviewDataModule(L.LightningDataModule):
             return None
         return steps[0] if len(steps) == 1 else Chain(steps)
 
-    def _loader(self, split: str, *, train: bool, keep_sensitive: bool):
+    def _loader(self, split: str, *, train: bool, keep_sensitive: bool,
+                collate_fn=collate_records):
         from litdata import StreamingDataLoader
 
         ds = open_streaming(self.split_dir(split), shuffle=train, seed=self.seed,
@@ -144,7 +145,7 @@ class InterviewDataModule(L.LightningDataModule):
                             equal_ranks=train)
         return StreamingDataLoader(ds, batch_size=self.cfg.batch_size,
                                    num_workers=self.cfg.num_workers,
-                                   collate_fn=collate_records,
+                                   collate_fn=collate_fn,
                                    persistent_workers=self.cfg.num_workers > 0)
 
     def train_dataloader(self):
@@ -156,12 +157,15 @@ class InterviewDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader("test", train=False, keep_sensitive=True)
 
-    def eval_dataloader(self, split: str, *, sensitive: bool = True):
+    def eval_dataloader(self, split: str, *, sensitive: bool = True,
+                        collate_fn=collate_records):
         """Unshuffled loader, for probes and fairness metrics (with the sensitive
-        attributes) or label-free work such as face pretraining (`sensitive=False`)."""
+        attributes) or label-free work such as face pretraining and scoring
+        (`sensitive=False`; scoring collates the people's names too)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        return self._loader(split, train=False, keep_sensitive=sensitive)
+        return self._loader(split, train=False, keep_sensitive=sensitive,
+                            collate_fn=collate_fn)
 
 
 __all__ = ["InterviewDataModule", "ShardError", "SPLITS"]

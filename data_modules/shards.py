@@ -50,8 +50,6 @@ def _data_only(item, load=None) -> dict:
     return out
 
 
-
-
 def _formats(index: dict) -> set[str]:
     return set(index.get("config", {}).get("data_format") or [])
 

@@ -551,10 +551,12 @@ def with_erasure(module, cfg):
 def home_of(ckpt: Path) -> Path:
     """Where a command writes what it makes of a checkpoint: its run directory when it lies
     in one's checkpoints/, else the checkpoint's own folder (a copy, an audit's file)."""
-    for parent in Path(ckpt).resolve().parents:
-        if parent.name == "checkpoints":
-            return parent.parent
-    return Path(ckpt).resolve().parent
+    from fair_lightning.lightning.resume import ResumeError, run_dir_of
+
+    try:
+        return run_dir_of(ckpt)
+    except ResumeError:
+        return Path(ckpt).resolve().parent
 
 
 def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
@@ -587,7 +589,7 @@ def audit(ckpt: Path, overrides: list[tuple[str, str]]) -> Path:
         from fair_lightning.lightning.erasure_stage import ErasureStage
 
         erase = ErasureStage(dm, out / "erased.ckpt").fit_head(module)
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        saved = dict(saved)  # the checkpoint read above: loops, optimizers as they were
         saved["state_dict"] = module.state_dict()
         saved["hyper_parameters"] = dict(module.hparams)
         saved[CONFIG_KEY] = OmegaConf.to_container(cfg, resolve=True)  # its own erasure keys

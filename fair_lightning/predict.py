@@ -80,11 +80,7 @@ def feature_changes(saved_cfg, cfg) -> list[str]:
 
 
 def run_data(cfg, split: str) -> ScoringData:
-    """The run's own source (its cached shards), one split."""
-    from litdata import StreamingDataLoader
-
-    from data_modules.datamodule import SpeakerNorm, speaker_stats
-    from data_modules.shards import open_streaming
+    """The run's own source (its cached shards), one split, read as testing reads it."""
     from fair_lightning.experiment import build_datamodule
 
     if split == "all":
@@ -93,17 +89,9 @@ def run_data(cfg, split: str) -> ScoringData:
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
-    path = dm.split_dir(split)
-    transform = None
-    if cfg.data.speaker_norm == "person":
-        ds = open_streaming(path, shuffle=False, seed=0)
-        transform = SpeakerNorm(speaker_stats(ds[i] for i in range(len(ds))))
-    ds = open_streaming(path, shuffle=False, seed=cfg.seed, transform=transform)
-    loader = StreamingDataLoader(ds, batch_size=cfg.data.batch_size,
-                                 num_workers=cfg.data.num_workers,
-                                 collate_fn=collate_with_people)
-    return ScoringData(loader, len(ds), {"source": cfg.data.source, "cache": dm.cache_name,
-                                         "split": split})
+    loader = dm.eval_dataloader(split, sensitive=False, collate_fn=collate_with_people)
+    return ScoringData(loader, len(loader.dataset), {
+        "source": cfg.data.source, "cache": dm.cache_name, "split": split})
 
 
 def raw_data(cfg, data: Path, split: str) -> ScoringData:
