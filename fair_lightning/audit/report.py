@@ -202,7 +202,10 @@ def write_run_report(run_dir: Path, cfg, summary: dict, scores: ScoreGroups | No
     if any(k.startswith("fair/") for k in s):
         lines += ["", "## Output fairness (test split)", "",
                   "Gaps are max − min over groups. DP: demographic-parity difference of the invite "
-                  "decision; EO: equal-opportunity difference (TPR gap among qualified candidates).",
+                  "decision; EO: equal-opportunity difference (TPR gap among qualified candidates)."
+                  + (f" Invited: a score of at least {s['fair/invite_cutoff']:.6f} "
+                     "(`fair/invite_cutoff`, the cut-off `make predict` applies to new clips)."
+                     if "fair/invite_cutoff" in s else ""),
                   "", "| attribute | DP diff | DP ratio | EO diff | MAE gap | mean-score gap | score–gender r |",
                   "|---|---|---|---|---|---|---|"]
         for a in SENSITIVE:

@@ -60,6 +60,8 @@ def test_the_runs_test_split_scored_again_is_its_predictions(runs, tmp_path, cap
     # the run's own cut-off, written into the tested checkpoint at test time
     assert side["decision"]["cutoff"] == pytest.approx(summary["fair/invite_cutoff"])
     assert "top 30%" in side["decision"]["rule"]
+    # the run's report states the same cut-off
+    assert f"at least {summary['fair/invite_cutoff']:.6f}" in (run_dir / "report.md").read_text()
     invited = sum(int(r["invite"]) for r in got)
     assert invited == side["decision"]["invited"] == round(0.3 * len(got))
     assert all((float(r["score"]) >= round(side["decision"]["cutoff"], 6)) == (r["invite"] == "1")
